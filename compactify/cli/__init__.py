@@ -18,6 +18,7 @@ from compactify.errors import CompactifyError
 
 COMMANDS: dict[str, str] = {
     "convert": "compactify.cli.convert_cmd:convert",
+    "engine": "compactify.cli.engine_cmd:engine",
 }
 
 
