@@ -1,0 +1,62 @@
+"""``compactify convert``: a checkpoint in, its compact network and a report out."""
+
+from __future__ import annotations
+
+import warnings
+
+import click
+
+
+@click.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--arch", help="Registered model name (see `compactify models`) or package.module:factory.")
+@click.option("--arch-kwargs", help="JSON object of keyword arguments for the architecture factory.")
+@click.option("--input-shape", help="N,C,H,W of the model input (default: from the checkpoint or registry).")
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False, path_type=str),
+              help="Output folder (written atomically).")
+@click.option("--outputs", help="Keep only these model outputs (comma-separated tuple indices or dict keys).")
+@click.option("--allow-approximate", is_flag=True, help="Also merge regions whose borders are not exact; report the error.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output folder.")
+@click.option("--trust-pickle", is_flag=True, help="Allow loading a pickled whole module (can run code).")
+def convert(checkpoint, arch, arch_kwargs, input_shape, out_dir, outputs, allow_approximate, force, trust_pickle):
+    """Contract CHECKPOINT into its compact network: OUTDIR/compact.pt2, report.json, report.md."""
+    from compactify.converter.convert import ConvertOptions, convert_checkpoint
+    from compactify.converter.ingest import parse_arch_kwargs, parse_input_shape
+
+    options = ConvertOptions(
+        arch=arch,
+        arch_kwargs=parse_arch_kwargs(arch_kwargs),
+        input_shape=parse_input_shape(input_shape),
+        allow_approximate=allow_approximate,
+        force=force,
+        trust_pickle=trust_pickle,
+        outputs=outputs,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the report's own warnings are printed below, once
+        report = convert_checkpoint(checkpoint, out_dir, options)
+    for message in report["warnings"]:
+        click.echo(f"warning: {message}", err=True)
+    _print_summary(report, out_dir)
+
+
+def _print_summary(report: dict, out_dir: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"compactify convert -> {out_dir}")
+    table.add_column("region")
+    table.add_column("decision")
+    table.add_column("reason")
+    table.add_column("params", justify="right")
+    table.add_column("FLOPs", justify="right")
+    for r in report["regions"]:
+        table.add_row(r["name"], r["decision"], r["reason"], f"{r['params_before']:,} -> {r['params_after']:,}",
+                      f"{r['flops_before']:,} -> {r['flops_after']:,}")
+    console.print(table)
+    console.print(
+        f"parameters {report['params_before']:,} -> {report['params_after']:,}   "
+        f"FLOPs {report['flops_before']:,} -> {report['flops_after']:,}   "
+        f"max abs error {report['max_abs_error']:.2e}   max rel error {report['max_rel_error']:.2e}"
+    )

@@ -1,0 +1,102 @@
+"""Capture an eval-mode model as an ATen graph with torch.export.
+
+torch.export sees nn.Module layers and functional calls (F.conv2d, F.linear, ``x @ W``)
+alike, which is what lets the converter work from the graph instead of from module types.
+The batch dimension is exported as dynamic where the model allows it.
+"""
+
+from __future__ import annotations
+
+import re
+import traceback
+import warnings
+
+import torch
+from torch import fx, nn
+
+from compactify.errors import BadInputError
+
+
+class OutputSelector(nn.Module):
+    """Keep only the declared outputs (indices into a tuple/list output, or keys of a dict)."""
+
+    def __init__(self, model: nn.Module, keys: list[int | str]):
+        super().__init__()
+        self.model = model
+        self.keys = list(keys)
+
+    def forward(self, x):
+        out = self.model(x)
+        if isinstance(out, torch.Tensor):
+            out = (out,)
+        picked = tuple(out[k] for k in self.keys)
+        return picked[0] if len(picked) == 1 else picked
+
+
+def select_outputs(model: nn.Module, spec: str | None, example: torch.Tensor) -> nn.Module:
+    if not spec:
+        return model
+    keys: list[int | str] = [int(k) if k.strip().lstrip("-").isdigit() else k.strip() for k in spec.split(",")]
+    with torch.no_grad():
+        out = model(example)
+    container = (out,) if isinstance(out, torch.Tensor) else out
+    for k in keys:
+        try:
+            container[k]
+        except (IndexError, KeyError, TypeError):
+            raise BadInputError(f"--outputs names {k!r}, which the model's output does not have") from None
+    return OutputSelector(model, keys).eval()
+
+
+def check_runs(model: nn.Module, example: torch.Tensor) -> None:
+    """Run once eagerly so that a shape the model rejects is reported as such."""
+    try:
+        with torch.no_grad():
+            model(example)
+    except Exception as exc:  # any failure here is the model refusing this input
+        shape = ",".join(str(d) for d in example.shape)
+        raise BadInputError(f"the model rejects input shape {shape}: {_first_line(exc)}") from None
+
+
+def export_program(model: nn.Module, example: torch.Tensor):
+    """torch.export the model with a dynamic batch where possible; one clear error otherwise."""
+    model = model.eval()
+    dynamic = ({0: torch.export.Dim.AUTO},)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.export.export(model, (example,), dynamic_shapes=dynamic, strict=False)
+    except Exception as exc:  # torch.export raises many error types; all mean "cannot capture"
+        raise BadInputError(f"torch.export could not capture the model: {_export_failure(exc)}") from None
+
+
+def graph_module(program) -> fx.GraphModule:
+    """The program as a GraphModule whose parameters are ``get_attr`` nodes."""
+    unlifted = program.module(check_guards=False)
+    # A plain GraphModule: the unlifted one refuses .eval()/.train(), which users will call.
+    gm = fx.GraphModule(unlifted, unlifted.graph, class_name="CapturedModule")
+    return gm.eval()
+
+
+def _export_failure(exc: BaseException) -> str:
+    """The first line of the error and, where found, the user's call that failed."""
+    text = str(exc)
+    where = ""
+    frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)\n\s+(.+)', text)
+    user = [f for f in frames if "/torch/" not in f[0]]
+    if user:
+        path, line, func, code = user[-1]
+        where = f" (in {func} at {path}:{line}: {code.strip()})"
+    else:
+        tb = [f for f in traceback.extract_tb(exc.__traceback__) if "/torch/" not in f.filename]
+        if tb:
+            f = tb[-1]
+            where = f" (in {f.name} at {f.filename}:{f.lineno})"
+    return _first_line(exc) + where
+
+
+def _first_line(exc: BaseException) -> str:
+    for line in str(exc).strip().splitlines():
+        if line.strip():
+            return line.strip()[:300]
+    return type(exc).__name__

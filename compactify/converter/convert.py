@@ -1,0 +1,232 @@
+"""The contraction pipeline: model -> graph -> regions -> plan -> compact model, and its report."""
+
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import fx, nn
+from torch.utils import _pytree as pytree
+
+from compactify import __version__
+from compactify.converter.capture import check_runs, export_program, graph_module, select_outputs
+from compactify.converter.checkpoint import PT2_META_FILE, load_checkpoint
+from compactify.converter.graph_ops import Constants
+from compactify.converter.ingest import Source, build_source
+from compactify.converter.plan import Decision, count_flops, decide, profile_graph
+from compactify.converter.regions import find_regions
+from compactify.converter.rewrite import rewrite
+from compactify.errors import BadInputError
+from compactify.outputs import atomic_dir
+
+ERROR_SEED = 0
+ERROR_BATCHES = 2
+
+
+@dataclass
+class Contraction:
+    """A compact module and what it took to get there."""
+
+    compact: fx.GraphModule
+    decisions: list[Decision]
+    example: torch.Tensor
+    params_before: int
+    params_after: int
+    flops_before: int
+    flops_after: int
+    warnings: list[str] = field(default_factory=list)
+    max_abs_error: float | None = None
+    max_rel_error: float | None = None
+
+    @property
+    def regions(self) -> list[dict]:
+        return [d.as_dict() for d in self.decisions]
+
+    def summary(self) -> dict:
+        merged = sum(d.kind == "dense" for d in self.decisions)
+        return {
+            "regions": len(self.decisions),
+            "merged": merged,
+            "params_before": self.params_before,
+            "params_after": self.params_after,
+            "flops_before": self.flops_before,
+            "flops_after": self.flops_after,
+        }
+
+
+def example_input(shape: tuple[int, ...], seed: int = ERROR_SEED) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def contract(model: nn.Module, input_shape: tuple[int, ...], allow_approximate: bool = False) -> Contraction:
+    """Contract every linear region of ``model`` that can be merged exactly (and pays)."""
+    model = model.eval()
+    check_runs(model, example_input(tuple(input_shape)))
+    # Batch 2 at least, so that export keeps the batch dimension dynamic instead of specialising on 1.
+    example = example_input((max(2, input_shape[0]), *input_shape[1:]))
+    program = export_program(model, example)
+    gm = graph_module(program)
+    params_before = sum(p.numel() for p in model.parameters())
+    consts = Constants(gm)
+    regions = find_regions(gm, consts)
+    profile = profile_graph(gm, example)
+    sizes = {name: p.numel() for name, p in gm.named_parameters()}
+    decisions = [decide(r, profile, sizes, allow_approximate) for r in regions]
+    flops_before = sum(profile.flops.values())
+    compact, _ = rewrite(gm, decisions)
+    compact.eval()
+    result = Contraction(
+        compact=compact,
+        decisions=decisions,
+        example=example,
+        params_before=params_before,
+        params_after=sum(p.numel() for p in compact.parameters()),
+        flops_before=int(flops_before),
+        flops_after=count_flops(compact, example),
+        warnings=[w for d in decisions for w in d.warnings],
+    )
+    result.max_abs_error, result.max_rel_error = measure_error(model, compact, input_shape)
+    return result
+
+
+def _flat(out) -> list[torch.Tensor]:
+    return [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+
+
+def reference_float64(model: nn.Module) -> nn.Module | None:
+    """A float64 copy of the model, or None when it cannot run in float64."""
+    try:
+        return copy.deepcopy(model).double().eval()
+    except Exception:  # e.g. a captured graph holding float32 constants
+        return None
+
+
+def measure_error(model: nn.Module, compact: nn.Module, input_shape, batches: int = ERROR_BATCHES):
+    """Max-abs and normalised relative error of ``compact`` (float32) against ``model`` in float64."""
+    from compactify.harness.metrics import compare
+
+    ref_model = reference_float64(model)
+    max_abs, max_rel = 0.0, 0.0
+    with torch.no_grad():
+        for b in range(batches):
+            x = example_input(tuple(input_shape), seed=ERROR_SEED + 1 + b)
+            got = _flat(compact(x))
+            ref = _flat(ref_model(x.double())) if ref_model is not None else _flat(model(x))
+            for i, (g, r) in enumerate(zip(got, ref)):
+                c = compare(g.numpy(), r.numpy(), name=f"output{i}")
+                max_abs = max(max_abs, c.max_abs)
+                max_rel = max(max_rel, c.scale_rel)
+    return max_abs, max_rel
+
+
+# ---------------------------------------------------------------------------------------
+# Files
+
+
+@dataclass
+class ConvertOptions:
+    arch: str | None = None
+    arch_kwargs: dict | None = None
+    input_shape: tuple[int, ...] | None = None
+    allow_approximate: bool = False
+    force: bool = False
+    trust_pickle: bool = False
+    outputs: str | None = None
+
+
+def convert_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: ConvertOptions | None = None) -> dict:
+    """Convert a checkpoint into ``out_dir`` (compact.pt2, report.json, report.md); returns the report."""
+    options = options or ConvertOptions()
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not options.force:
+        raise BadInputError(f"output folder {out_dir} already exists; pass --force to overwrite it")
+    ckpt = load_checkpoint(checkpoint, trust_pickle=options.trust_pickle)
+    source = build_source(ckpt, options.arch, options.arch_kwargs, options.input_shape)
+    if not source.input_shape:
+        raise BadInputError("the input shape is unknown for this model: pass --input-shape N,C,H,W")
+    model = select_outputs(source.model, options.outputs, example_input(source.input_shape))
+    result = contract(model, tuple(source.input_shape), options.allow_approximate)
+    for w in result.warnings:
+        warnings.warn(w, stacklevel=2)
+    report = build_report(ckpt, source, options, result)
+    with atomic_dir(out_dir, force=options.force) as tmp:
+        save_program(result.compact, result.example, tmp / "compact.pt2", report)
+        report["artifacts"] = {"pt2": "compact.pt2"}
+        write_report(report, tmp)
+    return report
+
+
+def save_program(module: nn.Module, example: torch.Tensor, path: Path, report: dict) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(module, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},), strict=False)
+    meta = {"source": report["source"], "input_shape": report["input_shape"], "compactify_version": __version__}
+    torch.export.save(program, str(path), extra_files={PT2_META_FILE: json.dumps(meta)})
+
+
+def build_report(ckpt, source: Source, options: ConvertOptions, result: Contraction) -> dict:
+    meta = source.meta
+    return {
+        "compactify_version": __version__,
+        "source": {
+            "checkpoint": str(Path(ckpt.path).resolve()),
+            "sha256": ckpt.sha256,
+            "format": ckpt.format,
+            "arch": meta.get("arch"),
+            "arch_kwargs": meta.get("arch_kwargs") or {},
+            "meta": meta,
+            "trust_pickle": options.trust_pickle,
+            "outputs": options.outputs,
+        },
+        "input_shape": list(source.input_shape),
+        "input_names": ["x"],
+        "output_names": [f"output{i}" for i in range(len(_flat(result.compact(result.example))))],
+        "allow_approximate": options.allow_approximate,
+        "regions": result.regions,
+        "params_before": result.params_before,
+        "params_after": result.params_after,
+        "flops_before": result.flops_before,
+        "flops_after": result.flops_after,
+        "max_abs_error": result.max_abs_error,
+        "max_rel_error": result.max_rel_error,
+        "error_definition": "compact float32 vs source float64 on seeded N(0,1) inputs; "
+        "max_rel_error = max|compact - ref| / max|ref| per output",
+        "warnings": result.warnings,
+    }
+
+
+def write_report(report: dict, folder: Path) -> None:
+    (folder / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (folder / "report.md").write_text(report_markdown(report))
+
+
+def report_markdown(report: dict) -> str:
+    src = report["source"]
+    lines = [
+        "# compactify conversion report",
+        "",
+        f"- source: `{src['checkpoint']}` (sha256 `{src['sha256'][:16]}...`, {src['format']})",
+        f"- arch: `{src['arch']}` {json.dumps(src['arch_kwargs']) if src['arch_kwargs'] else ''}".rstrip(),
+        f"- input shape: {tuple(report['input_shape'])}",
+        f"- parameters: {report['params_before']:,} -> {report['params_after']:,}",
+        f"- FLOPs: {report['flops_before']:,} -> {report['flops_after']:,}",
+        f"- error vs float64 source: max abs {report['max_abs_error']:.3g}, max rel {report['max_rel_error']:.3g}",
+        "",
+        "| region | layers | decision | reason | params | FLOPs |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in report["regions"]:
+        layers = ", ".join(r["layers"])
+        if len(layers) > 80:
+            layers = layers[:77] + "..."
+        lines.append(
+            f"| {r['name']} | {layers} | {r['decision']} | {r['reason']} | "
+            f"{r['params_before']:,} -> {r['params_after']:,} | {r['flops_before']:,} -> {r['flops_after']:,} |"
+        )
+    if report["warnings"]:
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,404 @@
+"""Recognise the affine ATen calls in a captured graph and turn each into an algebra step.
+
+A node is affine when it is linear in exactly one non-constant tensor (or, for a sum, in
+two) with everything else constant: conv, linear and ``x @ W`` with constant weights, eval
+BatchNorm, zero padding, average pooling that counts padded zeros, dropout in eval and
+other identities, scalar or per-channel scale and shift, and sums of such tensors.
+Constants (weights, and anything computed from weights alone, such as ``W.t()``) are
+folded in float64 first.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx
+
+from compactify.converter import algebra as A
+
+aten = torch.ops.aten
+
+
+@dataclass
+class Scalar:
+    """``y = a * x + b`` with Python scalars: fits any layout."""
+
+    a: float = 1.0
+    b: float = 0.0
+
+    @property
+    def is_identity(self) -> bool:
+        return self.a == 1.0 and self.b == 0.0
+
+
+@dataclass
+class Step:
+    node: fx.Node
+    kind: str
+    data: tuple[fx.Node, ...]
+    op: A.AffineConv | Scalar | None = None  # None for a sum
+    family: tuple[int, int] | None = None  # (spatial dims, channel axis); None: any layout
+    coeffs: tuple[float, float] = (1.0, 1.0)  # a sum computes c0 * x0 + c1 * x1
+    params: frozenset[str] = field(default_factory=frozenset)
+
+
+class Constants:
+    """Values of the nodes that do not depend on the graph's inputs, in float64."""
+
+    def __init__(self, gm: fx.GraphModule):
+        self.gm = gm
+        self.values: dict[fx.Node, object] = {}
+        self.sources: dict[fx.Node, frozenset[str]] = {}
+        self.param_names = {name for name, _ in gm.named_parameters()}
+        for node in gm.graph.nodes:
+            self._visit(node)
+
+    def _visit(self, node: fx.Node) -> None:
+        if node.op == "get_attr":
+            value = _fetch_attr(self.gm, node.target)
+            if isinstance(value, torch.Tensor):
+                self.values[node] = value.detach().to(torch.float64) if value.is_floating_point() else value.detach()
+                self.sources[node] = frozenset({node.target}) & self.param_names
+            return
+        if node.op != "call_function" or _is_random(node):
+            return
+        deps = node.all_input_nodes
+        if any(d not in self.values for d in deps):
+            return
+        if not deps and node.target not in _CONSTRUCTORS:
+            return
+        args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: self.values[n])
+        try:
+            value = node.target(*args, **kwargs)
+        except Exception:  # a constant we cannot evaluate simply stays a graph node
+            return
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            value = value.to(torch.float64)
+        self.values[node] = value
+        self.sources[node] = frozenset().union(*(self.sources.get(d, frozenset()) for d in deps))
+
+    def __contains__(self, node) -> bool:
+        return isinstance(node, fx.Node) and node in self.values
+
+    def tensor(self, arg) -> torch.Tensor | None:
+        if isinstance(arg, fx.Node):
+            value = self.values.get(arg)
+            return value if isinstance(value, torch.Tensor) else None
+        return None
+
+    def params_of(self, args) -> frozenset[str]:
+        names: set[str] = set()
+        for a in args:
+            if isinstance(a, fx.Node):
+                names |= self.sources.get(a, frozenset())
+        return frozenset(names)
+
+
+_CONSTRUCTORS = {aten.ones.default, aten.zeros.default, aten.full.default, aten.scalar_tensor.default, aten.tensor.default}
+
+
+def _is_random(node: fx.Node) -> bool:
+    name = str(node.target)
+    return any(word in name for word in ("rand", "normal", "bernoulli", "dropout", "uniform"))
+
+
+def _fetch_attr(gm: fx.GraphModule, target: str):
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def shape_of(node: fx.Node) -> tuple | None:
+    val = node.meta.get("val")
+    return tuple(val.shape) if isinstance(val, torch.Tensor) else None
+
+
+def static(dim) -> int | None:
+    try:
+        return int(dim)
+    except (TypeError, ValueError):
+        return None
+
+
+def _data(node: fx.Node, consts: Constants) -> list[fx.Node]:
+    return [n for n in node.all_input_nodes if n not in consts]
+
+
+_CONV = {aten.conv1d.default: 1, aten.conv2d.default: 2, aten.conv3d.default: 3}
+_CONV_PAD = {aten.conv1d.padding: 1, aten.conv2d.padding: 2, aten.conv3d.padding: 3}
+_AVG = {aten.avg_pool1d.default: 1, aten.avg_pool2d.default: 2, aten.avg_pool3d.default: 3}
+_IDENTITY = {aten.clone.default, aten.alias.default, aten.contiguous.default, aten.detach.default,
+             aten.lift_fresh_copy.default, aten.dropout.default, aten.feature_dropout.default,
+             aten.alpha_dropout.default}
+
+
+def classify(node: fx.Node, consts: Constants) -> Step | None:
+    """The affine step this node computes, or None when it is not one we can fold."""
+    if node.op != "call_function" or node in consts:
+        return None
+    data = _data(node, consts)
+    shape = shape_of(node)
+    if shape is None:
+        return None
+    target = node.target
+    try:
+        if target in _CONV or target in _CONV_PAD or target is aten.convolution.default:
+            return _conv(node, data, consts)
+        if target in (aten.linear.default, aten.matmul.default, aten.mm.default, aten.addmm.default):
+            return _linear(node, data, consts)
+        if target is aten.batch_norm.default:
+            return _batchnorm(node, data, consts)
+        if target in (aten.pad.default, aten.constant_pad_nd.default):
+            return _pad(node, data)
+        if target in _AVG:
+            return _avg_pool(node, data)
+        if target in _IDENTITY:
+            return _identity(node, data)
+        if target in (aten.mul.Tensor, aten.mul.Scalar, aten.div.Tensor, aten.div.Scalar,
+                      aten.add.Tensor, aten.add.Scalar, aten.sub.Tensor, aten.sub.Scalar, aten.neg.default,
+                      operator.mul, operator.add, operator.sub, operator.truediv, operator.neg):
+            return _elementwise(node, data, consts)
+    except _NotAffine:
+        return None
+    return None
+
+
+class _NotAffine(Exception):
+    pass
+
+
+def _need(cond: bool) -> None:
+    if not cond:
+        raise _NotAffine
+
+
+def _arg(node: fx.Node, index: int, name: str, default):
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+def _conv(node, data, consts) -> Step:
+    _need(len(data) == 1 and node.args[0] is data[0])
+    x = data[0]
+    in_shape = shape_of(x)
+    _need(in_shape is not None)
+    weight = consts.tensor(node.args[1])
+    _need(weight is not None and weight.is_floating_point())
+    bias_arg = _arg(node, 2, "bias", None)
+    bias = None if bias_arg is None else consts.tensor(bias_arg)
+    _need(bias_arg is None or bias is not None)
+    nd = weight.dim() - 2
+    if node.target is aten.convolution.default:
+        stride, padding, dilation, transposed, _, groups = node.args[3:9]
+        _need(not transposed)
+    else:
+        stride = _arg(node, 3, "stride", 1)
+        padding = _arg(node, 4, "padding", 0)
+        dilation = _arg(node, 5, "dilation", 1)
+        groups = _arg(node, 6, "groups", 1)
+    stride, dilation = A._tuple(stride, nd), A._tuple(dilation, nd)
+    if isinstance(padding, str):
+        padding = _string_padding(padding, weight.shape[2:], dilation)
+    else:
+        padding = A._pads(padding, nd)
+    op = A.conv(weight, bias, stride, padding, dilation, groups)
+    _need(len(in_shape) == nd + 2)
+    return Step(node, "conv", (x,), op, (nd, 1), params=consts.params_of(node.args[1:3]))
+
+
+def _string_padding(mode: str, kernel, dilation) -> A.Pads:
+    if mode == "valid":
+        return tuple((0, 0) for _ in kernel)
+    total = [d * (k - 1) for k, d in zip(kernel, dilation)]
+    return tuple((t // 2, t - t // 2) for t in total)
+
+
+def _linear(node, data, consts) -> Step:
+    target = node.target
+    _need(len(data) == 1)
+    x = data[0]
+    in_shape = shape_of(x)
+    _need(in_shape is not None and len(in_shape) >= 2)
+    if target is aten.linear.default:
+        _need(node.args[0] is x)
+        weight = consts.tensor(node.args[1])
+        bias_arg = _arg(node, 2, "bias", None)
+        bias = None if bias_arg is None else consts.tensor(bias_arg)
+        _need(weight is not None and (bias_arg is None or bias is not None))
+        params = consts.params_of(node.args[1:3])
+    elif target is aten.addmm.default:
+        _need(node.args[1] is x and len(node.args) == 3 and not node.kwargs)
+        right = consts.tensor(node.args[2])
+        bias = consts.tensor(node.args[0])
+        _need(right is not None and bias is not None and right.dim() == 2)
+        weight = right.t()
+        _need(bias.numel() in (1, weight.shape[0]))
+        bias = bias.reshape(-1).expand(weight.shape[0])
+        params = consts.params_of(node.args)
+    else:  # x @ W with a constant right-hand side
+        _need(node.args[0] is x)
+        right = consts.tensor(node.args[1])
+        _need(right is not None and right.dim() == 2)
+        weight, bias = right.t(), None
+        params = consts.params_of(node.args[1:2])
+    _need(weight.dim() == 2 and weight.is_floating_point())
+    rank = len(in_shape)
+    return Step(node, "linear", (x,), A.linear(weight, bias), (0, rank - 1), params=params)
+
+
+def _batchnorm(node, data, consts) -> Step:
+    x, weight, bias, mean, var, training, _momentum, eps = node.args[:8]
+    _need(not training and len(data) == 1 and x is data[0])
+    in_shape = shape_of(x)
+    _need(in_shape is not None and len(in_shape) >= 2)
+    tensors = [None if a is None else consts.tensor(a) for a in (weight, bias, mean, var)]
+    _need(all(t is not None for t, a in zip(tensors, (weight, bias, mean, var)) if a is not None))
+    _need(tensors[2] is not None and tensors[3] is not None)
+    nd = len(in_shape) - 2
+    op = A.batchnorm(tensors[2], tensors[3], tensors[0], tensors[1], float(eps), nd)
+    return Step(node, "batchnorm", (x,), op, (nd, 1), params=consts.params_of((weight, bias)))
+
+
+def _pad(node, data) -> Step:
+    _need(len(data) == 1 and node.args[0] is data[0])
+    x = data[0]
+    in_shape = shape_of(x)
+    _need(in_shape is not None)
+    pads = list(node.args[1])
+    if node.target is aten.pad.default:
+        mode = _arg(node, 2, "mode", "constant")
+        value = _arg(node, 3, "value", None)
+        _need(mode == "constant" and (value is None or value == 0))
+    else:
+        _need(_arg(node, 2, "value", 0) == 0)
+    _need(all(isinstance(p, int) and p >= 0 for p in pads) and len(pads) % 2 == 0)
+    nd = len(in_shape) - 2
+    _need(0 < len(pads) // 2 <= nd)
+    pairs = [(pads[2 * i], pads[2 * i + 1]) for i in range(len(pads) // 2)][::-1]
+    pairs = [(0, 0)] * (nd - len(pairs)) + pairs  # F.pad lists the last dimension first
+    channels = static(in_shape[1])
+    _need(channels is not None)
+    return Step(node, "pad", (x,), A.zero_pad(channels, tuple(pairs)), (nd, 1))
+
+
+def _avg_pool(node, data) -> Step:
+    nd = _AVG[node.target]
+    _need(len(data) == 1 and node.args[0] is data[0])
+    x = data[0]
+    in_shape = shape_of(x)
+    _need(in_shape is not None and len(in_shape) == nd + 2)
+    kernel = A._tuple(node.args[1], nd)
+    stride = _arg(node, 2, "stride", None) or kernel
+    padding = A._tuple(_arg(node, 3, "padding", 0), nd)
+    ceil_mode = _arg(node, 4, "ceil_mode", False)
+    include_pad = _arg(node, 5, "count_include_pad", True)
+    divisor = _arg(node, 6, "divisor_override", None) if nd > 1 else None
+    _need(divisor is None and (include_pad or not any(padding)))
+    channels = static(in_shape[1])
+    _need(channels is not None)
+    op = A.avg_pool(channels, kernel, A._tuple(stride, nd), padding)
+    if ceil_mode:  # harmless only where it adds no partial window
+        out = shape_of(node)
+        _need(op.output_size([static(d) for d in in_shape[2:]]) == tuple(static(d) for d in out[2:]))
+    return Step(node, "avgpool", (x,), op, (nd, 1))
+
+
+def _identity(node, data) -> Step:
+    _need(len(data) == 1 and node.args[0] is data[0])
+    if node.target in (aten.dropout.default, aten.feature_dropout.default, aten.alpha_dropout.default):
+        _need(not _arg(node, 2, "train", True))
+    return Step(node, "identity", (data[0],), Scalar())
+
+
+def _elementwise(node, data, consts) -> Step:
+    target = node.target
+    name = getattr(target, "__name__", str(target))
+    args = list(node.args)
+    if "neg" in name:
+        _need(len(data) == 1)
+        return Step(node, "scale", (data[0],), Scalar(-1.0, 0.0))
+    _need(len(args) >= 2)
+    alpha = node.kwargs.get("alpha", 1)
+    _need(isinstance(alpha, (int, float)))
+    is_add = "add" in name
+    is_sub = "sub" in name
+    is_mul = "mul" in name
+    is_div = "div" in name or "truediv" in name
+    _need(not (is_div and node.kwargs.get("rounding_mode")))
+    if len(data) == 2 and (is_add or is_sub):
+        _need(all(isinstance(a, fx.Node) for a in args[:2]))
+        coeff = float(alpha) * (-1.0 if is_sub else 1.0)
+        _need(shape_of(args[0]) == shape_of(args[1]) == shape_of(node))
+        return Step(node, "sum", (args[0], args[1]), None, None, coeffs=(1.0, coeff))
+    _need(len(data) == 1)
+    x = data[0]
+    x_pos = 0 if args[0] is x else 1
+    _need(args[x_pos] is x)
+    other = args[1 - x_pos]
+    if isinstance(other, fx.Node):
+        value = consts.tensor(other)
+        _need(value is not None)
+    else:
+        _need(isinstance(other, (int, float)) and not isinstance(other, bool))
+        value = torch.tensor(float(other), dtype=torch.float64)
+    _need(value.is_floating_point() or value.dtype in (torch.int64, torch.int32))
+    value = value.to(torch.float64)
+    _need(shape_of(node) == shape_of(x))  # the constant must not broadcast x
+    if is_mul:
+        scale, shift = value, None
+    elif is_div:
+        _need(x_pos == 0 and bool(torch.all(value != 0)))
+        scale, shift = 1.0 / value, None
+    elif is_add:
+        scale, shift = None, value * float(alpha) if x_pos == 0 else value
+        _need(x_pos == 0 or alpha == 1)
+    else:  # sub
+        if x_pos == 0:
+            scale, shift = None, -value * float(alpha)
+        else:
+            scale, shift = torch.tensor(-float(alpha), dtype=torch.float64), value
+    return _scale_shift_step(node, x, scale, shift, consts)
+
+
+def _scale_shift_step(node, x, scale, shift, consts) -> Step:
+    params = consts.params_of(node.args)
+    tensors = [t for t in (scale, shift) if t is not None]
+    if all(t.numel() == 1 for t in tensors):
+        a = float(scale) if scale is not None else 1.0
+        b = float(shift) if shift is not None else 0.0
+        return Step(node, "scale", (x,), Scalar(a, b), params=params)
+    shape = shape_of(x)
+    rank = len(shape)
+    axis = None
+    for t in tensors:
+        _need(t.dim() <= rank)
+        padded = (1,) * (rank - t.dim()) + tuple(t.shape)
+        big = [i for i, s in enumerate(padded) if s != 1]
+        if len(big) == 1:
+            _need(axis in (None, big[0]))
+            axis = big[0]
+        else:
+            _need(not big)
+    _need(axis is not None and axis >= 1 and (axis == 1 or axis == rank - 1))
+    channels = static(shape[axis])
+    _need(channels is not None)
+    vec = lambda t: None if t is None else t.reshape(-1).expand(channels).clone()  # noqa: E731
+    family = (rank - 2, 1) if axis == 1 and rank > 2 else (0, rank - 1)
+    scale_vec = vec(scale) if scale is not None else torch.ones(channels, dtype=torch.float64)
+    op = A.channel_affine(scale_vec, vec(shift), family[0])
+    return Step(node, "scale", (x,), op, family, params=params)
+
+
+def describe(node: fx.Node) -> str:
+    """The layer a node came from, as the user named it (``features.3``), else the node name."""
+    stack = node.meta.get("nn_module_stack")
+    if stack:
+        path, _ = list(stack.values())[-1]
+        path = path.replace("L['self'].", "").replace("L__self___", "")
+        if path:
+            return f"{path} ({node.name})"
+    return node.name

@@ -1,0 +1,121 @@
+"""From a loaded checkpoint to an eval-mode model: architecture, weights and sanity checks."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from compactify.converter.checkpoint import Checkpoint
+from compactify.errors import BadInputError
+
+
+@dataclass
+class Source:
+    model: nn.Module  # eval mode, float32
+    meta: dict = field(default_factory=dict)  # what rebuilds it: arch, arch_kwargs, expand, rate, ...
+    input_shape: tuple[int, ...] | None = None
+
+
+def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
+    if text is None or text == "":
+        return None
+    try:
+        dims = tuple(int(d) for d in str(text).replace("x", ",").split(","))
+    except ValueError:
+        raise BadInputError(f"--input-shape {text!r} is not a list of integers such as 1,3,32,32") from None
+    if len(dims) < 2 or any(d <= 0 for d in dims):
+        raise BadInputError(f"--input-shape {text!r} needs at least two positive sizes, such as 1,3,32,32")
+    return dims
+
+
+def parse_arch_kwargs(text: str | dict | None) -> dict:
+    if text is None or text == "":
+        return {}
+    if isinstance(text, dict):
+        return text
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadInputError(f"--arch-kwargs is not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(value, dict):
+        raise BadInputError("--arch-kwargs must be a JSON object such as '{\"num_classes\": 10}'")
+    return value
+
+
+def build_source(
+    ckpt: Checkpoint,
+    arch: str | None = None,
+    arch_kwargs: dict | None = None,
+    input_shape: tuple[int, ...] | None = None,
+) -> Source:
+    if ckpt.format == "pt2":
+        from compactify.converter.capture import graph_module
+
+        model = graph_module(ckpt.exported)
+        shape = input_shape or tuple(ckpt.meta.get("input_shape") or ()) or _program_input_shape(ckpt.exported)
+        check_finite(model.state_dict(), ckpt.path)
+        return Source(model, dict(ckpt.meta), shape)
+    if ckpt.format == "module":
+        model = ckpt.module.float().eval()
+        check_finite(model.state_dict(), ckpt.path)
+        shape = input_shape or tuple(ckpt.meta.get("input_shape") or ()) or None
+        return Source(model, dict(ckpt.meta), shape)
+    from compactify.models import build_model, default_input_shape
+
+    meta = dict(ckpt.meta)
+    if arch:
+        meta = {"arch": arch, "arch_kwargs": arch_kwargs or {}}
+    elif arch_kwargs:
+        meta["arch_kwargs"] = {**(meta.get("arch_kwargs") or {}), **arch_kwargs}
+    if not meta.get("arch"):
+        raise BadInputError(
+            f"{ckpt.path} is a bare state_dict: pass --arch NAME (see `compactify models`) "
+            "or --arch package.module:factory"
+        )
+    check_finite(ckpt.state_dict, ckpt.path)
+    model = build_model(meta)
+    load_weights(model, ckpt.state_dict, str(meta["arch"]))
+    shape = input_shape or (tuple(meta["input_shape"]) if meta.get("input_shape") else None)
+    if shape is None:
+        shape = default_input_shape(meta)
+    return Source(model.float().eval(), meta, tuple(shape) if shape else None)
+
+
+def _program_input_shape(program) -> tuple[int, ...] | None:
+    for spec in program.graph_signature.input_specs:
+        if spec.kind.name == "USER_INPUT":
+            node = next(n for n in program.graph.nodes if n.name == spec.arg.name)
+            val = node.meta.get("val")
+            if isinstance(val, torch.Tensor):
+                return tuple(d if isinstance(d, int) else 1 for d in val.shape)
+    return None
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], arch: str) -> None:
+    """load_state_dict, with every missing, unexpected or mis-shaped key listed in one error."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k} (checkpoint {list(state[k].shape)} vs model {list(v.shape)})"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+        if items:
+            shown = ", ".join(items[:6]) + (f", ... ({len(items) - 6} more)" if len(items) > 6 else "")
+            problems.append(f"{len(items)} {label}: {shown}")
+    if problems:
+        raise BadInputError(f"checkpoint does not fit arch {arch}: " + "; ".join(problems))
+    model.load_state_dict(state, strict=False)
+
+
+def check_finite(state: dict[str, torch.Tensor], path) -> None:
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        shown = ", ".join(bad[:6]) + (f", ... ({len(bad) - 6} more)" if len(bad) > 6 else "")
+        raise BadInputError(f"checkpoint {path} has NaN or Inf values in {shown}")

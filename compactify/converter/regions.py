@@ -1,0 +1,216 @@
+"""Find the maximal linear regions of a captured graph and compose each into one operator.
+
+A region runs from one entry tensor to one exit tensor through affine steps only; its
+inner tensors are used nowhere else. Fan-out that rejoins inside the region (parallel
+branches summed, identity shortcuts) stays inside; a tensor that is also needed outside,
+or by two different exits, becomes an exit of its own (it is *materialized*), and the
+steps after it start a new region.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx
+
+from compactify.converter import algebra as A
+from compactify.converter.graph_ops import Constants, Scalar, Step, classify, describe, shape_of, static
+from compactify.errors import NotContractibleError
+
+
+@dataclass
+class Region:
+    entry: fx.Node
+    exit: fx.Node
+    nodes: list[fx.Node]  # topological order, exit last
+    steps: dict[fx.Node, Step]
+
+    @property
+    def name(self) -> str:
+        """The exit's layer path where it has one (``features.3``), else its node name."""
+        label = describe(self.exit)
+        return label.split(" (")[0] if " (" in label else label
+
+    @property
+    def layers(self) -> list[str]:
+        return [describe(n) for n in self.nodes]
+
+    @property
+    def ops(self) -> list[str]:
+        return [self.steps[n].kind for n in self.nodes]
+
+    @property
+    def params(self) -> frozenset[str]:
+        return frozenset().union(*(self.steps[n].params for n in self.nodes))
+
+
+@dataclass
+class Composition:
+    value: A.AffineConv | Scalar
+    family: tuple[int, int] | None
+    exact: bool
+    reasons: list[str] = field(default_factory=list)
+
+
+def find_regions(gm: fx.GraphModule, consts: Constants) -> list[Region]:
+    steps: dict[fx.Node, Step] = {}
+    for node in gm.graph.nodes:
+        step = classify(node, consts)
+        if step is not None:
+            steps[node] = step
+    materialized: set[fx.Node] = set()
+    while True:
+        entry = _entries(gm, steps, materialized)
+        if entry is None:  # a multi-entry sum was dropped from the affine set: recompute
+            continue
+        grew = _materialize(gm, steps, entry, materialized)
+        if not grew:
+            break
+    regions = []
+    for node in gm.graph.nodes:
+        if node in materialized:
+            regions.append(_collect(node, steps, entry, materialized))
+    return regions
+
+
+def _entries(gm, steps, materialized) -> dict[fx.Node, fx.Node] | None:
+    entry: dict[fx.Node, fx.Node] = {}
+    for node in gm.graph.nodes:
+        step = steps.get(node)
+        if step is None:
+            continue
+        sources = {entry[d] if d in steps and d not in materialized else d for d in step.data}
+        if len(sources) != 1:
+            del steps[node]  # sums two regions: it stays a plain add
+            return None
+        entry[node] = sources.pop()
+    return entry
+
+
+def _materialize(gm, steps, entry, materialized) -> bool:
+    grew = False
+    for node in steps:
+        if node not in materialized and any(u not in steps for u in node.users):
+            materialized.add(node)
+            grew = True
+    exits: dict[fx.Node, set[fx.Node]] = {}
+    for node in reversed(list(gm.graph.nodes)):
+        if node not in steps:
+            continue
+        if node in materialized:
+            exits[node] = {node}
+            continue
+        reach = set()
+        for u in node.users:
+            reach |= exits.get(u, set())
+        if len(reach) > 1:
+            materialized.add(node)
+            reach = {node}
+            grew = True
+        exits[node] = reach
+    return grew
+
+
+def _collect(exit_node, steps, entry, materialized) -> Region:
+    start = entry[exit_node]
+    members = {exit_node}
+    stack = [exit_node]
+    while stack:
+        node = stack.pop()
+        for d in steps[node].data:
+            if d in steps and d not in materialized and d not in members and entry[d] is start:
+                members.add(d)
+                stack.append(d)
+    order = [n for n in exit_node.graph.nodes if n in members]
+    return Region(start, exit_node, order, {n: steps[n] for n in order})
+
+
+# ---------------------------------------------------------------------------------------
+# Composition of a region into one operator
+
+
+def compose_region(region: Region) -> Composition:
+    values: dict[fx.Node, Composition] = {region.entry: Composition(Scalar(), None, True)}
+    for node in region.nodes:
+        step = region.steps[node]
+        if step.kind == "sum":
+            a, b = (values[d] for d in step.data)
+            values[node] = _sum(_scaled(a, step.coeffs[0]), _scaled(b, step.coeffs[1]), node)
+        else:
+            values[node] = _then(values[step.data[0]], step, node)
+    result = values[region.exit]
+    _check_shape(region, result)
+    return result
+
+
+def _scaled(c: Composition, factor: float) -> Composition:
+    if factor == 1.0:
+        return c
+    if isinstance(c.value, Scalar):
+        return Composition(Scalar(c.value.a * factor, c.value.b * factor), None, c.exact, c.reasons)
+    return Composition(A.scale(c.value, factor), c.family, c.exact, c.reasons)
+
+
+def _family(a, b, node) -> tuple[int, int] | None:
+    if a is not None and b is not None and a != b:
+        raise NotContractibleError(f"{describe(node)} mixes channel layouts {a} and {b}")
+    return a if a is not None else b
+
+
+def _as_conv(value: Scalar, channels: int, ndim: int) -> A.AffineConv:
+    ones = torch.ones(channels, dtype=torch.float64)
+    return A.channel_affine(ones * value.a, ones * value.b, ndim)
+
+
+def _then(prev: Composition, step: Step, node: fx.Node) -> Composition:
+    op = step.op
+    family = _family(prev.family, step.family, node)
+    reasons = list(prev.reasons)
+    if isinstance(op, Scalar):
+        if isinstance(prev.value, Scalar):
+            v = Scalar(op.a * prev.value.a, op.a * prev.value.b + op.b)
+            return Composition(v, family, prev.exact, reasons)
+        w = prev.value
+        shifted = A.AffineConv(w.weight * op.a, w.bias * op.a + op.b, w.stride, w.padding, w.dilation, w.groups)
+        return Composition(shifted, family, prev.exact, reasons)
+    first = prev.value
+    if isinstance(first, Scalar):
+        if first.is_identity:
+            return Composition(op, family, prev.exact, reasons)
+        first = _as_conv(first, op.in_channels, op.ndim)
+    composed = A.compose(first, op)
+    exact = prev.exact and composed.exact
+    if not composed.exact:
+        reasons.append(f"{describe(node)}: {composed.reason}")
+    return Composition(composed.op, family, exact, reasons)
+
+
+def _sum(a: Composition, b: Composition, node: fx.Node) -> Composition:
+    family = _family(a.family, b.family, node)
+    reasons = a.reasons + [r for r in b.reasons if r not in a.reasons]
+    exact = a.exact and b.exact
+    if isinstance(a.value, Scalar) and isinstance(b.value, Scalar):
+        return Composition(Scalar(a.value.a + b.value.a, a.value.b + b.value.b), family, exact, reasons)
+    ref = a.value if isinstance(a.value, A.AffineConv) else b.value
+    x, y = (
+        _as_conv(v, ref.in_channels, ref.ndim) if isinstance(v, Scalar) else v for v in (a.value, b.value)
+    )
+    return Composition(A.add(x, y), family, exact, reasons)
+
+
+def _check_shape(region: Region, c: Composition) -> None:
+    if not isinstance(c.value, A.AffineConv):
+        return
+    op = c.value
+    in_shape, out_shape = shape_of(region.entry), shape_of(region.exit)
+    if in_shape is None or out_shape is None:
+        return
+    axis = c.family[1] if c.family else 1
+    if static(out_shape[axis]) != op.out_channels or static(in_shape[axis]) != op.in_channels:
+        raise NotContractibleError(f"{region.name}: composed channels do not match the traced shapes")
+    if op.ndim:
+        spatial_in = [static(d) for d in in_shape[-op.ndim:]]
+        spatial_out = [static(d) for d in out_shape[-op.ndim:]]
+        if None not in spatial_in and op.output_size(spatial_in) != tuple(spatial_out):
+            raise NotContractibleError(f"{region.name}: composed operator changes the output size")
