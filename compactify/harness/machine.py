@@ -104,7 +104,8 @@ def machine_summary(info: dict[str, Any] | None = None) -> str:
     info = info or machine_info()
     parts = [f"{info['cpu']} ({info['usable_cores']}/{info['logical_cores']} cores)"]
     if info.get("torch"):
-        parts.append(f"torch {info['torch']} ({info.get('torch_threads')} threads)")
+        threads = info.get("torch_threads")
+        parts.append(f"torch {info['torch']} ({threads} thread{'' if threads == 1 else 's'})")
     if info.get("onnxruntime"):
         parts.append(f"onnxruntime {info['onnxruntime']}")
     if info.get("tensorrt"):
