@@ -17,6 +17,7 @@ from compactify.errors import CompactifyError
 
 
 COMMANDS: dict[str, str] = {
+    "bench": "compactify.cli.bench_cmd:bench",
     "convert": "compactify.cli.convert_cmd:convert",
     "engine": "compactify.cli.engine_cmd:engine",
 }

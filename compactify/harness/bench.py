@@ -1,0 +1,377 @@
+"""Benchmark models: load each on its runtime, time them interleaved per batch size, compare.
+
+The Python API behind ``compactify bench``. Each model is a file: a torch.export program
+(.pt2, torch runtime), an ONNX file (.onnx, ONNX Runtime), a TensorRT engine (.engine/.plan/
+.trt), or a checkpoint (.pt/.pth/.safetensors) that is rebuilt from its metadata and run on
+the torch runtime. All models of one batch size run round-robin (see ``latency``) and are
+quoted as ratios to the first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from compactify.errors import BadInputError
+from compactify.harness.latency import (
+    DEFAULT_WARMUP,
+    Candidate,
+    InterleavedResult,
+    compare_latency,
+    pinned_threads,
+)
+from compactify.harness.report import Column
+
+RUNTIMES = ("torch", "ort", "trt")
+DEVICES = ("cpu", "cuda")
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+_NATIVE_RUNTIME = {".pt2": "torch", ".onnx": "ort", **{s: "trt" for s in ENGINE_SUFFIXES}, **{s: "torch" for s in CHECKPOINT_SUFFIXES}}
+
+BENCH_COLUMNS = [
+    Column("model"),
+    Column("runtime"),
+    Column("device"),
+    Column("batch"),
+    Column("p50_ms", "p50 ms", ".3f"),
+    Column("p90_ms", "p90", ".3f"),
+    Column("p99_ms", "p99", ".3f"),
+    Column("mean_ms", "mean", ".3f"),
+    Column("std_ms", "std", ".3f"),
+    Column("cv", "CV", ".1%"),
+    Column("throughput", "items/s", ",.1f"),
+    Column("ratio", "vs first (p50)", ".3f"),
+]
+
+
+def parse_batches(text: str | Sequence[int]) -> list[int]:
+    """``"1,8,32"`` -> ``[1, 8, 32]``: positive integers, no duplicates."""
+    if isinstance(text, str):
+        parts = [p.strip() for p in text.split(",")]
+        try:
+            values = [int(p) for p in parts]
+        except ValueError:
+            raise BadInputError(f"--batch must be a comma-separated list of positive integers like 1,8,32; got {text!r}") from None
+    else:
+        values = [int(v) for v in text]
+    if not values or any(v < 1 for v in values):
+        raise BadInputError(f"--batch must list positive integers like 1,8,32; got {text!r}")
+    if len(set(values)) != len(values):
+        raise BadInputError(f"--batch lists a size twice: {text!r}")
+    return values
+
+
+def parse_shape(text: str | Sequence[int] | None) -> tuple[int, ...] | None:
+    """``"3,32,32"`` -> ``(3, 32, 32)``: the input's dims after the batch."""
+    if text is None:
+        return None
+    if isinstance(text, str):
+        try:
+            values = tuple(int(p) for p in text.replace("x", ",").split(","))
+        except ValueError:
+            raise BadInputError(f"--input-shape must be the dims after the batch, like 3,32,32; got {text!r}") from None
+    else:
+        values = tuple(int(v) for v in text)
+    if not values or any(v < 1 for v in values):
+        raise BadInputError(f"--input-shape must hold positive integers like 3,32,32; got {text!r}")
+    return values
+
+
+@dataclasses.dataclass
+class BenchModel:
+    """One model to time: where it is, which runtime runs it, the name it gets in tables."""
+
+    path: Path
+    runtime: str
+    label: str
+
+    @property
+    def kind(self) -> str:
+        suffix = self.path.suffix.lower()
+        if suffix in CHECKPOINT_SUFFIXES:
+            return "checkpoint"
+        return {".pt2": "pt2", ".onnx": "onnx"}.get(suffix, "engine")
+
+
+def resolve_models(paths: Sequence[str | Path], runtime: str | None = None) -> list[BenchModel]:
+    """Check files and runtimes; ``runtime=None`` picks each file's own runtime from its suffix."""
+    if not paths:
+        raise BadInputError("give at least one MODEL file to benchmark")
+    if runtime is not None and runtime not in RUNTIMES:
+        raise BadInputError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
+    models = []
+    for p in paths:
+        path = Path(p)
+        if not path.exists():
+            raise BadInputError(f"model file {path} does not exist")
+        if not path.is_file():
+            raise BadInputError(f"model {path} is not a file")
+        suffix = path.suffix.lower()
+        if suffix not in _NATIVE_RUNTIME:
+            raise BadInputError(
+                f"cannot benchmark {path.name}: expected .pt2, .onnx, a TensorRT engine ({', '.join(ENGINE_SUFFIXES)}) "
+                f"or a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})"
+            )
+        native = _NATIVE_RUNTIME[suffix]
+        chosen = runtime or native
+        if chosen != native:
+            raise BadInputError(_mismatch(path, chosen, native))
+        models.append(BenchModel(path, chosen, ""))
+    _assign_labels(models)
+    return models
+
+
+def _mismatch(path: Path, runtime: str, native: str) -> str:
+    what = {"torch": "a PyTorch model", "ort": "an ONNX model", "trt": "a TensorRT engine"}[native]
+    hints = {
+        "ort": "export it to ONNX first",
+        "trt": "build a TensorRT engine from its ONNX export first",
+        "torch": "the torch runtime needs a .pt2 or checkpoint",
+    }
+    return f"{path.name} is {what} and runs on --runtime {native}, not --runtime {runtime}; {hints[runtime]}"
+
+
+def _assign_labels(models: list[BenchModel]) -> None:
+    """File names when they are distinct, else paths, else numbered: labels must be unique."""
+    for m in models:
+        m.label = m.path.name
+    if len({m.label for m in models}) < len(models):
+        for m in models:
+            m.label = str(m.path)
+    seen: dict[str, int] = {}
+    for m in models:
+        if m.label in seen:
+            seen[m.label] += 1
+            m.label = f"{m.label}#{seen[m.label]}"
+        else:
+            seen[m.label] = 1
+
+
+@dataclasses.dataclass
+class _Loaded:
+    model: BenchModel
+    runner: Any
+    shape_hint: tuple[int, ...] | None  # dims after the batch from checkpoint metadata
+
+
+def _open(model: BenchModel, device: str, threads: int | None, trust_pickle: bool, input_shape: tuple[int, ...] | None):
+    from compactify.runtimes import open_runner
+
+    if model.kind == "checkpoint":
+        module, hint = _module_from_checkpoint(model.path, trust_pickle)
+        shape = input_shape or hint
+        opts = {"input_shape": (None, *shape)} if shape else {}
+        return open_runner(module, runtime="torch", device=device, **opts), shape
+    opts = {}
+    if model.runtime == "ort" and threads:
+        opts["intra_op_threads"] = threads
+    return open_runner(model.path, runtime=model.runtime, device=device, **opts), None
+
+
+def _module_from_checkpoint(path: Path, trust_pickle: bool):
+    """Rebuild the network a checkpoint stands for, weights loaded, in eval mode."""
+    from compactify.converter.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path, trust_pickle=trust_pickle)
+    meta = ckpt.meta or {}
+    shape = meta.get("input_shape")
+    hint = tuple(int(d) for d in shape[1:]) if shape else None
+    if ckpt.module is not None:
+        module = ckpt.module
+    elif ckpt.exported is not None:
+        module = ckpt.exported.module()
+    else:
+        from compactify.models import build_model, default_input_shape
+
+        if not meta.get("arch"):
+            raise BadInputError(
+                f"checkpoint {path} has no compactify metadata naming its architecture; benchmark its .pt2 or .onnx export instead"
+            )
+        module = build_model(meta)
+        try:
+            module.load_state_dict(ckpt.state_dict, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise BadInputError(f"checkpoint {path} does not fit the architecture in its metadata: {first}") from None
+        if hint is None:
+            full = default_input_shape(meta)
+            hint = tuple(full[1:]) if full else None
+    try:
+        module.eval()
+    except NotImplementedError:  # an exported program's module is already in inference form
+        pass
+    return module, hint
+
+
+def make_feeds(specs, batch: int, input_shape: tuple[int, ...] | None, label: str, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs that fit ``specs`` at ``batch``; dynamic dims after the batch come from ``input_shape``."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in specs:
+        if spec.shape is None:
+            if input_shape is None:
+                raise BadInputError(f"{label}: the rank of input {spec.name!r} is unknown; pass --input-shape C,H,W")
+            dims = (batch, *input_shape)
+        else:
+            if not spec.shape:
+                raise BadInputError(f"{label}: input {spec.name!r} is a scalar; bench needs a batched input")
+            first = spec.shape[0]
+            if first is not None and first != batch:
+                raise BadInputError(
+                    f"{label}: input {spec.name!r} has a fixed batch of {first}; re-export it with a dynamic batch or use --batch {first}"
+                )
+            rest = list(spec.shape[1:])
+            if any(d is None for d in rest):
+                if input_shape is None or len(input_shape) != len(rest):
+                    raise BadInputError(
+                        f"{label}: input {spec.name!r} has dynamic dims {spec.describe()}; pass --input-shape with {len(rest)} dims after the batch"
+                    )
+                rest = [d if d is not None else s for d, s in zip(rest, input_shape)]
+            dims = (batch, *rest)
+        dtype = np.dtype(spec.dtype)
+        if dtype.kind == "f":
+            feeds[spec.name] = rng.standard_normal(dims).astype(dtype)
+        else:
+            feeds[spec.name] = np.zeros(dims, dtype=dtype)  # index-like inputs: 0 is always in range
+    return feeds
+
+
+@dataclasses.dataclass
+class BenchResult:
+    """Rows for tables (one per model and batch) and the interleaved runs behind them."""
+
+    rows: list[dict[str, Any]]
+    runs: dict[int, InterleavedResult]
+    settings: dict[str, Any]
+    machine: dict[str, Any]
+    warnings: list[str]
+
+    def to_dict(self, samples: bool = True) -> dict[str, Any]:
+        from compactify import __version__
+
+        return {
+            "compactify_version": __version__,
+            "machine": self.machine,
+            "settings": self.settings,
+            "rows": self.rows,
+            "runs": {str(b): r.to_dict(samples=samples) for b, r in self.runs.items()},
+            "warnings": self.warnings,
+        }
+
+
+def bench(
+    models: Sequence[str | Path],
+    *,
+    runtime: str | None = None,
+    device: str | None = None,
+    batches: Sequence[int] | str = (1,),
+    threads: int | None = None,
+    warmup: int = DEFAULT_WARMUP,
+    iters: int | None = None,
+    seconds: float | None = None,
+    input_shape: Sequence[int] | str | None = None,
+    trust_pickle: bool = False,
+    progress: bool | None = None,
+    rotate: bool = True,
+    seed: int = 0,
+) -> BenchResult:
+    """Time every model at every batch size, interleaved, and compare each with the first.
+
+    ``device=None`` means cuda when a TensorRT engine is among the models, else cpu.
+    ``iters`` rounds (each model once per round) or ``seconds`` of rounds per batch size.
+    """
+    from compactify.harness.machine import machine_info
+
+    if device is not None and device not in DEVICES:
+        raise BadInputError(f"unknown device {device!r}; use cpu or cuda")
+    if threads is not None and threads < 1:
+        raise BadInputError(f"--threads must be >= 1, got {threads}")
+    batch_list = parse_batches(batches)
+    shape = parse_shape(input_shape)
+    resolved = resolve_models(models, runtime)
+    if device is None:  # TensorRT engines only run on cuda; everything else defaults to cpu
+        device = "cuda" if any(m.runtime == "trt" for m in resolved) else "cpu"
+    if iters is not None and seconds is not None:
+        raise BadInputError("give either --iters or --seconds, not both")
+
+    rows: list[dict[str, Any]] = []
+    runs: dict[int, InterleavedResult] = {}
+    warnings: list[str] = []
+    with contextlib.ExitStack() as stack, pinned_threads(threads):
+        loaded = []
+        for m in resolved:
+            runner, hint = _open(m, device, threads, trust_pickle, shape)
+            stack.enter_context(runner)
+            loaded.append(_Loaded(m, runner, hint))
+        machine = machine_info()  # after loading: torch threads are pinned by now
+        for batch in batch_list:
+            candidates = []
+            for item in loaded:
+                feeds = make_feeds(item.runner.inputs, batch, shape or item.shape_hint, item.model.label, seed)
+                fn = item.runner.bind(feeds)
+                candidates.append(Candidate(item.model.label, fn, item.runner.synchronize, device, batch))
+            result = compare_latency(
+                candidates,
+                warmup=warmup,
+                iters=iters,
+                seconds=seconds,
+                rotate=rotate,
+                progress=progress,
+                description=f"batch {batch}",
+            )
+            runs[batch] = result
+            warnings.extend(result.warnings)
+            for item, stats in zip(loaded, result.stats):
+                row = {
+                    "model": item.model.label,
+                    "path": str(item.model.path),
+                    "runtime": item.model.runtime,
+                    "device": device,
+                    **stats.to_dict(),
+                    "ratio": result.ratios_p50[stats.label],
+                    "ratio_paired": result.ratios_paired[stats.label],
+                }
+                row.pop("label")
+                rows.append(row)
+    settings = {
+        "models": [str(m.path) for m in resolved],
+        "runtimes": [m.runtime for m in resolved],
+        "device": device,
+        "batches": batch_list,
+        "threads": threads,
+        "warmup": warmup,
+        "iters": iters,
+        "seconds": seconds,
+        "input_shape": list(shape) if shape else None,
+        "rotate": rotate,
+        "seed": seed,
+        "baseline": resolved[0].label,
+    }
+    return BenchResult(rows=rows, runs=runs, settings=settings, machine=machine, warnings=warnings)
+
+
+def markdown_report(result: BenchResult) -> str:
+    """The bench table in Markdown, with the machine and settings it was measured with."""
+    from compactify.harness.machine import machine_summary
+    from compactify.harness.report import markdown_table
+
+    s = result.settings
+    budget = f"{s['seconds']} s" if s["seconds"] is not None else f"{s['iters'] or 'default'} iterations"
+    lines = [
+        "## compactify bench",
+        "",
+        f"Machine: {machine_summary(result.machine)}",
+        "",
+        f"Settings: warm-up {s['warmup']}, {budget}, threads {s['threads'] or 'default'}, "
+        f"interleaved{' with rotation' if s['rotate'] else ''}; ratio = p50 / p50 of {s['baseline']}.",
+        "",
+        markdown_table(result.rows, BENCH_COLUMNS),
+    ]
+    if result.warnings:
+        lines += ["Warnings:", ""] + [f"- {w}" for w in result.warnings] + [""]
+    return "\n".join(lines)
+
