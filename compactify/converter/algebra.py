@@ -306,7 +306,8 @@ def compose(first: AffineConv, second: AffineConv) -> Composed:
     w2 = b.weight.reshape(groups, out // groups, mid // groups, *b.kernel)
     weight = torch.zeros(groups, out // groups, in_per, *size, dtype=F64)
     for t2 in _positions(b.kernel):
-        block = torch.einsum("gop,gpi...->goi...", w2[(slice(None),) * 3 + t2], w1)
+        tap = w2[(slice(None),) * 3 + t2]  # [g, out, mid] at this tap of the second kernel
+        block = torch.matmul(tap, w1.reshape(groups, mid // groups, -1)).reshape(groups, out // groups, in_per, *a.kernel)
         start = [(s * d2 * t) // g for s, d2, t, g in zip(s1, b.dilation, t2, dil)]
         step = [d1 // g if k1 > 1 else 1 for d1, k1, g in zip(a.dilation, a.kernel, dil)]
         index = (slice(None),) * 3 + tuple(
@@ -315,7 +316,7 @@ def compose(first: AffineConv, second: AffineConv) -> Composed:
         weight[index] += block
     weight = weight.reshape(out, in_per, *size)
     # Valid wherever the intermediate is unpadded; at padded borders the flag above says so.
-    bias = b.bias + torch.einsum("op...,p->o", dense_weight(b), a.bias)
+    bias = b.bias + dense_weight(b).reshape(out, mid, -1).sum(-1) @ a.bias
     stride = tuple(x * y for x, y in zip(a.stride, b.stride))
     padding = tuple(
         (pa[0] + s * pb[0], pa[1] + s * pb[1]) for pa, pb, s in zip(a.padding, b.padding, s1)

@@ -30,6 +30,12 @@ def rewrite(gm: fx.GraphModule, decisions: list[Decision]) -> tuple[fx.GraphModu
         elif d.kind == "removed":
             region.exit.replace_all_uses_with(region.entry)
             changed = True
+        else:
+            continue
+        # Explicitly: DCE keeps ops it deems impure, such as dropout even in eval mode.
+        for node in reversed(region.nodes):
+            if not node.users:
+                gm.graph.erase_node(node)
     changed |= gm.graph.eliminate_dead_code()
     changed |= _drop_unused_attributes(gm)
     gm.graph.lint()
