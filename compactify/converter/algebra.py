@@ -305,15 +305,18 @@ def compose(first: AffineConv, second: AffineConv) -> Composed:
     w1 = a.weight.reshape(groups, mid // groups, in_per, *a.kernel)
     w2 = b.weight.reshape(groups, out // groups, mid // groups, *b.kernel)
     weight = torch.zeros(groups, out // groups, in_per, *size, dtype=F64)
-    for t2 in _positions(b.kernel):
-        tap = w2[(slice(None),) * 3 + t2]  # [g, out, mid] at this tap of the second kernel
-        block = torch.matmul(tap, w1.reshape(groups, mid // groups, -1)).reshape(groups, out // groups, in_per, *a.kernel)
+    # Every tap of the second kernel against the whole first kernel, in one matmul.
+    taps2 = math.prod(b.kernel)
+    w2_taps = w2.reshape(groups, out // groups, mid // groups, taps2).permute(0, 3, 1, 2)
+    blocks = torch.matmul(w2_taps, w1.reshape(groups, 1, mid // groups, -1))
+    blocks = blocks.reshape(groups, taps2, out // groups, in_per, *a.kernel)
+    step = [d1 // g if k1 > 1 else 1 for d1, k1, g in zip(a.dilation, a.kernel, dil)]
+    for i, t2 in enumerate(_positions(b.kernel)):
         start = [(s * d2 * t) // g for s, d2, t, g in zip(s1, b.dilation, t2, dil)]
-        step = [d1 // g if k1 > 1 else 1 for d1, k1, g in zip(a.dilation, a.kernel, dil)]
         index = (slice(None),) * 3 + tuple(
             slice(st, st + (k - 1) * sp + 1, sp) for st, k, sp in zip(start, a.kernel, step)
         )
-        weight[index] += block
+        weight[index] += blocks[:, i]
     weight = weight.reshape(out, in_per, *size)
     # Valid wherever the intermediate is unpadded; at padded borders the flag above says so.
     bias = b.bias + dense_weight(b).reshape(out, mid, -1).sum(-1) @ a.bias
