@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
@@ -36,6 +35,7 @@ def bench(models, runtime, device, batch, threads, warmup, iters, seconds, input
     Models run interleaved (A B, B A, ...) and are compared with the first as p50 ratios.
     """
     from rich.console import Console
+    from rich.measure import Measurement
 
     from compactify.harness.bench import BENCH_COLUMNS, bench as run_bench, markdown_report
     from compactify.harness.machine import machine_summary
@@ -55,10 +55,14 @@ def bench(models, runtime, device, batch, threads, warmup, iters, seconds, input
         progress=False if no_progress else None,
     )
     console = Console()
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(width=200)  # piped output keeps every column instead of truncating to 80
+    table = rich_table(result.rows, BENCH_COLUMNS)
+    # Never squeeze the numbers into ellipses: a table wider than the terminal is printed at its
+    # natural width and left to the terminal to wrap.
+    natural = Measurement.get(console, console.options.update_width(1000), table).maximum
+    if natural > console.width:
+        console = Console(width=natural)
     console.print(f"[dim]{machine_summary(result.machine)}[/dim]")
-    console.print(rich_table(result.rows, BENCH_COLUMNS))
+    console.print(table)
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     if json_path:
