@@ -180,10 +180,8 @@ def _module_from_checkpoint(path: Path, trust_pickle: bool):
     meta = ckpt.meta or {}
     shape = meta.get("input_shape")
     hint = tuple(int(d) for d in shape[1:]) if shape else None
-    if ckpt.module is not None:
+    if ckpt.module is not None:  # a whole pickled module, loaded because the user trusts it
         module = ckpt.module
-    elif ckpt.exported is not None:
-        module = ckpt.exported.module()
     else:
         from compactify.models import build_model, default_input_shape
 
@@ -200,10 +198,7 @@ def _module_from_checkpoint(path: Path, trust_pickle: bool):
         if hint is None:
             full = default_input_shape(meta)
             hint = tuple(full[1:]) if full else None
-    try:
-        module.eval()
-    except NotImplementedError:  # an exported program's module is already in inference form
-        pass
+    module.eval()
     return module, hint
 
 

@@ -223,6 +223,17 @@ def test_bench_checkpoint_without_metadata(tmp_path):
         bench([path], **FAST)
 
 
+def test_bench_pickled_module_needs_trust(tmp_path):
+    path = tmp_path / "whole.pt"
+    torch.save(Tiny(), path)
+    with pytest.raises(BadInputError, match="--trust-pickle"):
+        bench([path], **FAST)
+    with pytest.raises(BadInputError, match="--input-shape"):  # no metadata: the shape must be given
+        bench([path], trust_pickle=True, **FAST)
+    res = bench([path], trust_pickle=True, input_shape="3,8,8", batches="2", **FAST)
+    assert res.rows[0]["batch"] == 2 and res.rows[0]["runtime"] == "torch"
+
+
 def _cli(args):
     return CliRunner().invoke(main, ["bench", *map(str, args)])
 
