@@ -8,6 +8,7 @@ maps its name to ``module:attribute``), so ``compactify --help`` does not pay fo
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
@@ -62,6 +63,9 @@ def main(ctx: click.Context, debug: bool) -> None:
     """Contract over-parameterized PyTorch checkpoints into compact networks, export and verify them."""
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+    # As with `python -m`, users' own modules (--arch package.module:factory) import from here.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
 
 
 if __name__ == "__main__":  # pragma: no cover

