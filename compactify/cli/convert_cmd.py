@@ -18,8 +18,21 @@ import click
 @click.option("--allow-approximate", is_flag=True, help="Also merge regions whose borders are not exact; report the error.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output folder.")
 @click.option("--trust-pickle", is_flag=True, help="Allow loading a pickled whole module (can run code).")
-def convert(checkpoint, arch, arch_kwargs, input_shape, out_dir, outputs, allow_approximate, force, trust_pickle):
-    """Contract CHECKPOINT into its compact network: OUTDIR/compact.pt2, report.json, report.md."""
+@click.option("--no-onnx", is_flag=True, help="Skip compact.onnx (and everything built from it).")
+@click.option("--static", is_flag=True, help="Fix the ONNX batch size instead of keeping it dynamic.")
+@click.option("--no-simplify", is_flag=True, help="Do not run onnxsim on compact.onnx.")
+@click.option("--fp16", is_flag=True, help="Also write compact.fp16.onnx (fp32 inputs/outputs, casts inside).")
+@click.option("--trt", is_flag=True, help="Also build compact.engine with TensorRT (needs TensorRT and CUDA).")
+@click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Largest batch of the TensorRT optimization profile.")
+@click.option("--timing-cache", type=click.Path(dir_okay=False), help="TensorRT timing cache reused across builds.")
+def convert(checkpoint, arch, arch_kwargs, input_shape, out_dir, outputs, allow_approximate, force, trust_pickle,
+            no_onnx, static, no_simplify, fp16, trt, max_batch, timing_cache):
+    """Contract CHECKPOINT into its compact network.
+
+    Writes OUTDIR/compact.pt2, compact.onnx, report.json and report.md (plus
+    compact.fp16.onnx with --fp16 and compact.engine with --trt), atomically.
+    """
     from compactify.converter.convert import ConvertOptions, convert_checkpoint
     from compactify.converter.ingest import parse_arch_kwargs, parse_input_shape
 
@@ -31,6 +44,13 @@ def convert(checkpoint, arch, arch_kwargs, input_shape, out_dir, outputs, allow_
         force=force,
         trust_pickle=trust_pickle,
         outputs=outputs,
+        onnx=not no_onnx,
+        static=static,
+        simplify=not no_simplify,
+        fp16=fp16,
+        trt=trt,
+        max_batch=max_batch,
+        timing_cache=timing_cache,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the report's own warnings are printed below, once

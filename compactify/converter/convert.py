@@ -136,6 +136,13 @@ class ConvertOptions:
     force: bool = False
     trust_pickle: bool = False
     outputs: str | None = None
+    onnx: bool = True
+    static: bool = False  # fixed batch in the ONNX model instead of a dynamic one
+    simplify: bool = True
+    fp16: bool = False
+    trt: bool = False
+    max_batch: int = 32  # TensorRT optimization profile: batch 1 .. max_batch
+    timing_cache: str | None = None
 
 
 def convert_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: ConvertOptions | None = None) -> dict:
@@ -144,6 +151,14 @@ def convert_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: Con
     out_dir = Path(out_dir)
     if out_dir.exists() and not options.force:
         raise BadInputError(f"output folder {out_dir} already exists; pass --force to overwrite it")
+    if options.trt:  # before any work, so that nothing is half-written
+        from compactify.runtimes.devices import require_tensorrt
+
+        require_tensorrt("--trt")
+        if not options.onnx:
+            raise BadInputError("--trt builds the engine from the ONNX model; drop --no-onnx")
+    if options.fp16 and not options.onnx:
+        raise BadInputError("--fp16 writes compact.fp16.onnx; drop --no-onnx")
     ckpt = load_checkpoint(checkpoint, trust_pickle=options.trust_pickle)
     source = build_source(ckpt, options.arch, options.arch_kwargs, options.input_shape)
     if not source.input_shape:
@@ -156,8 +171,52 @@ def convert_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: Con
     with atomic_dir(out_dir, force=options.force) as tmp:
         save_program(result.compact, result.example, tmp / "compact.pt2", report)
         report["artifacts"] = {"pt2": "compact.pt2"}
+        if options.onnx:
+            report.update(export_artifacts(result, report, options, tmp))
         write_report(report, tmp)
     return report
+
+
+def export_artifacts(result: Contraction, report: dict, options: ConvertOptions, folder: Path) -> dict:
+    """compact.onnx (+ fp16 copy, + TensorRT engine); returns the report entries they add."""
+    from compactify.converter.onnx_export import export_onnx, to_fp16
+
+    metadata = {
+        "compactify.version": __version__,
+        "compactify.source_sha256": report["source"]["sha256"],
+        "compactify.source_arch": str(report["source"]["arch"]),
+        "compactify.contraction": json.dumps(result.summary()),
+    }
+    exported = export_onnx(
+        result.compact, result.example, folder / "compact.onnx", input_names=report["input_names"],
+        output_names=report["output_names"], dynamic_batch=not options.static, simplify=options.simplify,
+        metadata=metadata,
+    )
+    artifacts = dict(report["artifacts"], onnx="compact.onnx")
+    added: dict = {"onnx": {
+        "exporter": exported.exporter, "fallback_reason": exported.fallback_reason, "opset": exported.opset,
+        "dynamic_batch": exported.dynamic_batch, "simplified": exported.simplified,
+        "simplify_max_abs_diff": exported.simplify_max_abs_diff, "nodes_before": exported.nodes_before,
+        "nodes_after": exported.nodes_after, "max_abs_diff_vs_torch": exported.max_abs_diff,
+        "max_rel_diff_vs_torch": exported.max_rel_diff,
+    }}
+    report["warnings"].extend(exported.warnings)
+    engine_source = folder / "compact.onnx"
+    if options.fp16:
+        half = to_fp16(folder / "compact.onnx", folder / "compact.fp16.onnx")
+        artifacts["onnx_fp16"] = "compact.fp16.onnx"
+        added["onnx_fp16"] = {"max_abs_diff_vs_fp32": half.max_abs_diff, "max_rel_diff_vs_fp32": half.max_rel_diff,
+                              "clamped_values": half.clamped_values, "flushed_values": half.flushed_values}
+        engine_source = folder / "compact.fp16.onnx"
+    if options.trt:
+        from compactify.converter.tensorrt_build import build_engine
+
+        info = build_engine(engine_source, folder / "compact.engine", max_batch=options.max_batch,
+                            timing_cache=options.timing_cache, fp16=options.fp16)
+        artifacts["engine"] = "compact.engine"
+        added["engine"] = {k: v for k, v in info.as_dict().items() if k != "path"}
+    added["artifacts"] = artifacts
+    return added
 
 
 def save_program(module: nn.Module, example: torch.Tensor, path: Path, report: dict) -> None:

@@ -62,7 +62,7 @@ def _read(out):
 ])
 def test_convert_reads_every_checkpoint_format(ckpts, tmp_path, kind, extra):
     out = tmp_path / "out"
-    r = _run("convert", ckpts[kind], "-o", out, *extra)
+    r = _run("convert", ckpts[kind], "-o", out, "--no-onnx", *extra)
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in out.iterdir()) == ["compact.pt2", "report.json", "report.md"]
     report = _read(out)
@@ -75,9 +75,38 @@ def test_convert_reads_every_checkpoint_format(ckpts, tmp_path, kind, extra):
     assert any(r["decision"] == "dense" for r in report["regions"])
     program = torch.export.load(str(out / "compact.pt2"))
     x = torch.randn(3, 3, 12, 12)  # a batch the conversion never saw: the batch stays dynamic
-    ref = user_models.expanded(8)
     assert program.module()(x).shape == (3, 5)
-    assert "compactify convert" not in (out / "report.md").read_text() or True
+    assert "| dense |" in (out / "report.md").read_text()
+
+
+def test_onnx_artifacts_static_batch_and_fp16(ckpts, tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    out = tmp_path / "out"
+    r = _run("convert", ckpts["meta"], "-o", out, "--static", "--fp16")
+    assert r.exit_code == 0, r.output
+    report = _read(out)
+    assert report["artifacts"] == {"pt2": "compact.pt2", "onnx": "compact.onnx", "onnx_fp16": "compact.fp16.onnx"}
+    assert report["onnx"]["opset"] >= 18 and report["onnx"]["dynamic_batch"] is False
+    model = onnx.load(str(out / "compact.onnx"))
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["compactify.source_sha256"] == report["source"]["sha256"]
+    assert json.loads(props["compactify.contraction"])["params_after"] == report["params_after"]
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2  # fixed batch
+    session = ort.InferenceSession(str(out / "compact.fp16.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].type == "tensor(float)"
+
+
+def test_trt_without_tensorrt_is_one_line_and_writes_nothing(ckpts, tmp_path):
+    from compactify.runtimes.devices import tensorrt_missing
+
+    if tensorrt_missing() is None:
+        pytest.skip("TensorRT and CUDA are present: the refusal path does not apply")
+    out = tmp_path / "out"
+    r = _run("convert", ckpts["meta"], "-o", out, "--trt")
+    assert r.exit_code == 2 and r.output.startswith("error: --trt needs") and len(r.output.splitlines()) == 1
+    assert not out.exists()
 
 
 def test_existing_output_needs_force(ckpts, tmp_path):
