@@ -232,11 +232,45 @@ def _export_with_fallback(
     raise CompactifyError("could not export the model to ONNX: " + "; ".join(failures))
 
 
+_TORCHLIB_OPS: list | None = None
+
+
+@contextlib.contextmanager
+def _torchlib_cached() -> Iterator[None]:
+    """Reuse the aten->ONNX function table across exports in this process.
+
+    torch.onnx's dynamo exporter rebuilds it on every call by re-parsing the source of ~500
+    onnxscript functions, which costs seconds per export; the table is read-only, so one copy
+    serves all exports. If the private hook moves in another torch version we just skip it.
+    """
+    global _TORCHLIB_OPS
+    try:
+        from torch.onnx._internal.exporter import _registration
+
+        apis = _registration.onnxscript_apis
+        original = apis.get_torchlib_ops
+    except (ImportError, AttributeError):
+        yield
+        return
+    if _TORCHLIB_OPS is None:
+        _TORCHLIB_OPS = list(original())
+    apis.get_torchlib_ops = lambda: list(_TORCHLIB_OPS)
+    try:
+        yield
+    finally:
+        apis.get_torchlib_ops = original
+
+
 def _export_dynamo(module, args, target, input_names, output_names, opset, dynamic_batch) -> None:
     dynamic_shapes = None
     if dynamic_batch:
         batch = torch.export.Dim(BATCH_DIM_NAME, min=1)
         dynamic_shapes = tuple({0: batch} for _ in args)
+    with _torchlib_cached():
+        _dynamo_export_call(module, args, target, input_names, output_names, opset, dynamic_shapes)
+
+
+def _dynamo_export_call(module, args, target, input_names, output_names, opset, dynamic_shapes) -> None:
     torch.onnx.export(
         module,
         args,
@@ -432,6 +466,7 @@ def _run_ort(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.nd
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.intra_op_num_threads = 1  # check inputs are tiny; extra threads only spin on a busy machine
     session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     return session.run(None, feeds)
 
