@@ -77,7 +77,7 @@ class TrtRunner(Runner):
         self._runtime = trt.Runtime(self._logger)
         engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
         if engine is None:
-            gpu = torch.cuda.get_device_name(self.device_id)
+            gpu = _gpu_name(self.device_id)
             detail = self._logger.last_error()
             raise BadInputError(
                 f"{self.path} is not a TensorRT engine this machine can load (built for another GPU or TensorRT version? "
@@ -180,6 +180,15 @@ class TrtRunner(Runner):
     def synchronize(self) -> None:
         if self._stream is not None:
             self._stream.synchronize()
+
+
+def _gpu_name(device_id: int) -> str:
+    import torch
+
+    try:
+        return torch.cuda.get_device_name(device_id)
+    except Exception:  # the name only decorates an error message
+        return "this GPU"
 
 
 def _np_dtype(trt: Any, dtype: Any) -> str:
