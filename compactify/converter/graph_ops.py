@@ -151,6 +151,8 @@ def classify(node: fx.Node, consts: Constants) -> Step | None:
             return _linear(node, data, consts)
         if target is aten.batch_norm.default:
             return _batchnorm(node, data, consts)
+        if target is operator.getitem and _is_decomposed_batchnorm(node):
+            return _decomposed_batchnorm(node, consts)
         if target in (aten.pad.default, aten.constant_pad_nd.default):
             return _pad(node, data)
         if target in _AVG:
@@ -253,14 +255,33 @@ def _linear(node, data, consts) -> Step:
 def _batchnorm(node, data, consts) -> Step:
     x, weight, bias, mean, var, training, _momentum, eps = node.args[:8]
     _need(not training and len(data) == 1 and x is data[0])
+    return _bn_step(node, x, (weight, bias, mean, var), eps, consts)
+
+
+def _is_decomposed_batchnorm(node: fx.Node) -> bool:
+    src = node.args[0]
+    return (isinstance(src, fx.Node) and src.target is aten._native_batch_norm_legit_no_training.default
+            and node.args[1] == 0)
+
+
+def _decomposed_batchnorm(node, consts) -> Step:
+    """``getitem(_native_batch_norm_legit_no_training(x, w, b, mean, var, momentum, eps), 0)``,
+    the form BatchNorm takes in programs exported with core-ATen decompositions."""
+    x, weight, bias, mean, var, _momentum, eps = node.args[0].args[:7]
+    _need(isinstance(x, fx.Node) and x not in consts)
+    return _bn_step(node, x, (weight, bias, mean, var), eps, consts)
+
+
+def _bn_step(node, x, args, eps, consts) -> Step:
     in_shape = shape_of(x)
     _need(in_shape is not None and len(in_shape) >= 2)
-    tensors = [None if a is None else consts.tensor(a) for a in (weight, bias, mean, var)]
-    _need(all(t is not None for t, a in zip(tensors, (weight, bias, mean, var)) if a is not None))
-    _need(tensors[2] is not None and tensors[3] is not None)
+    tensors = [None if a is None else consts.tensor(a) for a in args]
+    _need(all(t is not None for t, a in zip(tensors, args) if a is not None))
+    weight, bias, mean, var = tensors
+    _need(mean is not None and var is not None)
     nd = len(in_shape) - 2
-    op = A.batchnorm(tensors[2], tensors[3], tensors[0], tensors[1], float(eps), nd)
-    return Step(node, "batchnorm", (x,), op, (nd, 1), params=consts.params_of((weight, bias)))
+    op = A.batchnorm(mean, var, weight, bias, float(eps), nd)
+    return Step(node, "batchnorm", (x,), op, (nd, 1), params=consts.params_of(args[:2]))
 
 
 def _pad(node, data) -> Step:

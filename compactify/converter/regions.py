@@ -88,10 +88,23 @@ def _entries(gm, steps, materialized) -> dict[fx.Node, fx.Node] | None:
     return entry
 
 
+def _users(node: fx.Node, steps) -> list[fx.Node]:
+    """Users as the steps see them: a tuple-producing node that only feeds steps reading
+    ``node`` (decomposed BatchNorm and its ``getitem``) is looked through."""
+    found = []
+    for u in node.users:
+        live = [v for v in u.users if v.users or v in steps]  # unused getitems do not count
+        if u not in steps and live and all(v in steps and node in steps[v].data for v in live):
+            found.extend(live)
+        else:
+            found.append(u)
+    return found
+
+
 def _materialize(gm, steps, entry, materialized) -> bool:
     grew = False
     for node in steps:
-        if node not in materialized and any(u not in steps for u in node.users):
+        if node not in materialized and any(u not in steps for u in _users(node, steps)):
             materialized.add(node)
             grew = True
     exits: dict[fx.Node, set[fx.Node]] = {}
@@ -102,7 +115,7 @@ def _materialize(gm, steps, entry, materialized) -> bool:
             exits[node] = {node}
             continue
         reach = set()
-        for u in node.users:
+        for u in _users(node, steps):
             reach |= exits.get(u, set())
         if len(reach) > 1:
             materialized.add(node)

@@ -268,3 +268,35 @@ def test_smallnet7_expansions_contract_to_the_compact_net(mode):
     assert r.max_rel_error <= 1e-6
     assert all(d.kind in ("dense", "keep") for d in r.decisions)
     assert _error64(model, r.compact, (4, 3, 32, 32)) <= 1e-6
+
+
+def test_program_exported_with_core_aten_decompositions():
+    """A .pt2 made with run_decompositions: convolution, _native_batch_norm_legit_no_training, addmm."""
+    from compactify.converter.capture import graph_module
+
+    model = _randomize_bn(nn.Sequential(nn.Conv2d(3, 8, 1, padding=1), nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8),
+                                        nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 16), nn.Linear(16, 4)))
+    program = torch.export.export(model, (torch.randn(2, 3, 6, 6),)).run_decompositions()
+    captured = graph_module(program)
+    r = contract(captured, (2, 3, 6, 6))
+    assert [d.kind for d in r.decisions] == ["dense", "dense"]
+    assert _error64(model, r.compact, (2, 3, 6, 6)) < 1e-6
+
+
+class Conv1dChain(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv1d(4, 16, 1, padding=2)
+        self.b = nn.Conv1d(16, 16, 5, dilation=2, stride=2)
+        self.bn = nn.BatchNorm1d(16)
+
+    def forward(self, x):
+        return self.bn(self.b(self.a(x))).relu()
+
+
+def test_conv1d_chain_with_batchnorm1d():
+    model = _randomize_bn(Conv1dChain())
+    r = contract(model, (2, 4, 40))
+    convs = [m for m in r.compact.modules() if isinstance(m, nn.Conv1d)]
+    assert len(convs) == 1 and convs[0].dilation == (2,)
+    assert r.max_rel_error < 1e-6
