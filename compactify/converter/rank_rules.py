@@ -291,7 +291,8 @@ def _choose_flops(
 ) -> dict[str, RankChoice]:
     """Least total energy lost (sum over layers of the fraction of sum(s**2) dropped) with
     the total FLOPs at most ``rule.value`` of the dense total. A multiple-choice knapsack,
-    solved exactly by a Pareto frontier over (FLOPs, energy lost), layer by layer."""
+    solved by a Pareto frontier over (FLOPs, energy lost), layer by layer: exact while the
+    frontier stays under ``_FRONTIER_CAP`` points, then thinned to one point per cost bin."""
     dense_total = sum(forms[0].cand.dense_flops for forms in specs) + fixed_flops
     budget = rule.value * dense_total - fixed_flops
     options = []  # per layer: (spec or None for dense, rank, cost, loss)
