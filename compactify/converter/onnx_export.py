@@ -334,7 +334,9 @@ def _exportable(model: Any) -> torch.nn.Module:
     if isinstance(model, torch.export.ExportedProgram):
         model = model.module()
     if isinstance(model, torch.fx.GraphModule):
-        graph = copy.deepcopy(model.graph)
+        with warnings.catch_warnings():  # copying the pytree specs trips a torch-internal FutureWarning
+            warnings.simplefilter("ignore", FutureWarning)
+            graph = copy.deepcopy(model.graph)
         for node in list(graph.nodes):
             if node.op == "call_module" and str(node.target) == "_guards_fn":
                 graph.erase_node(node)

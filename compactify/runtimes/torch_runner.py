@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -64,7 +65,9 @@ class TorchRunner(Runner):
             source = source.module()
         if not isinstance(source, torch.nn.Module):
             raise BadInputError(f"the torch runner needs an nn.Module, ExportedProgram or .pt2 file, got {type(source).__name__}")
-        model = copy.deepcopy(source)
+        with warnings.catch_warnings():  # copying ep.module()'s pytree specs trips a torch-internal FutureWarning
+            warnings.simplefilter("ignore", FutureWarning)
+            model = copy.deepcopy(source)
         try:
             model.eval()
         except NotImplementedError:  # ep.module() refuses eval(); its graph is already in inference form
