@@ -1,0 +1,181 @@
+"""Which merged region introduced an error: each merged layer against the region it replaced.
+
+The source model is captured and cut into linear regions exactly as the converter does it
+(``converter.capture`` / ``regions`` / ``plan``), and the captured graph runs once in float64
+on the verification inputs, recording every region's entry and exit tensor. Each merged
+region is then judged in isolation, fed the float64 value of its own entry, so an error
+upstream cannot leak into a region downstream:
+
+- ``deployed``: the merged layer with the weights found in ``compact.pt2`` (float32, the
+  layer that ships), fed the entry rounded to float32, against the region's float64 exit;
+- ``algebra``: the merged operator as composed in float64, against the same exit. A large
+  ``algebra`` error means the merge itself is not exact (approximate padding); a large
+  ``deployed`` error with a small ``algebra`` one means the shipped weights are off.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from compactify.harness.metrics import OutputComparison, compare
+
+
+@dataclasses.dataclass
+class RegionError:
+    name: str
+    layers: list[str]
+    exact: bool
+    weights: str  # where the deployed layer's weights came from
+    deployed: OutputComparison
+    algebra: OutputComparison
+
+    def row(self) -> dict:
+        return {
+            "region": self.name,
+            "layers": len(self.layers),
+            "exact": self.exact,
+            "weights": self.weights,
+            "deployed_max_abs": self.deployed.max_abs,
+            "deployed_scale_rel": self.deployed.scale_rel,
+            "deployed_cosine": self.deployed.cosine,
+            "algebra_max_abs": self.algebra.max_abs,
+            "algebra_scale_rel": self.algebra.scale_rel,
+            "result": "ok" if self.deployed.passed else "OVER TOLERANCE",
+        }
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "layers": self.layers, "exact": self.exact, "weights": self.weights,
+                "deployed": self.deployed.to_dict(), "algebra": self.algebra.to_dict()}
+
+
+def region_errors(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    inputs: Sequence[np.ndarray],
+    *,
+    compact_pt2: str | Path | None = None,
+    allow_approximate: bool = False,
+    atol: float,
+    rtol: float,
+) -> tuple[list[RegionError], list[str]]:
+    """Per merged region errors, worst first (by error relative to the region's output scale).
+
+    ``inputs`` are float32 batches of the model's single input. Returns the errors and notes
+    (regions whose shipped weights could not be found, a float32 fallback reference, ...).
+    """
+    from compactify.converter.capture import export_program, graph_module
+    from compactify.converter.convert import example_input
+    from compactify.converter.graph_ops import Constants
+    from compactify.converter.plan import decide, profile_graph
+    from compactify.converter.regions import find_regions
+
+    notes: list[str] = []
+    example = example_input((max(2, int(input_shape[0])), *input_shape[1:]))
+    gm = graph_module(export_program(model.eval(), example))
+    consts = Constants(gm)
+    regions = find_regions(gm, consts)
+    profile = profile_graph(gm, example)
+    sizes = {name: p.numel() for name, p in gm.named_parameters()}
+    merged = [d for d in (decide(r, profile, sizes, allow_approximate) for r in regions) if d.kind == "dense"]
+    if not merged:
+        return [], ["no region of this model is merged: there is nothing to check region by region"]
+
+    shipped = _shipped_state(compact_pt2, notes)
+    ref_gm, dtype = _float64_copy(gm, notes)
+    wanted = {n.name for d in merged for n in (d.region.entry, d.region.exit)}
+    captured: dict[str, list[torch.Tensor]] = {name: [] for name in wanted}
+    for x in inputs:
+        values = _record(ref_gm, torch.from_numpy(np.asarray(x, dtype=np.float32)).to(dtype), wanted)
+        for name in wanted:
+            captured[name].append(values[name])
+
+    results = []
+    for d in merged:
+        region = d.region
+        entry = torch.cat(captured[region.entry.name])
+        exit_ = torch.cat(captured[region.exit.name]).numpy()
+        layer, source = _deployed_layer(d, shipped)
+        with torch.no_grad():
+            got = layer(entry.to(torch.float32)).numpy()
+            exact_value = _apply64(d.composition.value, entry.to(torch.float64)).numpy()
+        results.append(RegionError(
+            name=region.name,
+            layers=region.layers,
+            exact=d.exact,
+            weights=source,
+            deployed=compare(got, exit_, atol, rtol, name=region.name, classifier=False),
+            algebra=compare(exact_value, exit_, atol, rtol, name=region.name, classifier=False),
+        ))
+    missing = [r.name for r in results if r.weights != "compact.pt2"]
+    if shipped is not None and missing:
+        notes.append(f"weights of {', '.join(missing)} not found in compact.pt2: checked the merge recomputed from the source")
+    results.sort(key=lambda r: (-_key(r.deployed.scale_rel), -_key(r.algebra.scale_rel)))
+    return results, notes
+
+
+def _key(value: float) -> float:
+    return float("inf") if value != value else value  # NaN sorts first, as the worst
+
+
+def _shipped_state(path: str | Path | None, notes: list[str]) -> dict[str, torch.Tensor] | None:
+    if path is None:
+        notes.append("no compact.pt2: checked the merges recomputed from the source")
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.export.load(str(path))
+    state = dict(program.state_dict)
+    state.update({k: v for k, v in program.constants.items() if isinstance(v, torch.Tensor)})
+    return state
+
+
+def _float64_copy(gm: fx.GraphModule, notes: list[str]) -> tuple[fx.GraphModule, torch.dtype]:
+    try:
+        ref = copy.deepcopy(gm).double()
+        return ref, torch.float64
+    except Exception:  # constants that refuse float64: fall back, and say so
+        notes.append("the captured graph does not run in float64: regions were compared with a float32 reference")
+        return gm, torch.float32
+
+
+def _record(gm: fx.GraphModule, x: torch.Tensor, wanted: set[str]) -> dict[str, torch.Tensor]:
+    values: dict[str, torch.Tensor] = {}
+
+    class _Recorder(fx.Interpreter):
+        def run_node(self, node):
+            out = super().run_node(node)
+            if node.name in wanted:
+                values[node.name] = out.detach().clone()
+            return out
+
+    with torch.no_grad():
+        _Recorder(gm).run(x)
+    return values
+
+
+def _deployed_layer(decision, shipped: dict[str, torch.Tensor] | None) -> tuple[nn.Module, str]:
+    """The merged layer with the weights compact.pt2 ships, else as recomputed from the source."""
+    layer = copy.deepcopy(decision.module).float().eval()
+    if shipped is None:
+        return layer, "recomputed"
+    prefix = f"merged_{decision.region.exit.name}."
+    found = {k[len(prefix):]: v for k, v in shipped.items() if k.startswith(prefix)}
+    expected = layer.state_dict()
+    if set(found) != set(expected) or any(found[k].shape != v.shape for k, v in expected.items()):
+        return layer, "recomputed"
+    layer.load_state_dict({k: v.to(torch.float32) for k, v in found.items()})
+    return layer, "compact.pt2"
+
+
+def _apply64(op, x: torch.Tensor) -> torch.Tensor:
+    from compactify.converter import algebra as A
+
+    return A.apply(op, x)

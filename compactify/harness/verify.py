@@ -1,0 +1,679 @@
+"""Prove that a conversion computes what its source computes, on every runtime it was exported to.
+
+``verify_conversion(OUTDIR)`` rebuilds the source model from ``report.json`` and runs the same
+inputs (seeded, or arrays from an ``.npz`` file) through the expanded model in float64 (the
+reference), the expanded model in float32 (the baseline: how close float32 can get), and every
+artifact of the folder: ``compact.pt2`` on PyTorch, ``compact.onnx`` (and ``compact.fp16.onnx``)
+on ONNX Runtime, ``compact.engine`` on TensorRT where TensorRT is installed (else it is listed
+as skipped, with the reason). ``verify_models(A, B)`` does the same for any two models.
+
+Outputs of several batches are concatenated and compared once with ``harness.metrics``
+(allclose rule, NaN/Inf fail). The verdict concerns the artifacts: the float32 baseline is
+shown but does not fail a verification. Runners follow the Polygraphy split: runtimes only run,
+this module compares.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from compactify.errors import BadInputError, CompactifyError, VerificationError
+from compactify.harness.metrics import DEFAULT_ATOL, DEFAULT_RTOL, OutputComparison, compare_all
+from compactify.harness.report import Column
+
+DEFAULT_BATCHES = 2
+DEFAULT_BATCH_SIZE = 8
+DEFAULT_SEED = 1234  # away from the converter's own error seeds (0, 1, 2): fresh inputs
+# An fp16 model is judged with fp16-sized tolerances: half precision keeps ~3 decimal digits.
+FP16_ATOL = 1e-2
+FP16_RTOL = 1e-2
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+
+VERIFY_COLUMNS = [
+    Column("candidate"),
+    Column("output"),
+    Column("max_abs", "max abs", ".3g"),
+    Column("max_rel", "max rel", ".3g"),
+    Column("mean_abs", "mean abs", ".3g"),
+    Column("cosine", "cosine", ".9f"),
+    Column("min_atol", "min atol", ".3g"),
+    Column("min_rtol", "min rtol", ".3g"),
+    Column("top1", "top-1 agree", ".4f"),
+    Column("accuracy", "digits acc", ".4f"),
+    Column("tolerance", "atol / rtol"),
+    Column("result"),
+]
+
+REGION_COLUMNS = [
+    Column("region"),
+    Column("layers", "ops"),
+    Column("exact"),
+    Column("weights"),
+    Column("deployed_max_abs", "max abs (fp32 layer)", ".3g"),
+    Column("deployed_scale_rel", "rel to scale", ".3g"),
+    Column("deployed_cosine", "cosine", ".9f"),
+    Column("algebra_max_abs", "max abs (fp64 algebra)", ".3g"),
+    Column("result"),
+]
+
+
+@dataclasses.dataclass
+class CandidateResult:
+    """One model run against the reference. ``skipped`` holds the reason when it could not run."""
+
+    label: str
+    runtime: str
+    path: str | None
+    atol: float
+    rtol: float
+    comparisons: dict[str, OutputComparison] | None = None
+    skipped: str | None = None
+    baseline: bool = False  # shown for context, never fails the verification
+    accuracy: float | None = None
+
+    @property
+    def passed(self) -> bool | None:
+        if self.comparisons is None:
+            return None
+        return all(c.passed for c in self.comparisons.values())
+
+    def rows(self) -> list[dict[str, Any]]:
+        tol = f"{self.atol:g} / {self.rtol:g}"
+        if self.comparisons is None:
+            return [{"candidate": self.label, "output": "-", "tolerance": tol, "result": f"skipped: {self.skipped}"}]
+        rows = []
+        for name, c in self.comparisons.items():
+            verdict = "PASS" if c.passed else "FAIL"
+            if not c.passed and c.nonfinite:
+                verdict += f" ({c.nonfinite} NaN/Inf)"
+            elif not c.passed:
+                verdict += f" ({c.failing}/{c.size} outside)"
+            if self.baseline:
+                verdict = f"{verdict.split()[0].lower()} (baseline)"
+            rows.append({
+                "candidate": self.label, "output": name, "max_abs": c.max_abs, "max_rel": c.max_rel,
+                "mean_abs": c.mean_abs, "cosine": c.cosine, "min_atol": c.min_atol, "min_rtol": c.min_rtol,
+                "top1": c.top1, "accuracy": self.accuracy, "tolerance": tol, "result": verdict,
+            })
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label, "runtime": self.runtime, "path": self.path, "atol": self.atol, "rtol": self.rtol,
+            "passed": self.passed, "skipped": self.skipped, "baseline": self.baseline, "accuracy": self.accuracy,
+            "outputs": {k: c.to_dict() for k, c in (self.comparisons or {}).items()},
+        }
+
+
+@dataclasses.dataclass
+class VerifyResult:
+    reference: str
+    candidates: list[CandidateResult]
+    inputs: dict[str, Any]
+    reference_accuracy: float | None = None
+    regions: list | None = None  # list[RegionError] with --per-region
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def judged(self) -> list[CandidateResult]:
+        return [c for c in self.candidates if not c.baseline and c.comparisons is not None]
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.judged)
+
+    @property
+    def failures(self) -> list[CandidateResult]:
+        return [c for c in self.judged if not c.passed]
+
+    def rows(self) -> list[dict[str, Any]]:
+        rows = []
+        if self.reference_accuracy is not None:
+            rows.append({"candidate": self.reference, "output": "(reference)", "accuracy": self.reference_accuracy,
+                         "result": "reference"})
+        for c in self.candidates:
+            rows.extend(c.rows())
+        return rows
+
+    def region_rows(self) -> list[dict[str, Any]]:
+        return [r.row() for r in self.regions or []]
+
+    def failure_message(self) -> str:
+        parts = []
+        for c in self.failures:
+            worst = max(c.comparisons.values(), key=lambda o: (o.nonfinite, o.failing, o.max_abs))
+            what = f"{worst.nonfinite} NaN/Inf values" if worst.nonfinite else f"max abs error {worst.max_abs:.3g}"
+            parts.append(f"{c.label} {worst.name}: {what} (atol {c.atol:g}, rtol {c.rtol:g})")
+        hint = "; run with --per-region to find the region that introduced it" if self.regions is None else ""
+        return f"verification failed for {len(parts)} of {len(self.judged)} model(s): " + "; ".join(parts) + hint
+
+    def raise_if_failed(self) -> None:
+        if not self.passed:
+            raise VerificationError(self.failure_message())
+
+    def to_dict(self) -> dict[str, Any]:
+        from compactify import __version__
+
+        return {
+            "compactify_version": __version__,
+            "passed": self.passed,
+            "reference": self.reference,
+            "reference_accuracy": self.reference_accuracy,
+            "inputs": self.inputs,
+            "candidates": [c.to_dict() for c in self.candidates],
+            "regions": [r.to_dict() for r in self.regions] if self.regions is not None else None,
+            "warnings": list(self.warnings),
+        }
+
+
+# ---------------------------------------------------------------------------------------
+# Inputs
+
+
+@dataclasses.dataclass
+class Inputs:
+    """Batches of feeds (float32 arrays keyed by the reference's input names) and their origin."""
+
+    names: list[str]
+    batches: list[dict[str, np.ndarray]]
+    description: dict[str, Any]
+
+
+def seeded_inputs(names: Sequence[str], shapes: Sequence[Sequence[int]], batches: int, batch_size: int,
+                  seed: int = DEFAULT_SEED) -> Inputs:
+    """``batches`` batches of N(0, 1) inputs; ``shapes`` are the dims after the batch, per input."""
+    import torch
+
+    if batches < 1 or batch_size < 1:
+        raise BadInputError(f"--batches and --batch-size must be >= 1, got {batches} and {batch_size}")
+    out = []
+    for b in range(batches):
+        feeds = {}
+        for i, (name, shape) in enumerate(zip(names, shapes)):
+            gen = torch.Generator().manual_seed(seed + 1000 * b + i)
+            feeds[name] = torch.randn((batch_size, *shape), generator=gen).numpy()
+        out.append(feeds)
+    return Inputs(list(names), out, {"source": "seeded N(0,1)", "seed": seed, "batches": batches,
+                                     "batch_size": batch_size})
+
+
+def load_inputs(path: str | Path, names: Sequence[str], shapes: Sequence[Sequence[int] | None],
+                batch_size: int | None = None, batches: int | None = None) -> Inputs:
+    """Arrays from an .npz file, one per model input, keyed by input name.
+
+    An array with the input's rank is one batch (split into ``batch_size`` chunks if given);
+    an array with one more axis holds several batches along its first axis.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(f"inputs file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except Exception as exc:  # zip, pickle-refusal and format errors all mean "not our npz"
+        raise BadInputError(f"cannot read {path} as an .npz file of arrays ({type(exc).__name__}: {exc})") from None
+    if sorted(arrays) != sorted(names):
+        raise BadInputError(
+            f"{path.name} holds arrays {sorted(arrays)}, but the model takes input(s) {list(names)}; "
+            f"save them with np.savez(FILE, {', '.join(f'{n}=...' for n in names)})"
+        )
+    per_input: dict[str, list[np.ndarray]] = {}
+    for name, shape in zip(names, shapes):
+        arr = arrays[name]
+        if arr.dtype.kind != "f":
+            raise BadInputError(f"{path.name}: array {name!r} has dtype {arr.dtype}; the model takes floating-point input")
+        arr = arr.astype(np.float32)
+        if shape is None:
+            raise BadInputError(f"the rank of input {name!r} is unknown; pass --input-shape")
+        rank = len(shape) + 1
+        want = "x".join(str(d) for d in shape)
+        if arr.ndim == rank + 1:
+            chunks = list(arr)
+        elif arr.ndim == rank:
+            chunks = [arr] if not batch_size else [arr[i:i + batch_size] for i in range(0, len(arr), batch_size)]
+        else:
+            raise BadInputError(
+                f"{path.name}: array {name!r} has shape {tuple(arr.shape)}; expected (N, {want.replace('x', ', ')}) "
+                f"for one batch or (B, N, {want.replace('x', ', ')}) for B batches"
+            )
+        for chunk in chunks:
+            if tuple(chunk.shape[1:]) != tuple(shape) or len(chunk) == 0:
+                raise BadInputError(
+                    f"{path.name}: array {name!r} has batches of shape {tuple(chunk.shape)}; the model takes "
+                    f"(N, {want.replace('x', ', ')})"
+                )
+        per_input[name] = chunks
+    counts = {n: len(v) for n, v in per_input.items()}
+    if len(set(counts.values())) > 1:
+        raise BadInputError(f"{path.name}: the inputs hold different numbers of batches: {counts}")
+    n = next(iter(counts.values()))
+    if batches is not None:
+        n = min(n, batches)
+    out = [{name: per_input[name][b] for name in names} for b in range(n)]
+    sizes = sorted({len(next(iter(f.values()))) for f in out})
+    return Inputs(list(names), out, {"source": str(path), "batches": n, "batch_sizes": sizes})
+
+
+def _inputs(names, shapes, *, inputs_file, batches, batch_size, seed, fixed_batch) -> Inputs:
+    if fixed_batch is not None and batch_size is not None and batch_size != fixed_batch:
+        raise BadInputError(f"{fixed_batch[1]} has a fixed batch of {fixed_batch[0]}; use --batch-size {fixed_batch[0]}")
+    size = batch_size or (fixed_batch[0] if fixed_batch else None)
+    if inputs_file is not None:
+        result = load_inputs(inputs_file, names, shapes, size, batches)
+        if fixed_batch is not None:
+            bad = [s for s in result.description["batch_sizes"] if s != fixed_batch[0]]
+            if bad:
+                raise BadInputError(
+                    f"{fixed_batch[1]} has a fixed batch of {fixed_batch[0]}, but {Path(inputs_file).name} "
+                    f"has batches of {bad[0]}; pass --batch-size {fixed_batch[0]} or re-export with a dynamic batch"
+                )
+        return result
+    return seeded_inputs(names, shapes, batches or DEFAULT_BATCHES, size or DEFAULT_BATCH_SIZE, seed)
+
+
+# ---------------------------------------------------------------------------------------
+# Running
+
+
+@dataclasses.dataclass
+class _Model:
+    """Something that runs a batch of float32 feeds (by position) and returns its outputs (by position)."""
+
+    label: str
+    runtime: str
+    path: str | None
+    run: Callable[[list[np.ndarray]], list[np.ndarray]]
+    input_specs: list | None = None  # TensorSpecs when known
+    close: Callable[[], None] = lambda: None
+
+
+def _torch_model(module, label: str, dtype: str, path: str | None = None) -> _Model:
+    import torch
+    from torch.utils import _pytree as pytree
+
+    tdtype = {"float64": torch.float64, "float32": torch.float32}[dtype]
+
+    def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
+        with torch.no_grad():
+            out = module(*(torch.from_numpy(np.asarray(a)).to(tdtype) for a in arrays))
+        return [t.detach().numpy() for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+
+    return _Model(label, "torch", path, run)
+
+
+def _runner_model(runner, label: str, path: str | None) -> _Model:
+    specs = runner.inputs
+    names = [s.name for s in specs]
+
+    def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
+        if len(arrays) != len(names):
+            raise BadInputError(f"{label} takes {len(names)} input(s) {names}, got {len(arrays)}")
+        feeds = {}
+        for spec, a in zip(specs, arrays):
+            feeds[spec.name] = np.ascontiguousarray(a, dtype=np.dtype(spec.dtype)) if spec.dtype.startswith("float") else a
+        out = runner.infer(feeds)
+        return [np.asarray(v) for v in out.values()]
+
+    return _Model(label, runner.name, path, run, specs, runner.close)
+
+
+def _run_all(model: _Model, inputs: Inputs, output_names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Outputs of every batch, concatenated along the batch axis, named by the reference's names."""
+    per_batch = [model.run([feeds[n] for n in inputs.names]) for feeds in inputs.batches]
+    if any(len(outs) != len(output_names) for outs in per_batch):
+        got = len(per_batch[0])
+        raise BadInputError(f"{model.label} returns {got} output(s), but the reference returns {len(output_names)} "
+                            f"({', '.join(output_names)})")
+    joined = {}
+    for i, name in enumerate(output_names):
+        parts = [outs[i] for outs in per_batch]
+        joined[name] = np.concatenate(parts, axis=0) if parts[0].ndim else np.stack(parts)
+    return joined
+
+
+def _classifier_output(outputs: Mapping[str, np.ndarray]) -> str | None:
+    for name, value in outputs.items():
+        if value.ndim == 2 and value.shape[1] >= 2:
+            return name
+    return None
+
+
+def _digits_accuracy(model: _Model, meta: Mapping[str, Any], input_shape: Sequence[int],
+                     fixed_batch: int | None, output_index: int) -> float:
+    """Top-1 accuracy on the digits test split the checkpoint was trained against."""
+    from compactify.models.data import load_digits_data
+
+    training = meta.get("training") or {}
+    data = load_digits_data(input_shape, seed=int(training.get("data_seed", 0)),
+                            test_fraction=float(training.get("test_fraction", 0.2)))
+    x = data.x_test.numpy()
+    y = data.y_test.numpy()
+    size = fixed_batch or 256
+    preds = []
+    for i in range(0, len(x), size):
+        chunk = x[i:i + size]
+        n = len(chunk)
+        if fixed_batch and n < fixed_batch:  # a fixed-batch model: pad the last chunk, keep n rows
+            chunk = np.concatenate([chunk, np.zeros((fixed_batch - n, *chunk.shape[1:]), chunk.dtype)])
+        logits = model.run([chunk])[output_index]
+        preds.append(np.argmax(logits[:n], axis=1))
+    return float(np.mean(np.concatenate(preds) == y))
+
+
+def _trained_on_digits(meta: Mapping[str, Any] | None) -> bool:
+    training = (meta or {}).get("training") or {}
+    return isinstance(training, Mapping) and str(training.get("dataset", "")).lower() == "digits"
+
+
+def _fixed_batch(models: Sequence[_Model]) -> tuple[int, str] | None:
+    for m in models:
+        for spec in m.input_specs or []:
+            if spec.shape and spec.shape[0] is not None:
+                return int(spec.shape[0]), m.label
+    return None
+
+
+def _compare(candidate: _Model, inputs: Inputs, reference: dict[str, np.ndarray], atol: float, rtol: float,
+             baseline: bool = False) -> CandidateResult:
+    result = CandidateResult(candidate.label, candidate.runtime, candidate.path, atol, rtol, baseline=baseline)
+    outputs = _run_all(candidate, inputs, list(reference))
+    result.comparisons = compare_all(outputs, reference, atol, rtol)
+    return result
+
+
+# ---------------------------------------------------------------------------------------
+# A conversion folder
+
+
+def load_report(outdir: str | Path) -> dict:
+    outdir = Path(outdir)
+    if not outdir.exists():
+        raise BadInputError(f"{outdir} does not exist; give the output folder of `compactify convert`")
+    if not outdir.is_dir():
+        raise BadInputError(f"{outdir} is not a folder; give the output folder of `compactify convert`")
+    path = outdir / "report.json"
+    if not path.is_file():
+        raise BadInputError(f"{outdir} has no report.json: is it the output folder of `compactify convert`?")
+    try:
+        report = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadInputError(f"{path} is not valid JSON ({exc}); convert again") from None
+    for key in ("source", "input_shape", "output_names"):
+        if key not in report:
+            raise BadInputError(f"{path} lacks {key!r}; it was not written by `compactify convert` (convert again)")
+    if not isinstance(report["source"], dict) or not report["source"].get("checkpoint"):
+        raise BadInputError(f"{path} does not name its source checkpoint; convert again")
+    return report
+
+
+def rebuild_source(report: dict):
+    """The source model (eval, float32) exactly as the conversion saw it, and its input shape."""
+    from compactify.converter.capture import select_outputs
+    from compactify.converter.checkpoint import load_checkpoint
+    from compactify.converter.convert import example_input
+    from compactify.converter.ingest import build_source
+
+    src = report["source"]
+    path = Path(src["checkpoint"])
+    if not path.exists():
+        raise BadInputError(f"the source checkpoint {path} named in report.json no longer exists; "
+                            "verification needs it as the reference")
+    ckpt = load_checkpoint(path, trust_pickle=bool(src.get("trust_pickle")))
+    if src.get("sha256") and ckpt.sha256 != src["sha256"]:
+        raise BadInputError(f"the source checkpoint {path} changed since the conversion (sha256 differs); "
+                            "convert it again before verifying")
+    if ckpt.format in ("state_dict", "safetensors") and isinstance(src.get("meta"), dict) and src["meta"].get("arch"):
+        ckpt.meta = dict(src["meta"])  # what the conversion used, --arch/--arch-kwargs included
+    shape = tuple(int(d) for d in report["input_shape"])
+    source = build_source(ckpt, None, None, shape)
+    model = select_outputs(source.model, src.get("outputs"), example_input(shape))
+    return model.eval(), shape, source.meta
+
+
+def verify_conversion(
+    outdir: str | Path,
+    *,
+    inputs: str | Path | None = None,
+    batches: int | None = None,
+    batch_size: int | None = None,
+    seed: int = DEFAULT_SEED,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+    fp16_atol: float = FP16_ATOL,
+    fp16_rtol: float = FP16_RTOL,
+    device: str = "cpu",
+    per_region: bool = False,
+    accuracy: bool = True,
+) -> VerifyResult:
+    """Verify every artifact in a `compactify convert` folder against the float64 source."""
+    from compactify.converter.convert import reference_float64
+    from compactify.runtimes import open_runner
+    from compactify.runtimes.devices import tensorrt_missing
+
+    _check_tolerances(atol, rtol, fp16_atol, fp16_rtol)
+    outdir = Path(outdir)
+    report = load_report(outdir)
+    model, shape, meta = rebuild_source(report)
+    warnings: list[str] = []
+    ref_module = reference_float64(model)
+    ref_dtype = "float64"
+    if ref_module is None:
+        ref_module, ref_dtype = model, "float32"
+        warnings.append("the source model does not run in float64: the reference is its float32 run")
+    reference = _torch_model(ref_module, f"expanded {ref_dtype} (reference)", ref_dtype, report["source"]["checkpoint"])
+    baseline = _torch_model(model, "expanded float32", "float32", report["source"]["checkpoint"])
+
+    artifacts = report.get("artifacts") or {}
+    fp16 = "onnx_fp16" in artifacts
+    plan = [  # (artifact key, runtime, tolerances)
+        ("pt2", "torch", (atol, rtol)),
+        ("onnx", "ort", (atol, rtol)),
+        ("onnx_fp16", "ort", (fp16_atol, fp16_rtol)),
+        ("engine", "trt", (fp16_atol, fp16_rtol) if fp16 else (atol, rtol)),
+    ]
+    plan += [(k, None, (atol, rtol)) for k in artifacts if k not in {p[0] for p in plan}]
+    candidates: list[tuple[_Model | None, CandidateResult | None, tuple[float, float]]] = []
+    with contextlib.ExitStack() as stack:
+        for key, runtime, tol in plan:
+            if key not in artifacts:
+                continue
+            path = outdir / artifacts[key]
+            if not path.is_file():
+                raise BadInputError(f"report.json lists {artifacts[key]} but {outdir} has no such file; convert again")
+            label = f"{path.name} ({runtime or '?'})"
+            if runtime is None:
+                candidates.append((None, CandidateResult(path.name, "-", str(path), *tol,
+                                                         skipped="unknown artifact kind"), tol))
+                continue
+            if runtime == "trt" and tensorrt_missing():
+                candidates.append((None, CandidateResult(label, runtime, str(path), *tol,
+                                                         skipped=tensorrt_missing()), tol))
+                continue
+            runner = open_runner(path, runtime=runtime, device="cuda" if runtime == "trt" else device)
+            stack.callback(runner.close)
+            candidates.append((_runner_model(runner, label, str(path)), None, tol))
+
+        runnable = [m for m, _, _ in candidates if m is not None]
+        names = list(report.get("input_names") or ["x"])
+        if len(names) != 1:
+            raise BadInputError(f"report.json names {len(names)} inputs; compactify models take one input")
+        for m in runnable:
+            if m.input_specs is not None and len(m.input_specs) != len(names):
+                raise BadInputError(f"{m.label} takes {len(m.input_specs)} inputs, the source takes {len(names)}")
+        fixed = _fixed_batch(runnable)
+        data = _inputs(names, [shape[1:]], inputs_file=inputs, batches=batches, batch_size=batch_size,
+                       seed=seed, fixed_batch=fixed)
+        ref_out = _run_all(reference, data, report["output_names"])
+        results = [_compare(baseline, data, ref_out, atol, rtol, baseline=True)]
+        for m, skipped, tol in candidates:
+            results.append(skipped if m is None else _compare(m, data, ref_out, *tol))
+
+        ref_accuracy = None
+        if accuracy and _trained_on_digits(meta):
+            cls = _classifier_output(ref_out)
+            if cls is None:
+                warnings.append("the checkpoint was trained on digits but has no [N, classes] output: no accuracy")
+            else:
+                index = list(ref_out).index(cls)
+                ref_accuracy = _digits_accuracy(reference, meta, shape, None, index)
+                models = {baseline.label: baseline, **{m.label: m for m in runnable}}
+                for r in results:
+                    if r.label in models:
+                        r.accuracy = _digits_accuracy(models[r.label], meta, shape, fixed[0] if fixed else None,
+                                                      index)
+
+    regions = None
+    if per_region:
+        from compactify.harness.region_errors import region_errors
+
+        pt2 = outdir / artifacts["pt2"] if "pt2" in artifacts else None
+        if len(data.names) != 1:
+            raise BadInputError("--per-region needs a model with one input")
+        regions, notes = region_errors(model, shape, [f[data.names[0]] for f in data.batches], compact_pt2=pt2,
+                                       allow_approximate=bool(report.get("allow_approximate")), atol=atol, rtol=rtol)
+        warnings.extend(notes)
+    return VerifyResult(reference.label, results, data.description, ref_accuracy, regions, warnings)
+
+
+def _check_tolerances(*values: float) -> None:
+    for v in values:
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            raise BadInputError(f"tolerances must be finite and >= 0, got {v}")
+
+
+# ---------------------------------------------------------------------------------------
+# Any two models
+
+
+def _is_checkpoint(path: Path) -> bool:
+    return path.suffix.lower() in CHECKPOINT_SUFFIXES
+
+
+def _open_model(path: str | Path, runtime: str | None, device: str, dtype: str, *, arch: str | None,
+                arch_kwargs: dict | None, input_shape: tuple[int, ...] | None, trust_pickle: bool,
+                stack: contextlib.ExitStack, warnings: list[str]) -> tuple[_Model, tuple[int, ...] | None, dict]:
+    """Open a checkpoint, .pt2, .onnx or engine on its runtime; returns the model, its input shape and meta."""
+    from compactify.runtimes import guess_runtime, open_runner
+
+    path = Path(path)
+    if not path.exists():
+        raise BadInputError(f"model file {path} does not exist")
+    if _is_checkpoint(path):
+        if runtime not in (None, "torch"):
+            raise BadInputError(f"{path.name} is a checkpoint and runs on --runtime torch, not {runtime}; "
+                                "export it to ONNX first")
+        from compactify.converter.checkpoint import load_checkpoint
+        from compactify.converter.ingest import build_source
+
+        source = build_source(load_checkpoint(path, trust_pickle=trust_pickle), arch, arch_kwargs, input_shape)
+        module = source.model
+        if dtype == "float64":
+            from compactify.converter.convert import reference_float64
+
+            double = reference_float64(module)
+            if double is None:
+                warnings.append(f"{path.name} does not run in float64: it runs in float32")
+                dtype = "float32"
+            else:
+                module = double
+        label = f"{path.name} (torch {dtype})"
+        return _torch_model(module, label, dtype, str(path)), source.input_shape, dict(source.meta)
+    chosen = runtime or guess_runtime(path)
+    native = guess_runtime(path)
+    if chosen != native:
+        raise BadInputError(f"{path.name} runs on --runtime {native}, not --runtime {chosen}")
+    opts: dict[str, Any] = {}
+    if chosen == "torch":
+        opts["dtype"] = dtype
+    if chosen == "trt":
+        device = "cuda"
+    try:
+        runner = open_runner(path, runtime=chosen, device=device, **opts)
+    except CompactifyError:
+        raise
+    except Exception as exc:  # a .pt2 whose graph refuses float64: run it in float32, and say so
+        if chosen != "torch" or dtype != "float64":
+            raise
+        warnings.append(f"{path.name} does not run in float64 ({type(exc).__name__}): it runs in float32")
+        runner = open_runner(path, runtime=chosen, device=device, dtype="float32")
+        dtype = "float32"
+    stack.callback(runner.close)
+    label = f"{path.name} ({chosen}{' ' + dtype if chosen == 'torch' else ''})"
+    model = _runner_model(runner, label, str(path))
+    specs = model.input_specs or []
+    shape = None
+    if len(specs) == 1 and specs[0].shape is not None and all(d is not None for d in specs[0].shape[1:]):
+        shape = (specs[0].shape[0] or 1, *specs[0].shape[1:])
+    return model, shape, {}
+
+
+def verify_models(
+    reference: str | Path,
+    candidate: str | Path,
+    *,
+    runtime_a: str | None = None,
+    runtime_b: str | None = None,
+    device: str = "cpu",
+    reference_dtype: str = "float64",
+    inputs: str | Path | None = None,
+    batches: int | None = None,
+    batch_size: int | None = None,
+    seed: int = DEFAULT_SEED,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+    input_shape: Sequence[int] | None = None,
+    arch: str | None = None,
+    arch_kwargs: dict | None = None,
+    trust_pickle: bool = False,
+) -> VerifyResult:
+    """Compare ``candidate`` against ``reference``: checkpoints, .pt2, .onnx or TensorRT engines.
+
+    The reference runs in ``reference_dtype`` where it is a PyTorch model (checkpoint or .pt2);
+    ``input_shape`` (N,C,H,W) is needed only when neither model declares its input dims.
+    """
+    _check_tolerances(atol, rtol)
+    if reference_dtype not in ("float32", "float64"):
+        raise BadInputError(f"--reference-dtype must be float32 or float64, got {reference_dtype!r}")
+    shape_arg = tuple(int(d) for d in input_shape) if input_shape else None
+    warnings: list[str] = []
+    with contextlib.ExitStack() as stack:
+        ref, ref_shape, ref_meta = _open_model(reference, runtime_a, device, reference_dtype, arch=arch,
+                                               arch_kwargs=arch_kwargs, input_shape=shape_arg,
+                                               trust_pickle=trust_pickle, stack=stack, warnings=warnings)
+        cand, cand_shape, _ = _open_model(candidate, runtime_b, device, "float32", arch=arch, arch_kwargs=arch_kwargs,
+                                          input_shape=shape_arg, trust_pickle=trust_pickle, stack=stack,
+                                          warnings=warnings)
+        if ref.label == cand.label:
+            cand.label = f"{cand.label} [candidate]"
+        shape = shape_arg or ref_shape or cand_shape
+        if shape is None:
+            raise BadInputError("neither model declares its input dims; pass --input-shape N,C,H,W")
+        for m, s in ((ref, ref_shape), (cand, cand_shape)):
+            if s is not None and tuple(s[1:]) != tuple(shape[1:]):
+                raise BadInputError(f"{m.label} takes input dims {tuple(s[1:])}, not {tuple(shape[1:])}")
+        counts = {m.label: len(m.input_specs) for m in (ref, cand) if m.input_specs is not None}
+        if any(c != 1 for c in counts.values()):
+            raise BadInputError(f"verify compares single-input models; input counts: {counts}")
+        fixed = _fixed_batch([ref, cand])
+        data = _inputs(["x"], [shape[1:]], inputs_file=inputs, batches=batches, batch_size=batch_size, seed=seed,
+                       fixed_batch=fixed)
+        per_batch = [ref.run([f["x"]]) for f in data.batches]
+        out_names = [f"output{i}" for i in range(len(per_batch[0]))]
+        ref_out = {n: np.concatenate([outs[i] for outs in per_batch], axis=0) for i, n in enumerate(out_names)}
+        result = _compare(cand, data, ref_out, atol, rtol)
+        ref_accuracy = None
+        if _trained_on_digits(ref_meta):
+            cls = _classifier_output(ref_out)
+            if cls is not None:
+                index = out_names.index(cls)
+                fb = fixed[0] if fixed else None
+                ref_accuracy = _digits_accuracy(ref, ref_meta, shape, fb, index)
+                result.accuracy = _digits_accuracy(cand, ref_meta, shape, fb, index)
+    return VerifyResult(ref.label, [result], data.description, ref_accuracy, None, warnings)
