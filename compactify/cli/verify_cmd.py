@@ -1,0 +1,124 @@
+"""``compactify verify``: the same inputs through the float64 reference and every artifact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from compactify.harness.metrics import DEFAULT_ATOL, DEFAULT_RTOL
+
+
+@click.command("verify")
+@click.argument("outdir", required=False, type=click.Path(path_type=Path))
+@click.option("--reference", "reference", type=click.Path(path_type=Path), default=None,
+              help="Instead of OUTDIR: the reference model (checkpoint, .pt2, .onnx or engine).")
+@click.option("--candidate", "candidate", type=click.Path(path_type=Path), default=None,
+              help="With --reference: the model to check against it.")
+@click.option("--runtime-a", default=None, metavar="torch|ort|trt", help="Runtime of --reference (default: from its suffix).")
+@click.option("--runtime-b", default=None, metavar="torch|ort|trt", help="Runtime of --candidate (default: from its suffix).")
+@click.option("--reference-dtype", default="float64", show_default=True, type=click.Choice(["float64", "float32"]),
+              help="Precision of a PyTorch --reference.")
+@click.option("--inputs", "inputs", type=click.Path(path_type=Path), default=None,
+              help="An .npz with one array per input, keyed by input name: (N,...) is one batch, (B,N,...) B batches.")
+@click.option("--batches", type=int, default=None, help="Number of seeded batches (default 2); with --inputs, at most this many.")
+@click.option("--batch-size", type=int, default=None, help="Rows per seeded batch (default 8, or the model's fixed batch).")
+@click.option("--seed", type=int, default=1234, show_default=True, help="Seed of the generated inputs.")
+@click.option("--atol", type=float, default=DEFAULT_ATOL, show_default=True, help="Absolute tolerance (allclose rule).")
+@click.option("--rtol", type=float, default=DEFAULT_RTOL, show_default=True, help="Relative tolerance (allclose rule).")
+@click.option("--fp16-atol", type=float, default=1e-2, show_default=True, help="Absolute tolerance for fp16 artifacts.")
+@click.option("--fp16-rtol", type=float, default=1e-2, show_default=True, help="Relative tolerance for fp16 artifacts.")
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
+              help="Device of the PyTorch and ONNX Runtime candidates (TensorRT always runs on cuda).")
+@click.option("--per-region", is_flag=True, help="Also check each merged region on its own, worst first.")
+@click.option("--input-shape", default=None, metavar="N,C,H,W", help="With --reference: input shape when no model declares it.")
+@click.option("--arch", default=None, help="With --reference: architecture of a bare state_dict checkpoint.")
+@click.option("--arch-kwargs", default=None, help="With --reference: JSON keyword arguments for --arch.")
+@click.option("--trust-pickle", is_flag=True, help="With --reference: allow checkpoints holding pickled objects.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the full results as JSON.")
+def verify(outdir, reference, candidate, runtime_a, runtime_b, reference_dtype, inputs, batches, batch_size, seed,
+           atol, rtol, fp16_atol, fp16_rtol, device, per_region, input_shape, arch, arch_kwargs, trust_pickle,
+           json_path) -> None:
+    """Check that the compact models in OUTDIR (from `compactify convert`) compute what the source computes.
+
+    Runs the same inputs through the source model in float64 (the reference), the source in
+    float32 (shown as the baseline), compact.pt2, compact.onnx and the TensorRT engine, and
+    prints per output: max-abs, max-rel and mean-abs error, cosine similarity and the smallest
+    atol/rtol that would pass. Exit 1 when an artifact fails the tolerance or outputs NaN/Inf.
+
+    With --reference A --candidate B, compares any two models instead.
+    """
+    import warnings
+
+    from compactify.errors import BadInputError
+    from compactify.harness.verify import verify_conversion, verify_models
+
+    warnings.simplefilter("ignore", FutureWarning)  # torch.export.load's deprecation chatter, not the user's concern
+
+    pair = reference is not None or candidate is not None
+    if pair and outdir is not None:
+        raise BadInputError("give either OUTDIR or --reference/--candidate, not both")
+    if pair and (reference is None or candidate is None):
+        raise BadInputError("--reference and --candidate go together: give both")
+    if not pair and outdir is None:
+        raise BadInputError("give the output folder of `compactify convert`, or --reference A --candidate B")
+    pair_only = {"--runtime-a": runtime_a, "--runtime-b": runtime_b, "--input-shape": input_shape, "--arch": arch,
+                 "--arch-kwargs": arch_kwargs}
+    if not pair:
+        used = [k for k, v in pair_only.items() if v is not None] + (["--trust-pickle"] if trust_pickle else [])
+        if used:
+            raise BadInputError(f"{', '.join(used)} apply to --reference/--candidate; OUTDIR knows its models")
+    elif per_region:
+        raise BadInputError("--per-region needs a conversion folder (OUTDIR): it reads the regions from report.json")
+
+    if pair:
+        from compactify.converter.ingest import parse_arch_kwargs, parse_input_shape
+
+        result = verify_models(
+            reference, candidate, runtime_a=runtime_a, runtime_b=runtime_b, device=device,
+            reference_dtype=reference_dtype, inputs=inputs, batches=batches, batch_size=batch_size, seed=seed,
+            atol=atol, rtol=rtol, input_shape=parse_input_shape(input_shape), arch=arch,
+            arch_kwargs=parse_arch_kwargs(arch_kwargs) or None, trust_pickle=trust_pickle,
+        )
+    else:
+        result = verify_conversion(
+            outdir, inputs=inputs, batches=batches, batch_size=batch_size, seed=seed, atol=atol, rtol=rtol,
+            fp16_atol=fp16_atol, fp16_rtol=fp16_rtol, device=device, per_region=per_region,
+        )
+    print_result(result)
+    if json_path:
+        from compactify.harness.report import write_json
+
+        write_json(json_path, result.to_dict())
+        click.echo(f"wrote {json_path}")
+    result.raise_if_failed()
+    click.echo(f"verification passed: {len(result.judged)} model(s) within tolerance")
+
+
+def print_result(result) -> None:
+    """The comparison table (and the per-region table), at their natural width."""
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    from compactify.harness.report import rich_table
+    from compactify.harness.verify import REGION_COLUMNS, VERIFY_COLUMNS
+
+    d = result.inputs
+    what = d.get("source", "")
+    if "seed" in d:
+        what += f", seed {d['seed']}, {d['batches']} batch(es) of {d['batch_size']}"
+    else:
+        what += f", {d['batches']} batch(es)"
+    rows = result.rows()
+    optional = {"top1", "accuracy"}  # classifier-only columns: hidden when no row has them
+    columns = [c for c in VERIFY_COLUMNS if c.key not in optional or any(r.get(c.key) is not None for r in rows)]
+    tables = [rich_table(rows, columns, title=f"reference: {result.reference}; inputs: {what}")]
+    if result.regions is not None:
+        tables.append(rich_table(result.region_rows(), REGION_COLUMNS,
+                                 title="merged regions, each fed its float64 input, worst first"))
+    console = Console()
+    for table in tables:
+        natural = Measurement.get(console, console.options.update_width(1000), table).maximum
+        (Console(width=natural) if natural > console.width else console).print(table)
+    for w in result.warnings:
+        click.echo(f"note: {w}", err=True)
