@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "bench": "compactify.cli.bench_cmd:bench",
     "convert": "compactify.cli.convert_cmd:convert",
     "engine": "compactify.cli.engine_cmd:engine",
+    "verify": "compactify.cli.verify_cmd:verify",
 }
 
 
