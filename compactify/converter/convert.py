@@ -17,14 +17,14 @@ from compactify.converter.capture import check_runs, export_program, graph_modul
 from compactify.converter.checkpoint import PT2_META_FILE, load_checkpoint
 from compactify.converter.graph_ops import Constants
 from compactify.converter.ingest import Source, build_source
-from compactify.converter.plan import Decision, count_flops, decide, profile_graph
+from compactify.converter.plan import Decision, count_flops, plan_region, profile_graph
 from compactify.converter.regions import find_regions
 from compactify.converter.rewrite import rewrite
 from compactify.errors import BadInputError
 from compactify.outputs import atomic_dir
 
 ERROR_SEED = 0
-ERROR_BATCHES = 2
+ERROR_BATCHES = 1
 
 
 @dataclass
@@ -41,6 +41,7 @@ class Contraction:
     warnings: list[str] = field(default_factory=list)
     max_abs_error: float | None = None
     max_rel_error: float | None = None
+    truncation: dict | None = None  # the --rank report section (compactify.converter.truncate)
 
     @property
     def regions(self) -> list[dict]:
@@ -62,8 +63,10 @@ def example_input(shape: tuple[int, ...], seed: int = ERROR_SEED) -> torch.Tenso
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 
-def contract(model: nn.Module, input_shape: tuple[int, ...], allow_approximate: bool = False) -> Contraction:
-    """Contract every linear region of ``model`` that can be merged exactly (and pays)."""
+def contract(model: nn.Module, input_shape: tuple[int, ...], allow_approximate: bool = False,
+             rank=None) -> Contraction:
+    """Contract every linear region of ``model`` that can be merged exactly (and pays); with
+    ``rank`` (a ``truncate.RankRequest``) also prune and truncate the plan's conv/linear layers."""
     model = model.eval()
     check_runs(model, example_input(tuple(input_shape)))
     # Batch 2 at least, so that export keeps the batch dimension dynamic instead of specialising on 1.
@@ -75,8 +78,13 @@ def contract(model: nn.Module, input_shape: tuple[int, ...], allow_approximate: 
     regions = find_regions(gm, consts)
     profile = profile_graph(gm, example)
     sizes = {name: p.numel() for name, p in gm.named_parameters()}
-    decisions = [decide(r, profile, sizes, allow_approximate) for r in regions]
+    decisions = [d for r in regions for d in plan_region(r, profile, sizes, allow_approximate)]
     flops_before = sum(profile.flops.values())
+    truncation = None
+    if rank is not None:
+        from compactify.converter.truncate import truncate_plan
+
+        truncation = truncate_plan(gm, decisions, profile, rank)
     compact, _ = rewrite(gm, decisions)
     compact.eval()
     result = Contraction(
@@ -88,6 +96,7 @@ def contract(model: nn.Module, input_shape: tuple[int, ...], allow_approximate: 
         flops_before=int(flops_before),
         flops_after=count_flops(compact, example),
         warnings=[w for d in decisions for w in d.warnings],
+        truncation=truncation,
     )
     result.max_abs_error, result.max_rel_error = measure_error(model, compact, input_shape)
     return result
@@ -143,6 +152,10 @@ class ConvertOptions:
     trt: bool = False
     max_batch: int = 32  # TensorRT optimization profile: batch 1 .. max_batch
     timing_cache: str | None = None
+    rank: str | None = None  # --rank RULE: prune and truncate (compactify.converter.truncate)
+    rank_multiple: int = 1
+    cost: str = "flops"  # or "latency": keep a factored layer only if it measures faster
+    calibration: str | None = None  # inputs for the truncation error: "random", "digits" (None: auto)
 
 
 def convert_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: ConvertOptions | None = None) -> dict:
@@ -164,7 +177,9 @@ def convert_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: Con
     if not source.input_shape:
         raise BadInputError("the input shape is unknown for this model: pass --input-shape N,C,H,W")
     model = select_outputs(source.model, options.outputs, example_input(source.input_shape))
-    result = contract(model, tuple(source.input_shape), options.allow_approximate)
+    from compactify.converter.truncate import rank_request
+
+    result = contract(model, tuple(source.input_shape), options.allow_approximate, rank_request(options, source))
     for w in result.warnings:
         warnings.warn(w, stacklevel=2)
     report = build_report(ckpt, source, options, result)
@@ -255,6 +270,7 @@ def build_report(ckpt, source: Source, options: ConvertOptions, result: Contract
         "error_definition": "compact float32 vs source float64 on seeded N(0,1) inputs; "
         "max_rel_error = max|compact - ref| / max|ref| per output",
         "warnings": result.warnings,
+        **({"truncation": result.truncation} if result.truncation is not None else {}),
     }
 
 
@@ -286,6 +302,10 @@ def report_markdown(report: dict) -> str:
             f"| {r['name']} | {layers} | {r['decision']} | {r['reason']} | "
             f"{r['params_before']:,} -> {r['params_after']:,} | {r['flops_before']:,} -> {r['flops_after']:,} |"
         )
+    if report.get("truncation") is not None:
+        from compactify.converter.truncate import truncation_markdown
+
+        lines += truncation_markdown(report["truncation"])
     if report["warnings"]:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
     return "\n".join(lines) + "\n"

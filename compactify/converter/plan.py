@@ -16,7 +16,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from compactify.converter import algebra as A
 from compactify.converter.graph_ops import Scalar
-from compactify.converter.regions import Composition, Region, compose_region
+from compactify.converter.lowrank import module_flops
+from compactify.converter.regions import IDENTITY, Composition, Region, check_shape, compose_region, extend
 from compactify.errors import NotContractibleError
 
 
@@ -122,13 +123,17 @@ def decide(
     profile: GraphProfile,
     param_sizes: dict[str, int],
     allow_approximate: bool = False,
+    composition: Composition | NotContractibleError | None = None,
 ) -> Decision:
+    """Plan one region; ``composition`` is the region already composed (or why it cannot be)."""
     flops_before = sum(profile.flops.get(n, 0) for n in region.nodes)
     params_before = _region_params(region, param_sizes)
     base = dict(params_before=params_before, params_after=params_before,
                 flops_before=flops_before, flops_after=flops_before)
     try:
-        comp = compose_region(region)
+        if isinstance(composition, NotContractibleError):
+            raise composition
+        comp = composition if composition is not None else compose_region(region)
     except NotContractibleError as exc:
         return Decision(region, "keep", f"not contractible: {exc}", False, **base)
     if isinstance(comp.value, Scalar):
@@ -150,7 +155,7 @@ def decide(
     entry_shape = profile.shapes.get(region.entry)
     if entry_shape is None:
         return Decision(region, "keep", "input shape of the region unknown", comp.exact, comp, **base)
-    flops_after = count_flops(module, torch.zeros(entry_shape))
+    flops_after = module_flops(module, entry_shape)
     params_after = sum(p.numel() for p in module.parameters())
     if flops_after > flops_before:
         return Decision(
@@ -162,3 +167,65 @@ def decide(
     reason = "merged exactly" if comp.exact else "merged approximately (--allow-approximate)"
     return Decision(region, "dense", reason, comp.exact, comp, module, params_before, params_after,
                     flops_before, flops_after, warnings)
+
+
+def plan_region(
+    region: Region,
+    profile: GraphProfile,
+    param_sizes: dict[str, int],
+    allow_approximate: bool = False,
+) -> list[Decision]:
+    """The cheapest exact plan for a region: merged whole, or, for a chain, cut into the
+    segments that are cheapest merged one by one (so a bottleneck too costly to merge whole
+    still has its BatchNorms folded)."""
+    whole = decide(region, profile, param_sizes, allow_approximate)
+    if whole.kind != "keep" or len(region.nodes) < 2 or not _is_chain(region):
+        return [whole]
+    segments = _cheapest_segments(region, profile, param_sizes, allow_approximate)
+    if len(segments) == 1:
+        return [whole]
+    for d in segments:
+        d.reason = f"{d.reason}; region {region.name} cut in {len(segments)} because: {whole.reason}"
+    segments[0].warnings = whole.warnings + segments[0].warnings
+    return segments
+
+
+def _is_chain(region: Region) -> bool:
+    previous = region.entry
+    for node in region.nodes:
+        step = region.steps[node]
+        if step.kind == "sum" or step.data != (previous,):
+            return False
+        previous = node
+    return True
+
+
+def _cheapest_segments(region, profile, param_sizes, allow_approximate) -> list[Decision]:
+    """Dynamic programme over cut points; cost is (FLOPs, parameters) of each segment's plan."""
+    nodes = region.nodes
+    entries = [region.entry] + nodes[:-1]
+    # plans[i][j]: segment nodes[i:j] planned on its own; compositions grow one step at a time.
+    plans: dict[tuple[int, int], Decision] = {}
+    for i in range(len(nodes)):
+        comp: Composition | NotContractibleError = IDENTITY
+        for j in range(i + 1, len(nodes) + 1):
+            node = nodes[j - 1]
+            part = Region(entries[i], node, nodes[i:j], {n: region.steps[n] for n in nodes[i:j]})
+            if not isinstance(comp, NotContractibleError):
+                try:
+                    comp = extend(comp, region.steps[node], node)
+                    check_shape(part, comp)
+                except NotContractibleError as exc:
+                    comp = exc
+            plans[i, j] = decide(part, profile, param_sizes, allow_approximate, comp)
+    best: list[tuple[tuple[int, int], list[Decision]]] = [((0, 0), [])]
+    for j in range(1, len(nodes) + 1):
+        options = []
+        for i in range(j):
+            d = plans[i, j]
+            if d.kind == "keep" and j - i > 1:
+                continue  # an unmerged multi-layer segment is the same as single-layer ones
+            (flops, params), plan = best[i]
+            options.append(((flops + d.flops_after, params + d.params_after), plan + [d]))
+        best.append(min(options, key=lambda o: o[0]))
+    return best[-1][1]

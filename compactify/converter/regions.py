@@ -143,17 +143,20 @@ def _collect(exit_node, steps, entry, materialized) -> Region:
 # Composition of a region into one operator
 
 
+IDENTITY = Composition(Scalar(), None, True)
+
+
 def compose_region(region: Region) -> Composition:
-    values: dict[fx.Node, Composition] = {region.entry: Composition(Scalar(), None, True)}
+    values: dict[fx.Node, Composition] = {region.entry: IDENTITY}
     for node in region.nodes:
         step = region.steps[node]
         if step.kind == "sum":
             a, b = (values[d] for d in step.data)
             values[node] = _sum(_scaled(a, step.coeffs[0]), _scaled(b, step.coeffs[1]), node)
         else:
-            values[node] = _then(values[step.data[0]], step, node)
+            values[node] = extend(values[step.data[0]], step, node)
     result = values[region.exit]
-    _check_shape(region, result)
+    check_shape(region, result)
     return result
 
 
@@ -176,7 +179,8 @@ def _as_conv(value: Scalar, channels: int, ndim: int) -> A.AffineConv:
     return A.channel_affine(ones * value.a, ones * value.b, ndim)
 
 
-def _then(prev: Composition, step: Step, node: fx.Node) -> Composition:
+def extend(prev: Composition, step: Step, node: fx.Node) -> Composition:
+    """``prev`` followed by one more (non-sum) step."""
     op = step.op
     family = _family(prev.family, step.family, node)
     reasons = list(prev.reasons)
@@ -212,7 +216,7 @@ def _sum(a: Composition, b: Composition, node: fx.Node) -> Composition:
     return Composition(A.add(x, y), family, exact, reasons)
 
 
-def _check_shape(region: Region, c: Composition) -> None:
+def check_shape(region: Region, c: Composition) -> None:
     if not isinstance(c.value, A.AffineConv):
         return
     op = c.value

@@ -17,18 +17,22 @@ def rewrite(gm: fx.GraphModule, decisions: list[Decision]) -> tuple[fx.GraphModu
     """Returns the rewritten module (edited in place) and whether anything changed."""
     changed = False
     taken = set(dict(gm.named_modules()))
+    replaced: dict[fx.Node, fx.Node] = {}  # an earlier region's exit is a later region's entry
     for d in decisions:
         region = d.region
+        entry = replaced.get(region.entry, region.entry)
         if d.kind == "dense":
             name = _unique(f"merged_{region.exit.name}", taken)
             gm.add_submodule(name, d.module)
             with gm.graph.inserting_before(region.exit):
-                new = gm.graph.call_module(name, (region.entry,))
+                new = gm.graph.call_module(name, (entry,))
             new.meta.update({k: v for k, v in region.exit.meta.items() if k in ("val", "tensor_meta")})
             region.exit.replace_all_uses_with(new)
+            replaced[region.exit] = new
             changed = True
         elif d.kind == "removed":
-            region.exit.replace_all_uses_with(region.entry)
+            region.exit.replace_all_uses_with(entry)
+            replaced[region.exit] = entry
             changed = True
         else:
             continue
