@@ -26,8 +26,15 @@ import click
 @click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True,
               help="Largest batch of the TensorRT optimization profile.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), help="TensorRT timing cache reused across builds.")
+@click.option("--rank", "rank_rule", metavar="RULE",
+              help="Prune all-zero units and truncate ranks: energy:F, nuclear:F, threshold:T, rank:N, "
+                   "flops:F (global FLOPs budget) or error:E (measured output error bound), e.g. energy:0.99.")
+@click.option("--rank-multiple", default="1", show_default=True, metavar="N",
+              help="Round truncated ranks up to a multiple of N (e.g. 8 for tensor cores).")
+@click.option("--cost", default="flops", show_default=True, metavar="flops|latency",
+              help="Factor a layer when it needs fewer FLOPs, or (latency) only when it also measures faster.")
 def convert(checkpoint, arch, arch_kwargs, input_shape, out_dir, outputs, allow_approximate, force, trust_pickle,
-            no_onnx, static, no_simplify, fp16, trt, max_batch, timing_cache):
+            no_onnx, static, no_simplify, fp16, trt, max_batch, timing_cache, rank_rule, rank_multiple, cost):
     """Contract CHECKPOINT into its compact network.
 
     Writes OUTDIR/compact.pt2, compact.onnx, report.json and report.md (plus
@@ -51,6 +58,9 @@ def convert(checkpoint, arch, arch_kwargs, input_shape, out_dir, outputs, allow_
         trt=trt,
         max_batch=max_batch,
         timing_cache=timing_cache,
+        rank=rank_rule,
+        rank_multiple=_whole_number(rank_multiple, "--rank-multiple"),
+        cost=cost,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the report's own warnings are printed below, once
@@ -58,6 +68,15 @@ def convert(checkpoint, arch, arch_kwargs, input_shape, out_dir, outputs, allow_
     for message in report["warnings"]:
         click.echo(f"warning: {message}", err=True)
     _print_summary(report, out_dir)
+
+
+def _whole_number(text: str, option: str) -> int:
+    from compactify.errors import BadInputError
+
+    try:
+        return int(text)
+    except ValueError:
+        raise BadInputError(f"{option} must be a whole number >= 1, got {text!r}") from None
 
 
 def _print_summary(report: dict, out_dir: str) -> None:
@@ -80,3 +99,10 @@ def _print_summary(report: dict, out_dir: str) -> None:
         f"FLOPs {report['flops_before']:,} -> {report['flops_after']:,}   "
         f"max abs error {report['max_abs_error']:.2e}   max rel error {report['max_rel_error']:.2e}"
     )
+    t = report.get("truncation")
+    if t is not None:
+        line = (f"--rank {t['rule']}: FLOPs {100 * t['flops_ratio']:.1f}% of the untruncated plan, output error vs "
+                f"untruncated {t['output_error']['max_rel']:.2e} (max rel)")
+        if t.get("accuracy_before") is not None and t.get("accuracy_after") is not None:
+            line += f", accuracy {100 * t['accuracy_before']:.2f}% -> {100 * t['accuracy_after']:.2f}%"
+        console.print(line)
