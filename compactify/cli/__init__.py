@@ -20,6 +20,7 @@ from compactify.errors import CompactifyError
 COMMANDS: dict[str, str] = {
     "bench": "compactify.cli.bench_cmd:bench",
     "convert": "compactify.cli.convert_cmd:convert",
+    "demo": "compactify.cli.demo_cmd:demo",
     "engine": "compactify.cli.engine_cmd:engine",
     "verify": "compactify.cli.verify_cmd:verify",
 }
