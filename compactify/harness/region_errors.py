@@ -74,7 +74,7 @@ def region_errors(
     from compactify.converter.capture import export_program, graph_module
     from compactify.converter.convert import example_input
     from compactify.converter.graph_ops import Constants
-    from compactify.converter.plan import decide, profile_graph
+    from compactify.converter.plan import plan_region, profile_graph
     from compactify.converter.regions import find_regions
 
     notes: list[str] = []
@@ -84,7 +84,8 @@ def region_errors(
     regions = find_regions(gm, consts)
     profile = profile_graph(gm, example)
     sizes = {name: p.numel() for name, p in gm.named_parameters()}
-    merged = [d for d in (decide(r, profile, sizes, allow_approximate) for r in regions) if d.kind == "dense"]
+    plan = [d for r in regions for d in plan_region(r, profile, sizes, allow_approximate)]
+    merged = [d for d in plan if d.kind == "dense"]
     if not merged:
         return [], ["no region of this model is merged: there is nothing to check region by region"]
 

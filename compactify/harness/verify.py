@@ -539,6 +539,9 @@ def verify_conversion(
         regions, notes = region_errors(model, shape, [f[data.names[0]] for f in data.batches], compact_pt2=pt2,
                                        allow_approximate=bool(report.get("allow_approximate")), atol=atol, rtol=rtol)
         warnings.extend(notes)
+        if report.get("truncation") is not None:
+            warnings.append("this conversion truncated ranks or pruned units (--rank): layers it changed are checked "
+                            "here as their exact merge; their truncation error is in the outputs above and report.md")
     return VerifyResult(reference.label, results, data.description, ref_accuracy, regions, warnings)
 
 
