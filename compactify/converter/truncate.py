@@ -463,6 +463,7 @@ def apply_rank_rule(
     timings: dict[str, tuple[float, float]] = {}
     if cost == "latency":
         shape_batch = batch or batch_total
+        where = f"batch {shape_batch}, {torch.get_num_threads()} torch threads"
         for key, c in list(choices.items()):
             if not c.factored:
                 continue
@@ -475,11 +476,10 @@ def apply_rank_rule(
                 choices[key] = dataclasses.replace(
                     c, form="dense", rank_after=c.rank_before, energy_kept=1.0, flops_after=c.flops_before,
                     reason=f"{c.reason}; but measured on the CPU the factored form is not faster "
-                           f"({factored_ms:.3f} ms vs {dense_ms:.3f} ms dense at batch {shape_batch}): stays dense")
+                           f"({factored_ms:.3f} ms vs {dense_ms:.3f} ms dense, {where}): stays dense")
             else:
                 choices[key] = dataclasses.replace(
-                    c, reason=f"{c.reason}; measured on the CPU: {factored_ms:.3f} ms vs {dense_ms:.3f} ms dense "
-                              f"at batch {shape_batch}")
+                    c, reason=f"{c.reason}; measured on the CPU: {factored_ms:.3f} ms vs {dense_ms:.3f} ms dense, {where}")
 
     rows = []
     final64: dict[int, nn.Module] = {}
