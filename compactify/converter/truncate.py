@@ -8,24 +8,27 @@ or linear layer left as it is. For those:
    They are removed, and so are the next layer's matching input channels, where the path
    between the two is one this module can follow: elementwise activations, max pooling,
    adaptive average pooling or a spatial mean, and a ``flatten(1)`` from a conv to a linear
-   layer, each with no other user. The constant the removed unit would have sent (the
-   activation of its bias) is folded into the next layer's bias, which is exact only when
-   that layer pads nothing; into a padded layer only units whose constant is zero are
-   removed. Anything else (a residual add, a concat, a reshape) leaves the units in place.
+   layer, each with no other user, into a region that is the only reader of that tensor (a
+   residual sum inside the next merged region is fine; a concat or a second consumer is
+   not). The constant a removed unit would have sent (its bias through the activations) is
+   folded into the next layer's bias, which is exact only when that layer pads nothing;
+   into a padded layer only units whose constant is zero are removed. Units are found with
+   a tolerance of zero: pruning is exact.
 2. Ranks: :func:`rank_rules.choose_ranks` over the spectra of the (pruned) operators, in
-   every factored form that exists, with the rest of the model as the fixed part of a FLOPs
-   budget. ``error:E`` measures each candidate cut on calibration inputs: the plan with the
-   truncated operators (:func:`lowrank.truncate`) against the untruncated plan, in float64.
-3. ``cost="latency"``: each layer the rule factors is timed dense against factored on the
-   CPU with torch, interleaved, and stays dense unless the factored form is faster.
+   every factored form that exists, with the rest of the model as the fixed part of a
+   FLOPs budget (``flops:F`` counts from the pruned plan). ``error:E`` measures each
+   candidate cut on calibration inputs: the plan with the truncated operators
+   (:func:`lowrank.truncate`) against the plan before ``--rank``, in float64.
+3. ``cost="latency"``: each layer the rule factors is timed dense against factored with
+   torch on the CPU, interleaved, and stays dense unless the factored form is faster.
 4. The chosen factored layers become two layers (:func:`lowrank.factor`) in the decision's
    module, with kind ``"factored"``; the report rows give per layer the ranks, the energy
    kept, parameters and FLOPs, the form and the reason, and for the whole model the output
-   error against the untruncated plan and, when an ``evaluate`` callable is given (models
-   trained on the built-in digits), the accuracy before and after.
+   error against the plan without ``--rank`` and, when an ``evaluate`` callable is given
+   (models trained on the built-in digits), the accuracy before and after.
 
-The untruncated and truncated models are built by rewriting deep copies of the captured
-graph with the same :func:`rewrite.rewrite` that produces the final one.
+The models compared are built by rewriting deep copies of the captured graph with the same
+:func:`rewrite.rewrite` that produces the final one.
 """
 
 from __future__ import annotations
@@ -434,10 +437,11 @@ def apply_rank_rule(
     def modules(choose: Callable[[_Layer], nn.Module | None]) -> dict[int, nn.Module | None]:
         return {layer.index: choose(layer) for layer in layers}
 
-    # The plan as it stands (pruned, untruncated): in float32 (FLOPs, accuracy) and float64.
-    base32 = modules(lambda la: _module(la.op) if la.changed else la.decision.module)
-    untruncated = builder.build(base32)
-    reference, dtype, ref_out = _reference(builder, layers, modules, calibration)
+    # The contracted plan as it was before --rank, in float32 (FLOPs, accuracy) and in float64
+    # (the reference of the output error), and after pruning alone.
+    untruncated = builder.build(modules(lambda la: la.decision.module))
+    pruned = builder.build(modules(lambda la: _module(la.op) if la.changed else la.decision.module))
+    dtype, ref_out = _reference(builder, modules, calibration)
 
     def truncated_error(overrides: dict[int, nn.Module]) -> tuple[float, float]:
         full = modules(lambda la: _module(la.op, dtype))
@@ -446,12 +450,15 @@ def apply_rank_rule(
 
     batch_total = example.shape[0]
     total_flops = _count(untruncated, example)
+    pruned_flops = _count(pruned, example)
     candidates = []
     for layer in layers:
         for form in L.forms_for(layer.op):
             candidates.append(L.candidate(layer.key, layer.op, form, layer.in_spatial))
     dense_per_sample = {c.name: c.dense_flops for c in candidates}
-    fixed = max(0, round(total_flops / batch_total) - sum(dense_per_sample.values()))
+    # The rest of the model. flops:F is then a fraction of the pruned plan: removing units that
+    # are exactly zero is free, and the budget is about what truncation trades for accuracy.
+    fixed = max(0, round(pruned_flops / batch_total) - sum(dense_per_sample.values()))
     by_key = {layer.key: layer for layer in layers}
 
     def measure(choices: dict[str, RankChoice]) -> float:
@@ -519,17 +526,20 @@ def apply_rank_rule(
         "pruning": pruning,
         "pruning_limits": PRUNING_LIMITS,
         "params_untruncated": params_before,
+        "params_pruned": _params(pruned),
         "params_truncated": params_after,
         "flops_untruncated": total_flops,
+        "flops_pruned": pruned_flops,
         "flops_truncated": flops_after,
         "flops_ratio": flops_after / total_flops if total_flops else 1.0,
+        "flops_ratio_of_pruned": flops_after / pruned_flops if pruned_flops else 1.0,
         "output_error": {
             "max_abs": max_abs,
             "max_rel": max_rel,
             "inputs": calibration_source or f"{len(calibration)} calibration inputs",
             "dtype": str(dtype).replace("torch.", ""),
-            "definition": "truncated plan vs untruncated plan on the same inputs; "
-            "max_rel = max|truncated - untruncated| / max|untruncated| per output",
+            "definition": "the plan with --rank (pruned and truncated) vs the contracted plan without it, on the "
+            "same inputs; max_rel = max|truncated - untruncated| / max|untruncated| per output",
         },
     }
     if evaluate is not None:
@@ -552,12 +562,13 @@ def _count(model: nn.Module, example: torch.Tensor) -> int:
     return count_flops(model, example)
 
 
-def _reference(builder: _Builder, layers, modules, calibration):
-    """The untruncated plan in float64 (float32 if the graph refuses float64) and its outputs."""
+def _reference(builder: _Builder, modules, calibration):
+    """The dtype the plan runs in (float64, or float32 if the graph refuses it), and the
+    outputs of the plan before --rank on the calibration inputs."""
     for dtype in (torch.float64, torch.float32):
-        model = builder.build(modules(lambda la: _module(la.op, dtype)), dtype)
+        model = builder.build(modules(lambda la: _module(la.decision.composition.value, dtype)), dtype)
         try:
-            return model, dtype, _outputs(model, calibration.to(dtype))
+            return dtype, _outputs(model, calibration.to(dtype))
         except RuntimeError:
             if dtype == torch.float32:
                 raise
@@ -623,9 +634,13 @@ def truncation_markdown(section: dict) -> list[str]:
         + f", cost: {section['cost']}",
         "",
         f"- FLOPs: {section['flops_untruncated']:,} -> {section['flops_truncated']:,} "
-        f"({100 * section['flops_ratio']:.1f}% of the untruncated plan)",
-        f"- parameters: {section['params_untruncated']:,} -> {section['params_truncated']:,}",
-        f"- output error vs the untruncated plan ({err['dtype']}, {err['inputs']}): "
+        f"({100 * section['flops_ratio']:.1f}% of the plan without --rank"
+        + (f"; {section['flops_pruned']:,} after removing all-zero units, which flops: budgets count from)"
+           if section["flops_pruned"] != section["flops_untruncated"] else ")"),
+        f"- parameters: {section['params_untruncated']:,} -> {section['params_truncated']:,}"
+        + (f" ({section['params_pruned']:,} after removing all-zero units)"
+           if section["params_pruned"] != section["params_untruncated"] else ""),
+        f"- output error vs the plan without --rank ({err['dtype']}, {err['inputs']}): "
         f"max abs {err['max_abs']:.3g}, max rel {err['max_rel']:.3g}",
     ]
     if "accuracy_before" in section:

@@ -271,6 +271,32 @@ def test_group_lasso_units_are_removed_with_the_next_layers_inputs():
     assert _rel(r.compact(x).double(), ref) < 1e-5
     assert r.truncation["output_error"]["max_rel"] < 1e-12
     assert r.params_after < contract(model, (1, 3, 8, 8)).params_after
+    t = r.truncation
+    assert t["params_truncated"] == t["params_pruned"] < t["params_untruncated"]
+    assert t["flops_truncated"] == t["flops_pruned"] < t["flops_untruncated"]
+
+
+def test_a_residual_sum_inside_the_next_region_reads_the_dead_unit_as_zero():
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(4, 6, 1)
+            self.b = nn.Conv2d(6, 6, 1)
+
+        def forward(self, x):
+            y = F.relu(self.a(x))
+            return self.b(y) + y  # one merged region (b + identity) reads y: its channel 1 can go
+
+    torch.manual_seed(4)
+    m = Residual().eval()
+    with torch.no_grad():
+        m.a.weight[1] = 0
+        m.a.bias[1] = 0
+    r = contract(m, (1, 4, 5, 5), rank=_request("energy:1"))
+    note = r.truncation["pruning"][0]
+    assert note["removed"] == 1, note
+    x = example_input((3, 4, 5, 5), seed=2)
+    assert _rel(r.compact(x).double(), reference_float64(m)(x.double())) < 1e-6
 
 
 def test_units_are_kept_where_the_path_is_not_followed():
