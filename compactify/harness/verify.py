@@ -460,6 +460,10 @@ def verify_conversion(
     _check_tolerances(atol, rtol, fp16_atol, fp16_rtol)
     outdir = Path(outdir)
     report = load_report(outdir)
+    artifacts = report.get("artifacts") or {}
+    if not artifacts:
+        raise BadInputError(f"{outdir / 'report.json'} lists no artifacts (compact.pt2, compact.onnx): nothing to "
+                            "verify; convert again")
     model, shape, meta = rebuild_source(report)
     warnings: list[str] = []
     ref_module = reference_float64(model)
@@ -470,7 +474,6 @@ def verify_conversion(
     reference = _torch_model(ref_module, f"expanded {ref_dtype} (reference)", ref_dtype, report["source"]["checkpoint"])
     baseline = _torch_model(model, "expanded float32", "float32", report["source"]["checkpoint"])
 
-    artifacts = report.get("artifacts") or {}
     fp16 = "onnx_fp16" in artifacts
     plan = [  # (artifact key, runtime, tolerances)
         ("pt2", "torch", (atol, rtol)),

@@ -200,6 +200,11 @@ def test_bad_folders(converted, tmp_path):
     (dst / "compact.onnx").unlink()
     with pytest.raises(BadInputError, match="lists compact.onnx"):
         verify_conversion(dst)
+    report = _report(dst)
+    (dst / "report.json").write_text(json.dumps({**report, "artifacts": {}}))
+    with pytest.raises(BadInputError, match="lists no artifacts"):
+        verify_conversion(dst)
+    (dst / "report.json").write_text(json.dumps(report))
     # The source changed after the conversion: verifying against it would prove nothing.
     moved = tmp_path / "other.pt"
     shutil.copy(ckpt, moved)
