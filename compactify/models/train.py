@@ -1,8 +1,10 @@
 """A small CPU trainer for the built-in digits data, with the compression-aware regularizers
 and the auxiliary losses, used by ``compactify train``.
 
-SGD with Nesterov momentum and a one-cycle learning rate: the regularizers' proximal steps
-are then proximal gradient steps with the current learning rate as step size.
+AdamW with a one-cycle learning rate by default: measured on digits, it trains SmallNet-7
+and all its expansions (whose deep linear chains make SGD at a shared learning rate
+unstable, e.g. CL+FC) past 90% in three epochs. ``optimizer="sgd"`` (Nesterov) is there for
+textbook proximal gradient.
 """
 
 from __future__ import annotations
@@ -68,17 +70,17 @@ def train(model: nn.Module, epochs: int, *, input_shape: Sequence[int] | None = 
           lr: float = 2e-3, batch_size: int = 32, weight_decay: float = 1e-4, seed: int = 0,
           nuclear: float = 0.0, nuclear_kind: str = "channel", group_lasso: float = 0.0,
           group_alpha: float = 0.5, proximal: bool = True, reg_layers: Sequence[str] | None = None,
-          optimizer: str = "adam",
-          progress: bool = True) -> TrainResult:
+          optimizer: str = "adam", threads: int | None = None, progress: bool = True) -> TrainResult:
     """Train ``model`` on digits in place on the CPU; returns the test accuracy and more.
 
     ``nuclear`` (tau) and ``group_lasso`` (lambda) switch on the compression-aware
     regularizers: applied as proximal steps after each optimizer step (default), or with
     ``proximal=False`` as penalties added to the loss; ``reg_layers`` (module names or shell
     patterns) limits them to some layers. With AdamW the proximal step size is the current
-    learning rate, a common approximation of proximal gradient for adaptive optimizers. Auxiliary heads/branches attached with
-    ``attach_auxiliary`` add their loss terms automatically. ``progress`` shows a rich bar on
-    stderr.
+    learning rate, a common approximation of proximal gradient for adaptive optimizers.
+    Auxiliary heads/branches attached with ``attach_auxiliary`` add their loss terms
+    automatically. ``progress`` shows a rich bar on
+    stderr. ``threads`` sets torch's intra-op thread count for the run (restored after).
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs <= 0:
         raise BadInputError(f"epochs must be a positive integer, got {epochs!r}")
@@ -87,6 +89,20 @@ def train(model: nn.Module, epochs: int, *, input_shape: Sequence[int] | None = 
     if nuclear < 0 or group_lasso < 0:
         raise BadInputError("--nuclear and --group-lasso must be >= 0")
     data = _data(data, input_shape)
+    if threads is not None and threads < 1:
+        raise BadInputError(f"threads must be >= 1, got {threads}")
+    saved_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _train(model, epochs, data, lr, batch_size, weight_decay, seed, nuclear, nuclear_kind, group_lasso,
+                      group_alpha, proximal, reg_layers, optimizer, progress)
+    finally:
+        torch.set_num_threads(saved_threads)
+
+
+def _train(model, epochs, data, lr, batch_size, weight_decay, seed, nuclear, nuclear_kind, group_lasso,
+           group_alpha, proximal, reg_layers, optimizer, progress) -> TrainResult:
     generator = torch.Generator().manual_seed(seed)
     n = len(data.x_train)
     steps = math.ceil(n / batch_size)

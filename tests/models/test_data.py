@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from compactify.errors import BadInputError
 from compactify.models.data import load_digits_data
-
-import pytest
 
 
 def test_digits_tensors():
@@ -26,7 +25,6 @@ def test_split_is_fixed_and_sizes_are_consistent():
     a = load_digits_data((3, 8, 8))
     b = load_digits_data((1, 1, 12, 12))
     assert torch.equal(a.y_train, b.y_train) and torch.equal(a.y_test, b.y_test)
-    # native size: no interpolation, just standardized pixels
     other = load_digits_data((1, 1, 8, 8), seed=1)
     assert not torch.equal(other.y_train, a.y_train)
     with pytest.raises(BadInputError):
