@@ -22,6 +22,9 @@ COMMANDS: dict[str, str] = {
     "convert": "compactify.cli.convert_cmd:convert",
     "demo": "compactify.cli.demo_cmd:demo",
     "engine": "compactify.cli.engine_cmd:engine",
+    "expand": "compactify.cli.models_cmd:expand_cmd",
+    "models": "compactify.cli.models_cmd:models",
+    "train": "compactify.cli.models_cmd:train_cmd",
     "verify": "compactify.cli.verify_cmd:verify",
 }
 

@@ -1,0 +1,256 @@
+"""``compactify models``, ``compactify expand`` and ``compactify train``: the model zoo on the
+command line, thin over ``compactify.models``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from compactify.errors import BadInputError
+
+
+def _arch_kwargs(text: str | None) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadInputError(f"--arch-kwargs is not valid JSON ({exc.msg} at char {exc.pos}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise BadInputError(f"--arch-kwargs must be a JSON object, got {text!r}")
+    return value
+
+
+def _layers(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise BadInputError("--layers is empty; give comma-separated module names or patterns")
+    return names
+
+
+def _resolve(arch: str, mode: str | None):
+    """(base name, mode or None) from ARCH and --expand/--mode, which may not disagree."""
+    from compactify.models import normalize_mode, split_name
+
+    base, name_mode = split_name(arch)
+    if mode is not None:
+        mode = normalize_mode(mode)
+        if name_mode is not None and name_mode != mode:
+            raise BadInputError(f"{arch!r} already names mode {name_mode}; it conflicts with mode {mode}")
+    return base, mode or name_mode
+
+
+def _check_rate(rate: int) -> None:
+    if rate < 1:
+        raise BadInputError(f"--rate must be >= 1, got {rate}")
+
+
+def _count_flops(model, shape) -> int:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.eval()(torch.zeros(shape, device="meta"))
+    return int(counter.get_total_flops())
+
+
+def _human(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(int(n))
+
+
+@click.command("models")
+@click.argument("pattern", required=False, default="*")
+@click.option("--expanded", is_flag=True, help="Also list the expanded variants (BASE-MODE) that apply.")
+def models(pattern: str, expanded: bool) -> None:
+    """List the built-in architectures matching PATTERN (shell-style, default all).
+
+    Parameters and FLOPs (torch.utils.flop_counter, batch 1) are for the default input shape;
+    models are built on the meta device, so no weights are allocated.
+    """
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from compactify.models import create_model, list_models, model_entry
+
+    names = list_models(pattern, expanded=expanded)
+    if not names:
+        raise BadInputError(f"no model matches {pattern!r}; `compactify models` lists them all")
+    table = Table(title="compactify models")
+    for col, justify in (("name", "left"), ("params", "right"), ("FLOPs", "right"), ("input shape", "left"),
+                         ("description", "left")):
+        table.add_column(col, justify=justify)
+    for name in names:
+        entry = model_entry(name)
+        shape = entry.default_input_shape
+        with torch.device("meta"):
+            model = create_model(name)
+        params = sum(p.numel() for p in model.parameters())
+        flops = _count_flops(model, shape)
+        desc = entry.description if name == entry.name else f"{entry.name}, ExpandNets-{name[len(entry.name) + 1:].upper()} rate 4"
+        table.add_row(name, f"{params:,}", _human(flops), "x".join(map(str, shape)), desc)
+    Console(width=max(100, Console().width)).print(table)
+
+
+@click.command("expand")
+@click.argument("arch")
+@click.option("--mode", help="fc, cl, ck, cl+fc or ck+fc (or give ARCH as BASE-MODE).")
+@click.option("--rate", type=int, default=4, show_default=True, help="Expansion rate r.")
+@click.option("--layers", help="Comma-separated module names or patterns to expand (default: all that apply).")
+@click.option("--arch-kwargs", help='JSON object of architecture arguments, e.g. \'{"input_size": 16}\'.')
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random initialization.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Checkpoint to write (.pt or .safetensors).")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+def expand_cmd(arch: str, mode: str | None, rate: int, layers: str | None, arch_kwargs: str | None, seed: int,
+               output: Path, force: bool) -> None:
+    """Write a freshly initialized expanded checkpoint of ARCH with its metadata.
+
+    `compactify convert FILE -o OUT` then needs no --arch.
+    """
+    import torch
+
+    from compactify.converter.checkpoint import save_checkpoint
+    from compactify.models import create_model, expand, model_entry
+
+    base, mode = _resolve(arch, mode)
+    if mode is None:
+        raise BadInputError("give --mode (fc, cl, ck, cl+fc or ck+fc) or an expanded name such as smallnet7-cl")
+    _check_rate(rate)
+    kwargs = _arch_kwargs(arch_kwargs)
+    layer_list = _layers(layers)
+    if output.exists() and not force:
+        raise BadInputError(f"output file {output} already exists; pass --force to overwrite it")
+    torch.manual_seed(seed)
+    model = expand(create_model(base, **kwargs), mode, rate=rate, layers=layer_list)
+    shape = list(model_entry(base).input_shape(**kwargs))
+    meta = {
+        "arch": base,
+        "arch_kwargs": kwargs,
+        "expand": mode,
+        "rate": rate,
+        "layers": layer_list,
+        "aux": None,
+        "input_shape": shape,
+        "expanded_layers": model.compactify_expansion["layers"],
+        "seed": seed,
+    }
+    save_checkpoint(output, model.state_dict(), meta, force=force)
+    n = sum(p.numel() for p in model.parameters())
+    click.echo(f"{base}-{mode} (rate {rate}): {len(meta['expanded_layers'])} layers expanded, "
+               f"{n:,} parameters, input {'x'.join(map(str, shape))} -> {output}")
+
+
+@click.command("train")
+@click.argument("arch")
+@click.option("--expand", "mode", help="Train the ExpandNets expansion: fc, cl, ck, cl+fc or ck+fc.")
+@click.option("--rate", type=int, default=4, show_default=True, help="Expansion rate r.")
+@click.option("--layers", help="Comma-separated module names or patterns to expand (default: all that apply).")
+@click.option("--arch-kwargs", help="JSON object of architecture arguments (num_classes is 10 for digits).")
+@click.option("--input-size", type=int, help="Square input size (default: the model's training default).")
+@click.option("--nuclear", type=float, default=0.0, help="Nuclear-norm strength tau (compression-aware training).")
+@click.option("--nuclear-kind", type=click.Choice(["channel", "spatial"]), default="channel", show_default=True,
+              help="Matrix view whose rank the nuclear norm lowers.")
+@click.option("--group-lasso", type=float, default=0.0, help="Sparse group lasso strength lambda (groups = units).")
+@click.option("--penalty", is_flag=True, help="Add the regularizers to the loss instead of proximal steps.")
+@click.option("--reg-layers", help="Comma-separated module names or patterns to regularize (default: all).")
+@click.option("--aux", is_flag=True, help="Train with auxiliary heads and an auxiliary branch (dropped at conversion).")
+@click.option("--epochs", type=int, default=3, show_default=True, help="Training epochs.")
+@click.option("--lr", type=float, default=2e-3, show_default=True, help="Peak learning rate (one-cycle AdamW).")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=1, show_default=True,
+              help="CPU threads. These nets are small: one thread avoids OpenMP stalls, which on a busy "
+                   "machine made two threads several times slower.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Checkpoint to write (.pt or .safetensors).")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+def train_cmd(arch: str, mode: str | None, rate: int, layers: str | None, arch_kwargs: str | None,
+              input_size: int | None, nuclear: float, nuclear_kind: str, group_lasso: float, penalty: bool,
+              reg_layers: str | None, aux: bool, epochs: int, lr: float, batch_size: int, seed: int, threads: int,
+              quiet: bool, output: Path, force: bool) -> None:
+    """Train ARCH (optionally expanded) on the built-in digits data on the CPU and save a
+    checkpoint whose metadata lets `compactify convert` rebuild it."""
+    import torch
+
+    from compactify.converter.checkpoint import save_checkpoint
+    from compactify.models import attach_auxiliary, create_model, expand, model_entry
+    from compactify.models.data import NUM_CLASSES, load_digits_data
+    from compactify.models.train import train
+
+    base, mode = _resolve(arch, mode)
+    _check_rate(rate)
+    if epochs <= 0:
+        raise BadInputError(f"--epochs must be a positive integer, got {epochs}")
+    if nuclear < 0 or group_lasso < 0:
+        raise BadInputError("--nuclear and --group-lasso must be >= 0")
+    if threads < 1:
+        raise BadInputError(f"--threads must be >= 1, got {threads}")
+    if lr <= 0 or batch_size < 1:
+        raise BadInputError(f"--lr must be > 0 and --batch-size >= 1, got {lr} and {batch_size}")
+    entry = model_entry(base)
+    kwargs = {**entry.train_kwargs, **_arch_kwargs(arch_kwargs)}
+    if input_size is not None:
+        if input_size < 1:
+            raise BadInputError(f"--input-size must be positive, got {input_size}")
+        kwargs["input_size"] = input_size
+    if int(kwargs.get("num_classes", NUM_CLASSES)) != NUM_CLASSES:
+        raise BadInputError(f"digits has {NUM_CLASSES} classes; drop num_classes from --arch-kwargs")
+    layer_list = _layers(layers)
+    if output.exists() and not force:
+        raise BadInputError(f"output file {output} already exists; pass --force to overwrite it")
+
+    torch.manual_seed(seed)
+    model = create_model(base, **kwargs)
+    if mode:
+        model = expand(model, mode, rate=rate, layers=layer_list)
+    shape = list(entry.input_shape(**kwargs))
+    if aux:
+        attach_auxiliary(model, heads="auto", branch="auto", input_shape=shape)
+    data = load_digits_data(shape, seed=0)
+    result = train(model, epochs, data=data, lr=lr, batch_size=batch_size, seed=seed, nuclear=nuclear,
+                   nuclear_kind=nuclear_kind, group_lasso=group_lasso, proximal=not penalty,
+                   reg_layers=_layers(reg_layers), threads=threads, progress=not quiet)
+    meta = {
+        "arch": base,
+        "arch_kwargs": kwargs,
+        "expand": mode,
+        "rate": rate if mode else None,
+        "layers": layer_list if mode else None,
+        "aux": model.auxiliary.config if aux else None,
+        "input_shape": shape,
+        "training": {
+            "dataset": "digits",
+            "epochs": epochs,
+            "test_accuracy": result.test_accuracy,
+            "train_accuracy": result.train_accuracy,
+            "final_loss": result.final_loss,
+            "seconds": round(result.seconds, 2),
+            "input_shape": shape,
+            "seed": seed,
+            "lr": lr,
+            "batch_size": batch_size,
+            "threads": threads,
+            "optimizer": "adamw-onecycle",
+            "nuclear": nuclear,
+            "nuclear_kind": nuclear_kind,
+            "group_lasso": group_lasso,
+            "regularizer_form": "penalty" if penalty else "proximal",
+            "reg_layers": _layers(reg_layers),
+            "history": result.history,
+        },
+    }
+    if mode:
+        meta["expanded_layers"] = model.compactify_expansion["layers"]
+    save_checkpoint(output, model.state_dict(), meta, force=force)
+    name = f"{base}-{mode}" if mode else base
+    click.echo(f"{name}: test accuracy {result.test_accuracy:.4f} on digits after {epochs} epochs "
+               f"({result.seconds:.1f} s, input {'x'.join(map(str, shape))}) -> {output}")
