@@ -11,15 +11,17 @@ keeps its accuracy at a fraction of the FLOPs, the plain one does not.
 Both checkpoints are trained here on the built-in digits (SGD + one-cycle, proximal
 nuclear-norm step for the regularized one) unless given. Every rule goes through the same
 ``contract(..., rank=...)`` that ``compactify convert --rank`` runs; the accuracy is on the
-digits test split, the FLOPs are torch.utils.flop_counter's, and the latency is the torch CPU
-median (p50) of each truncated network at one batch size, all networks of one checkpoint
-timed interleaved (harness.latency.compare_latency) and quoted as ratios to the untruncated
-one. Results: benchmarks/results/lowrank.{json,md,png}.
+digits test split, the FLOPs are torch.utils.flop_counter's, and the latency is the median
+(p50) of each truncated network at one batch size on ONNX Runtime CPU (its compact.onnx, as
+``convert`` exports it; ``--runtime torch`` times the GraphModule instead), all networks of
+one checkpoint timed interleaved (harness.latency.compare_latency) and quoted as ratios to
+the untruncated one. Results: benchmarks/results/lowrank.{json,md,png}.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -50,6 +52,9 @@ def parse_args(argv=None):
     p.add_argument("--rules", help="comma-separated rank rules (default: a sweep of energy: and flops:)")
     p.add_argument("--cost", choices=["flops", "latency"], default="flops",
                    help="convert --cost: latency keeps a factored layer only where it measures faster")
+    p.add_argument("--runtime", choices=["ort", "torch"], default="ort",
+                   help="where latency is measured: ONNX Runtime CPU on the exported compact.onnx (default), or "
+                        "torch CPU on the compact GraphModule")
     p.add_argument("--batch", type=int, default=16, help="batch size at which latency is measured")
     p.add_argument("--seconds", type=float, help="timing budget per checkpoint (default 20, quick 6)")
     p.add_argument("--threads", type=int, default=1, help="torch threads while timing (default 1)")
@@ -80,7 +85,8 @@ def train_checkpoint(path: Path, arch: str, input_size: int, epochs: int, nuclea
     return path
 
 
-def sweep(checkpoint: Path, label: str, rules: list[str], batch: int, seconds: float, cost: str) -> list[dict]:
+def sweep(checkpoint: Path, label: str, rules: list[str], batch: int, seconds: float, cost: str, runtime: str,
+          threads: int, folder: Path) -> list[dict]:
     """Every rule through contract(); then all truncated networks timed interleaved."""
     from compactify.converter.checkpoint import load_checkpoint
     from compactify.converter.convert import ConvertOptions, contract
@@ -108,15 +114,16 @@ def sweep(checkpoint: Path, label: str, rules: list[str], batch: int, seconds: f
         print(f"  {label} {rule}: FLOPs {100 * t['flops_ratio']:.1f}%, accuracy {t['accuracy_before']:.4f} -> "
               f"{t['accuracy_after']:.4f} ({time.perf_counter() - t0:.1f} s)", flush=True)
     x = torch.randn((batch, *shape[1:]), generator=torch.Generator().manual_seed(0))
-
-    def run(module):
-        def fn():
-            with torch.no_grad():
-                module(x)
-        return fn
-
-    timing = compare_latency([Candidate(r["rule"], run(r["module"]), batch=batch) for r in rows], warmup=20,
-                             seconds=seconds, progress=False)
+    with contextlib.ExitStack() as stack:
+        candidates = []
+        for r in rows:
+            if runtime == "ort":
+                runner = stack.enter_context(ort_runner(r["module"], x, folder / f"{label}_{r['rule'].replace(':', '_')}.onnx",
+                                                        threads))
+                candidates.append(Candidate(r["rule"], runner.bind({"x": x.numpy()}), runner.synchronize, batch=batch))
+            else:
+                candidates.append(Candidate(r["rule"], torch_call(r["module"], x), batch=batch))
+        timing = compare_latency(candidates, warmup=20, seconds=seconds, progress=False)
     dense_flops = rows[0]["flops"]
     for r in rows:
         stats = timing.by_label(r["rule"])
@@ -128,27 +135,43 @@ def sweep(checkpoint: Path, label: str, rules: list[str], batch: int, seconds: f
     return rows
 
 
+def torch_call(module, x):
+    def fn():
+        with torch.no_grad():
+            module(x)
+    return fn
+
+
+def ort_runner(module, x: torch.Tensor, path: Path, threads: int):
+    from compactify.converter.onnx_export import export_onnx
+    from compactify.runtimes import open_runner
+
+    export_onnx(module, x[:2], path, input_names=["x"], dynamic_batch=True, simplify=True)
+    return open_runner(str(path), "ort", intra_op_threads=threads, inter_op_threads=1)
+
+
 COLUMNS = [("checkpoint", None), ("rule", None), ("factored", "d"), ("flops_ratio", ".3f"), ("accuracy", ".4f"),
            ("accuracy_drop", "+.4f"), ("latency_ms", ".4f"), ("latency_ratio", ".3f"), ("latency_cv", ".2f"),
            ("error", ".2e")]
 
 
-def print_and_write(rows: list[dict], info: dict, out: Path, batch: int) -> list[Path]:
+def print_and_write(rows: list[dict], info: dict, out: Path, batch: int, runtime: str) -> list[Path]:
     from rich.console import Console
 
     from compactify.harness.report import Column, markdown_table, rich_table, write_json, write_text
 
     columns = [Column(k, fmt=f) for k, f in COLUMNS]
-    title = f"rank truncation on digits: FLOPs and latency (torch CPU, batch {batch}) as ratios to the untruncated net"
+    where = "ONNX Runtime CPU" if runtime == "ort" else "torch CPU"
+    title = f"rank truncation on digits: FLOPs and latency ({where}, batch {batch}) as ratios to the untruncated net"
     Console(width=160).print(rich_table(rows, columns, title=title))
     out.mkdir(parents=True, exist_ok=True)
     paths = [write_json(out / "lowrank.json", {"machine": info, "batch": batch, "rows": rows}),
              write_text(out / "lowrank.md", f"# {title}\n\n{info['summary']}\n\n{markdown_table(rows, columns)}\n")]
-    paths.append(plot(rows, out / "lowrank.png", batch))
+    paths.append(plot(rows, out / "lowrank.png", f"latency ({where}, batch {batch})"))
     return paths
 
 
-def plot(rows: list[dict], path: Path, batch: int) -> Path:
+def plot(rows: list[dict], path: Path, latency_label: str) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,7 +180,7 @@ def plot(rows: list[dict], path: Path, batch: int) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for label, marker in (("nuclear", "o"), ("plain", "s")):
         mine = [r for r in rows if r["checkpoint"] == label]
-        for ax, key, name in ((axes[0], "flops_ratio", "FLOPs"), (axes[1], "latency_ratio", f"latency (torch CPU, batch {batch})")):
+        for ax, key, name in ((axes[0], "flops_ratio", "FLOPs"), (axes[1], "latency_ratio", latency_label)):
             for family, style in (("energy", "-"), ("flops", "--")):
                 pts = sorted((r[key], r["accuracy"]) for r in mine if r["rule"].startswith(family))
                 if key == "latency_ratio":
@@ -197,14 +220,15 @@ def main(argv=None) -> int:
     }
     rows = []
     for label, path in checkpoints.items():
-        rows += sweep(path, label, rules, args.batch, seconds, args.cost)
+        rows += sweep(path, label, rules, args.batch, seconds, args.cost, args.runtime, args.threads,
+                      args.out / "onnx")
     info = machine_info()
     info["loadavg_1_5_15"] = list(os.getloadavg())
     info["summary"] = (f"{machine_summary(info)}; load average "
                        f"{', '.join(f'{v:.1f}' for v in info['loadavg_1_5_15'])} on {os.cpu_count()} cores; "
                        f"torch threads {args.threads}; --cost {args.cost}; checkpoints: "
                        + json.dumps({k: str(v) for k, v in checkpoints.items()}))
-    paths = print_and_write(rows, info, args.out, args.batch)
+    paths = print_and_write(rows, info, args.out, args.batch, args.runtime)
     print(info["summary"])
     print("wrote " + ", ".join(str(p) for p in paths) + f" in {time.perf_counter() - started:.0f} s")
     return 0

@@ -76,9 +76,10 @@ _CONSTANT_KEEPING = {
 }
 PRUNING_LIMITS = (
     "units are removed only along conv/linear -> activations / max-pool / adaptive-avg-pool / "
-    "spatial mean / flatten(1) -> conv/linear paths with no other consumer, and only while neither "
-    "layer gets more expensive; a removed unit's constant goes into the next layer's bias only "
-    "when that layer pads nothing"
+    "spatial mean / flatten(1) -> conv/linear paths whose tensors have no other reader (a sum "
+    "inside the next merged region is fine; a concat, a reshape or a second consumer is not), "
+    "and only while neither layer gets more expensive; a removed unit's constant goes into the "
+    "next layer's bias only when that layer pads nothing"
 )
 
 
