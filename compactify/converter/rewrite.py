@@ -21,7 +21,7 @@ def rewrite(gm: fx.GraphModule, decisions: list[Decision]) -> tuple[fx.GraphModu
     for d in decisions:
         region = d.region
         entry = replaced.get(region.entry, region.entry)
-        if d.kind == "dense":
+        if d.kind in ("dense", "factored"):
             name = _unique(f"merged_{region.exit.name}", taken)
             gm.add_submodule(name, d.module)
             with gm.graph.inserting_before(region.exit):
