@@ -21,14 +21,6 @@ DIGITS_SHAPE = [1, 1, 8, 8]
 NUCLEAR = 0.75
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _run(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 

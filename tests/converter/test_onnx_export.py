@@ -30,15 +30,6 @@ needs_onnxsim = pytest.mark.skipif(not HAVE_ONNXSIM, reason="needs onnxsim")
 RTOL = 1e-5  # the issue's bar: ORT within 1e-5 relative of PyTorch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine spinning threads cost 100x."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():

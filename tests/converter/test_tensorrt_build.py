@@ -36,14 +36,6 @@ TRT_MISSING = tensorrt_missing()
 needs_tensorrt = pytest.mark.skipif(TRT_MISSING is not None, reason=TRT_MISSING or "")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 class Net(nn.Module):
     def __init__(self):
         super().__init__()

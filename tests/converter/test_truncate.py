@@ -15,15 +15,6 @@ from compactify.converter.rank_rules import parse_rank_rule
 from compactify.converter.truncate import RankRequest, random_calibration
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: a second OpenMP thread only adds hand-offs on a busy machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _request(rule: str, **kw) -> RankRequest:
     return RankRequest(parse_rank_rule(rule), **kw)
 

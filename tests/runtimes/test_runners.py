@@ -20,14 +20,6 @@ SHAPE = (1, 3, 8, 8)
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason=NEEDS_CUDA)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 class Net(nn.Module):
     def __init__(self):
         super().__init__()

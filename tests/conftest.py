@@ -1,4 +1,4 @@
-"""Model tests run their many tiny ops on one thread: for tensors this small, a second
+"""Tests run their many tiny ops on one thread (except those marked slow): for tensors this small, a second
 OpenMP thread only adds synchronization (and on a loaded machine it stalls on every op)."""
 
 from __future__ import annotations
