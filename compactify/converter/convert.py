@@ -10,7 +10,6 @@ from pathlib import Path
 
 import torch
 from torch import fx, nn
-from torch.utils import _pytree as pytree
 
 from compactify import __version__
 from compactify.converter.capture import check_runs, export_program, graph_module, select_outputs
@@ -22,6 +21,7 @@ from compactify.converter.regions import find_regions
 from compactify.converter.rewrite import rewrite
 from compactify.errors import BadInputError
 from compactify.outputs import atomic_dir
+from compactify.tensors import flatten_outputs
 
 ERROR_SEED = 0
 ERROR_BATCHES = 1
@@ -102,10 +102,6 @@ def contract(model: nn.Module, input_shape: tuple[int, ...], allow_approximate: 
     return result
 
 
-def _flat(out) -> list[torch.Tensor]:
-    return [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
-
-
 def reference_float64(model: nn.Module) -> nn.Module | None:
     """A float64 copy of the model, or None when it cannot run in float64."""
     try:
@@ -123,8 +119,8 @@ def measure_error(model: nn.Module, compact: nn.Module, input_shape, batches: in
     with torch.no_grad():
         for b in range(batches):
             x = example_input(tuple(input_shape), seed=ERROR_SEED + 1 + b)
-            got = _flat(compact(x))
-            ref = _flat(ref_model(x.double())) if ref_model is not None else _flat(model(x))
+            got = flatten_outputs(compact(x))
+            ref = flatten_outputs(ref_model(x.double()) if ref_model is not None else model(x))
             for i, (g, r) in enumerate(zip(got, ref)):
                 c = compare(g.numpy(), r.numpy(), name=f"output{i}")
                 max_abs = max(max_abs, c.max_abs)
@@ -258,7 +254,7 @@ def build_report(ckpt, source: Source, options: ConvertOptions, result: Contract
         },
         "input_shape": list(source.input_shape),
         "input_names": ["x"],
-        "output_names": [f"output{i}" for i in range(len(_flat(result.compact(result.example))))],
+        "output_names": [f"output{i}" for i in range(len(flatten_outputs(result.compact(result.example))))],
         "allow_approximate": options.allow_approximate,
         "regions": result.regions,
         "params_before": result.params_before,

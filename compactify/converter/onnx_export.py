@@ -32,6 +32,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from compactify.errors import BadInputError, CompactifyError, MissingRuntimeError, VerificationError
 from compactify.outputs import atomic_file
+from compactify.tensors import flatten_outputs
 
 MIN_OPSET = 18
 EXPORTERS = ("auto", "dynamo", "torchscript")
@@ -126,7 +127,7 @@ def export_onnx(
     device = _module_device(module)
     args = tuple(a.to(device) for a in args)
     with _eval_mode(module), torch.no_grad():
-        reference_out = _flatten_outputs(module(*args))
+        reference_out = flatten_outputs(module(*args), "ONNX export")
     output_names = _output_names(output_names, len(reference_out), input_names)
     notes: list[str] = []
 
@@ -146,7 +147,8 @@ def export_onnx(
 
     feeds = _check_feeds(args, input_names, dynamic_batch)
     with _eval_mode(module), torch.no_grad():
-        torch_outs = [_flatten_outputs(module(*(torch.from_numpy(f[n]).to(device) for n in input_names))) for f in feeds]
+        torch_outs = [flatten_outputs(module(*(torch.from_numpy(f[n]).to(device) for n in input_names)), "ONNX export")
+                      for f in feeds]
     torch_np = [[t.detach().cpu().numpy() for t in outs] for outs in torch_outs]
     ort_np = [_run_ort(proto, f) for f in feeds]
     max_abs, max_rel, ok = _compare_runs(ort_np, torch_np, check_atol, check_rtol)
@@ -408,17 +410,6 @@ def _module_device(module: torch.nn.Module) -> torch.device:
 def _trace_args(args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     # torch.export specialises a size-1 dimension to the constant 1, so trace with batch 2.
     return tuple(torch.cat([a, a]) if a.shape[0] == 1 else a for a in args)
-
-
-def _flatten_outputs(out: Any) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, (tuple, list)):
-        flat: list[torch.Tensor] = []
-        for item in out:
-            flat.extend(_flatten_outputs(item))
-        return flat
-    raise BadInputError(f"the model returned a {type(out).__name__}; ONNX export needs tensors or tuples of tensors")
 
 
 def _output_names(names: Sequence[str] | None, count: int, input_names: list[str]) -> list[str]:

@@ -13,6 +13,7 @@ import torch
 from compactify.errors import BadInputError, CompactifyError
 from compactify.runtimes.base import Runner, TensorSpec
 from compactify.runtimes.devices import require_cuda
+from compactify.tensors import flatten_outputs
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -109,7 +110,7 @@ class TorchRunner(Runner):
             if "Guard failed" in str(exc):  # ep.module() checks the shapes it was captured for
                 raise BadInputError(f"the exported model rejects this input: {str(exc).splitlines()[0]}") from exc
             raise
-        return _flatten(out)
+        return flatten_outputs(out, "the torch runner")
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         tensors = [torch.from_numpy(feeds[s.name]).to(self.device) for s in self._in_specs]
@@ -189,12 +190,3 @@ def _exported_signature(ep: torch.export.ExportedProgram) -> list[tuple[str, tup
     return out
 
 
-def _flatten(out: Any) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, (tuple, list)):
-        flat: list[torch.Tensor] = []
-        for item in out:
-            flat.extend(_flatten(item))
-        return flat
-    raise CompactifyError(f"the model returned a {type(out).__name__}; runners need tensors or tuples of tensors")
