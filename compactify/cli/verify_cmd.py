@@ -114,8 +114,12 @@ def print_result(result) -> None:
     columns = [c for c in VERIFY_COLUMNS if c.key not in optional or any(r.get(c.key) is not None for r in rows)]
     tables = [rich_table(rows, columns, title=f"reference: {result.reference}; inputs: {what}")]
     if result.regions is not None:
-        tables.append(rich_table(result.region_rows(), REGION_COLUMNS,
-                                 title="merged regions, each fed its float64 input, worst first"))
+        region_rows = result.region_rows()
+        region_columns = [c for c in REGION_COLUMNS if c.key != "truncation" or any(r["truncation"] for r in region_rows)]
+        tables.append(rich_table(region_rows, region_columns,
+                                 title="merged regions, each fed its float64 input, "
+                                       + ("truncated first, then " if any(r["truncation"] for r in region_rows) else "")
+                                       + "worst first"))
     console = Console()
     for table in tables:
         natural = Measurement.get(console, console.options.update_width(1000), table).maximum

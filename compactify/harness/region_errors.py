@@ -36,6 +36,8 @@ class RegionError:
     weights: str  # where the deployed layer's weights came from
     deployed: OutputComparison
     algebra: OutputComparison
+    truncation: str | None = None  # what --rank did to this region, from report.json
+    energy_kept: float | None = None
 
     def row(self) -> dict:
         return {
@@ -48,11 +50,13 @@ class RegionError:
             "deployed_cosine": self.deployed.cosine,
             "algebra_max_abs": self.algebra.max_abs,
             "algebra_scale_rel": self.algebra.scale_rel,
+            "truncation": self.truncation,
             "result": "ok" if self.deployed.passed else "OVER TOLERANCE",
         }
 
     def to_dict(self) -> dict:
         return {"name": self.name, "layers": self.layers, "exact": self.exact, "weights": self.weights,
+                "truncation": self.truncation, "energy_kept": self.energy_kept,
                 "deployed": self.deployed.to_dict(), "algebra": self.algebra.to_dict()}
 
 
@@ -180,3 +184,36 @@ def _apply64(op, x: torch.Tensor) -> torch.Tensor:
     from compactify.converter import algebra as A
 
     return A.apply(op, x)
+
+
+def annotate_truncation(regions: list[RegionError], truncation: dict | None) -> list[RegionError]:
+    """Mark the regions that ``convert --rank`` truncated or pruned (from report.json), and put
+    them first, least energy kept first: their error is by design and is where to look."""
+    rows = {row.get("region"): row for row in (truncation or {}).get("layers", []) if isinstance(row, dict)}
+    for r in regions:
+        row = rows.get(r.name)
+        if row is None:
+            continue
+        parts = []
+        if row.get("rank_after") is not None and row.get("rank_after") != row.get("full_rank"):
+            parts.append(f"rank {row['rank_after']}/{row.get('full_rank')} ({row.get('form')}), "
+                         f"{100 * float(row.get('energy_kept', 1.0)):.1f}% energy")
+            r.energy_kept = float(row.get("energy_kept", 1.0))
+        if row.get("units_removed"):
+            parts.append(f"{row['units_removed']} units pruned")
+        r.truncation = "; ".join(parts) or None
+    changed = sorted((r for r in regions if r.truncation), key=lambda r: (r.energy_kept if r.energy_kept is not None
+                                                                          else 1.0))
+    return changed + [r for r in regions if not r.truncation]
+
+
+def truncated_elsewhere(regions: list[RegionError], truncation: dict | None) -> list[str]:
+    """Layers --rank changed that are not merged regions (single layers kept as they were)."""
+    names = {r.name for r in regions}
+    out = []
+    for row in (truncation or {}).get("layers", []):
+        if not isinstance(row, dict) or row.get("region") in names:
+            continue
+        if row.get("rank_after") != row.get("full_rank") or row.get("units_removed"):
+            out.append(str(row.get("region")))
+    return out

@@ -60,6 +60,7 @@ REGION_COLUMNS = [
     Column("deployed_scale_rel", "rel to scale", ".3g"),
     Column("deployed_cosine", "cosine", ".9f"),
     Column("algebra_max_abs", "max abs (fp64 algebra)", ".3g"),
+    Column("truncation", "--rank"),
     Column("result"),
 ]
 
@@ -543,8 +544,16 @@ def verify_conversion(
                                        allow_approximate=bool(report.get("allow_approximate")), atol=atol, rtol=rtol)
         warnings.extend(notes)
         if report.get("truncation") is not None:
-            warnings.append("this conversion truncated ranks or pruned units (--rank): layers it changed are checked "
-                            "here as their exact merge; their truncation error is in the outputs above and report.md")
+            from compactify.harness.region_errors import annotate_truncation, truncated_elsewhere
+
+            others = truncated_elsewhere(regions, report["truncation"])
+            regions = annotate_truncation(regions, report["truncation"])
+            if others:
+                warnings.append(f"--rank also changed single layers that are not merged regions: {', '.join(others)} "
+                                "(see report.md)")
+            warnings.append("this conversion truncated ranks or pruned units (--rank): the regions it changed are "
+                            "listed first; their errors here are those of the exact merge, the truncation's own are "
+                            "in report.md")
     return VerifyResult(reference.label, results, data.description, ref_accuracy, regions, warnings)
 
 

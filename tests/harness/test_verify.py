@@ -266,3 +266,21 @@ def test_per_region_finds_the_approximate_merge(tmp_path):
     assert not worst.exact and worst.algebra.scale_rel > 1e-3  # the merge itself is off, not the weights
     assert "a" in " ".join(worst.layers) and "b" in " ".join(worst.layers)
     assert rest and all(r.exact and r.deployed.passed for r in rest)
+
+
+def test_truncated_conversion_fails_and_per_region_lists_truncated_regions_first(converted, tmp_path):
+    ckpt, _ = converted
+    out = tmp_path / "rank"
+    report = convert_checkpoint(ckpt, out, ConvertOptions(rank="rank:1", onnx=False))
+    truncated = {row["region"] for row in report["truncation"]["layers"] if row["rank_after"] != row["full_rank"]}
+    assert truncated
+    result = verify_conversion(out, batches=1, per_region=True)
+    assert not result.passed  # rank 1 everywhere is far from the source
+    marked = [r for r in result.regions if r.truncation]
+    merged = {r.name for r in result.regions}
+    assert marked and {r.name for r in marked} == truncated & merged
+    singles = sorted(truncated - merged)  # fc1, fc2: single layers, truncated but not merged
+    assert singles and any(", ".join(singles) in w for w in result.warnings)
+    assert result.regions[:len(marked)] == marked
+    assert [r.energy_kept for r in marked] == sorted(r.energy_kept for r in marked)
+    assert any("--rank" in w for w in result.warnings)
