@@ -15,17 +15,12 @@ import pytest
 import torch
 from torch import nn
 
+from compactify import models
 from compactify.converter import onnx_export
+from compactify.converter.convert import contract, reference_float64
 from compactify.converter.onnx_export import export_onnx, to_fp16
 from compactify.errors import BadInputError, VerificationError
 
-try:
-    import onnxsim  # noqa: F401
-
-    HAVE_ONNXSIM = True
-except ImportError:
-    HAVE_ONNXSIM = False
-needs_onnxsim = pytest.mark.skipif(not HAVE_ONNXSIM, reason="needs onnxsim")
 
 RTOL = 1e-5  # the bar: ORT within 1e-5 relative of PyTorch
 
@@ -148,7 +143,7 @@ def exported(tmp_path_factory):
     for i, (name, cls) in enumerate(SMALL.items()):
         model = randomize_(cls(), seed=i)
         gm = as_graph_module(model)
-        result = export_onnx(gm, torch.randn(SHAPE), folder / f"{name}.onnx", simplify=HAVE_ONNXSIM,
+        result = export_onnx(gm, torch.randn(SHAPE), folder / f"{name}.onnx", simplify=True,
                              metadata={"sha256": "0" * 64, "contraction": {"regions": 3, "merged": 2}})
         out[name] = (model, gm, result)
     return out
@@ -195,7 +190,6 @@ def test_metadata_present(exported):
     assert props["compactify.dynamic_batch"] == "true"
 
 
-@needs_onnxsim
 def test_onnxsim_leaves_outputs_unchanged(exported, tmp_path):
     model, gm, simplified = exported["convbn"]
     assert simplified.simplified and simplified.simplify_max_abs_diff is not None
@@ -206,7 +200,6 @@ def test_onnxsim_leaves_outputs_unchanged(exported, tmp_path):
     assert_close_rel(a, b, rtol=1e-6)
 
 
-@needs_onnxsim
 def test_simplification_that_changes_outputs_is_refused(tmp_path, monkeypatch):
     real = onnx_export._simplify
 
@@ -399,11 +392,6 @@ def test_fp16_rejects_a_missing_or_broken_file(tmp_path):
 
 # ------------------------------------------------------------------ registry models
 
-try:
-    from compactify import models
-except ImportError:  # the model zoo is developed alongside; without it these tests skip
-    models = None
-needs_models = pytest.mark.skipif(models is None, reason="needs compactify.models")
 TINY = {"num_classes": 5, "input_size": 32}
 TINY_BY_MODEL = {"repvgg": {"num_blocks": (1, 1, 1, 1), "width": 0.25}, "shufflenetv2": {"repeats": (1, 1, 1), "width": 0.5}}
 
@@ -415,8 +403,7 @@ def tiny_model(name: str, seed: int = 0) -> tuple[nn.Module, tuple[int, ...]]:
     return model, (1, 3, TINY["input_size"], TINY["input_size"])
 
 
-@needs_models
-@pytest.mark.parametrize("name", models.list_models() if models else [])
+@pytest.mark.parametrize("name", models.list_models())
 def test_registry_model_compact(tmp_path, name):
     model, shape = tiny_model(name)
     # The TorchScript exporter keeps this sweep fast; the torch.export-based path is covered
@@ -427,29 +414,25 @@ def test_registry_model_compact(tmp_path, name):
         assert_close_rel(ort_outputs(result.path, x), torch_outputs(model, x))
 
 
-def _contract():
-    try:
-        from compactify.converter.convert import contract
-    except ImportError:
-        return None
-    return contract
-
-
-@needs_models
-@pytest.mark.skipif(_contract() is None, reason="needs the contraction engine (compactify.converter.convert.contract)")
-@pytest.mark.parametrize("name", ["smallnet7-ck+fc", "repvgg-cl"])
+@pytest.mark.parametrize("name", ["smallnet7-ck+fc", "repvgg-cl"])  # every registry model: test_expand_contract.py
 def test_registry_model_contracted(tmp_path, name):
     base, mode = name.split("-", 1)
     kwargs = {**TINY, "width": 0.25, **TINY_BY_MODEL.get(base, {})}
     torch.manual_seed(0)
     expanded = randomize_(models.create_model(name, **kwargs), seed=2)
     shape = (1, 3, TINY["input_size"], TINY["input_size"])
-    compact = _contract()(expanded, shape).compact
-    result = export_onnx(compact, torch.randn(shape), tmp_path / "c.onnx", simplify=HAVE_ONNXSIM)
+    compact = contract(expanded, shape).compact
+    result = export_onnx(compact, torch.randn(shape), tmp_path / "c.onnx", simplify=True)
     assert result.exporter == "dynamo"
+    reference = reference_float64(expanded)
     for n in (1, 7):
         x = batch(n, seed=n, shape=shape)
-        got = ort_outputs(result.path, x)
-        assert_close_rel(got, torch_outputs(compact, x))
-        # and the contracted ONNX still computes the expanded network (to float32 rounding)
-        assert_close_rel(got, torch_outputs(expanded, x), rtol=1e-4)
+        truth = reference(torch.from_numpy(x).double()).detach().numpy()
+        scale = float(np.abs(truth).max())
+        # Judged against the expanded network in float64: within 1e-5 of the output scale, or,
+        # for a deep random-weight net whose float32 rounding alone exceeds that (MobileNetV2:
+        # the source model itself is 2.5e-5 off in float32), no further off than the source.
+        source_error = float(np.abs(torch_outputs(expanded, x)[0] - truth).max())
+        bound = max(RTOL * scale, source_error)
+        for candidate in (ort_outputs(result.path, x)[0], torch_outputs(compact, x)[0]):
+            assert float(np.abs(candidate - truth).max()) <= bound
