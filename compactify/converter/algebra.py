@@ -198,25 +198,6 @@ def regroup(op: AffineConv, groups: int) -> AffineConv:
     return replace(op, weight=new, groups=groups)
 
 
-def tightest_groups(op: AffineConv) -> AffineConv:
-    """Re-detect block-diagonal structure: the largest group count the kernel admits."""
-    dense = dense_weight(op)
-    out, cin = dense.shape[:2]
-    for g in sorted(_divisors(math.gcd(out, cin)), reverse=True):
-        if op.groups % g == 0:  # known structure: no need to look at the numbers
-            return regroup(op, g)
-        blocks = dense.reshape(g, out // g, g, cin // g, *op.kernel).transpose(1, 2)
-        off_diagonal = ~torch.eye(g, dtype=torch.bool)
-        if not torch.any(blocks[off_diagonal] != 0):
-            w = torch.stack([blocks[j, j] for j in range(g)]).reshape(out, cin // g, *op.kernel)
-            return replace(op, weight=w, groups=g)
-    return regroup(op, 1)
-
-
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
 # ---------------------------------------------------------------------------------------
 # Dilation
 
@@ -280,7 +261,6 @@ def compose(first: AffineConv, second: AffineConv) -> Composed:
         raise NotContractibleError(
             f"channel mismatch: {first.out_channels} outputs feed {second.in_channels} inputs"
         )
-    nd = first.ndim
     pads_second = any(b or a for b, a in second.padding)
     exact, reason = True, ""
     if pads_second and not first.is_pointwise:
@@ -319,7 +299,9 @@ def compose(first: AffineConv, second: AffineConv) -> Composed:
         weight[index] += blocks[:, i]
     weight = weight.reshape(out, in_per, *size)
     # Valid wherever the intermediate is unpadded; at padded borders the flag above says so.
-    bias = b.bias + dense_weight(b).reshape(out, mid, -1).sum(-1) @ a.bias
+    # Per group, so a depthwise second operator never becomes a dense C x C kernel.
+    taps_sum = w2.reshape(groups, out // groups, mid // groups, -1).sum(-1)
+    bias = b.bias + (taps_sum @ a.bias.reshape(groups, mid // groups, 1)).reshape(out)
     stride = tuple(x * y for x, y in zip(a.stride, b.stride))
     padding = tuple(
         (pa[0] + s * pb[0], pa[1] + s * pb[1]) for pa, pb, s in zip(a.padding, b.padding, s1)

@@ -288,15 +288,6 @@ def test_conv1d_chain():
     torch.testing.assert_close(A.apply(c.op, x), b(a(x)), rtol=1e-10, atol=1e-10)
 
 
-def test_tightest_groups_recovers_block_structure():
-    dw = _conv_layer(8, 8, 3, 1, 0, 1, 4, True, 0)
-    dense = A.regroup(_as_op(dw), 1)
-    assert dense.groups == 1
-    back = A.tightest_groups(dense)
-    assert back.groups == 4
-    torch.testing.assert_close(back.weight, _as_op(dw).weight)
-
-
 def test_dilation_is_kept_when_both_layers_share_it():
     a = _conv_layer(2, 2, 3, 1, 2, 2, 1, False, 0)
     b = _conv_layer(2, 2, 3, 1, 0, 2, 1, False, 1)
