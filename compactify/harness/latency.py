@@ -9,7 +9,7 @@ runner's ``synchronize()``, so device work is inside the measurement.
   and TensorRT may run on their own streams, which an event on torch's current stream would
   not wait for; the runner's ``synchronize`` waits for whatever it launched.
 
-Several models are compared by interleaving (A B, B A, A B, ... with ``rotate``) so that drift
+Several models are compared by interleaving (A B C, C B A, B C A, ... with ``rotate``) so that drift
 in the machine's speed (thermal, other processes) hits every model alike, and the comparison
 is quoted as ratios to a baseline. Python's garbage collector is off while timing, as in
 ``timeit``.
@@ -266,8 +266,9 @@ def compare_latency(
     """Time several models round-robin: every round runs each model once.
 
     ``iters`` is the number of measured rounds; ``seconds`` instead keeps going until that much
-    wall time has passed (at least one round). ``rotate`` starts each round one model later
-    (A B, B A, ...) so that no model always runs right after another. ``progress``: True/False
+    wall time has passed (at least one round). ``rotate`` plays each rotation of the order forward
+    then backward (A B C, C B A, B C A, A C B, ...) so that no model runs right after another
+    more often than after a third. ``progress``: True/False
     forces the rich progress bar on stderr on/off; None shows it on a terminal for long runs.
     """
     if not candidates:
@@ -282,8 +283,14 @@ def compare_latency(
     n = len(candidates)
 
     def order(round_index: int) -> list[int]:
-        shift = round_index % n if rotate else 0
-        return [(k + shift) % n for k in range(n)]
+        # Rotations alone let A precede B in more rounds than C when n >= 3 (a model that
+        # evicts the cache then slows one neighbour more than the other); each rotation
+        # played forward then backward gives every ordered pair the same share of rounds.
+        if not rotate:
+            return list(range(n))
+        shift = (round_index // 2) % n
+        rotated = [(k + shift) % n for k in range(n)]
+        return rotated[::-1] if round_index % 2 else rotated
 
     start = time.perf_counter()
     warm_t0 = time.perf_counter()

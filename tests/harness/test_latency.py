@@ -94,11 +94,11 @@ def test_time_budget_runs_at_least_once(clock):
     assert s.n == 1
 
 
-def test_interleaved_order_rotates(clock):
+def test_interleaved_order_plays_each_rotation_forward_and_backward(clock):
     seen = []
     cands = [Candidate(x, (lambda x=x: seen.append(x))) for x in "ABC"]
     compare_latency(cands, warmup=1, iters=3, rotate=True, progress=False)
-    assert "".join(seen) == "ABC" + "BCA" + "CAB" + "ABC"
+    assert "".join(seen) == "ABC" + "CBA" + "BCA" + "ACB"
     seen.clear()
     compare_latency(cands, warmup=1, iters=2, rotate=False, progress=False)
     assert "".join(seen) == "ABC" * 3
