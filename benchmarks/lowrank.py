@@ -23,18 +23,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as `python benchmarks/lowrank.py` from anywhere
-    sys.path.insert(0, str(ROOT))
+import torch
+from _common import RESULTS, machine, machine_line, write_results
 
-import torch  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results"
 QUICK_RULES = ["energy:0.95", "energy:0.99", "energy:0.999", "flops:0.3", "flops:0.5", "flops:0.7"]
 FULL_RULES = ["energy:0.9", "energy:0.95", "energy:0.98", "energy:0.99", "energy:0.995", "energy:0.999",
               "flops:0.3", "flops:0.4", "flops:0.5", "flops:0.6", "flops:0.7", "flops:0.8", "flops:0.9"]
@@ -158,15 +152,14 @@ COLUMNS = [("checkpoint", None), ("rule", None), ("factored", "d"), ("flops_rati
 def print_and_write(rows: list[dict], info: dict, out: Path, batch: int, runtime: str) -> list[Path]:
     from rich.console import Console
 
-    from compactify.harness.report import Column, markdown_table, rich_table, write_json, write_text
+    from compactify.harness.report import Column, markdown_table, rich_table
 
     columns = [Column(k, fmt=f) for k, f in COLUMNS]
     where = "ONNX Runtime CPU" if runtime == "ort" else "torch CPU"
     title = f"rank truncation on digits: FLOPs and latency ({where}, batch {batch}) as ratios to the untruncated net"
     Console(width=160).print(rich_table(rows, columns, title=title))
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [write_json(out / "lowrank.json", {"machine": info, "batch": batch, "rows": rows}),
-             write_text(out / "lowrank.md", f"# {title}\n\n{info['summary']}\n\n{markdown_table(rows, columns)}\n")]
+    markdown = f"# {title}\n\n{info['summary']}\n\n{markdown_table(rows, columns)}\n"
+    paths = write_results("lowrank", {"machine": info, "batch": batch, "rows": rows}, markdown, out)
     paths.append(plot(rows, out / "lowrank.png", f"latency ({where}, batch {batch})"))
     return paths
 
@@ -205,8 +198,6 @@ def plot(rows: list[dict], path: Path, latency_label: str) -> Path:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from compactify.harness.machine import machine_info, machine_summary
-
     started = time.perf_counter()
     epochs = args.epochs or (8 if args.quick else 12)
     seconds = args.seconds or (6.0 if args.quick else 20.0)
@@ -222,11 +213,8 @@ def main(argv=None) -> int:
     for label, path in checkpoints.items():
         rows += sweep(path, label, rules, args.batch, seconds, args.cost, args.runtime, args.threads,
                       args.out / "onnx")
-    info = machine_info()
-    info["loadavg_1_5_15"] = list(os.getloadavg())
-    info["summary"] = (f"{machine_summary(info)}; load average "
-                       f"{', '.join(f'{v:.1f}' for v in info['loadavg_1_5_15'])} on {os.cpu_count()} cores; "
-                       f"torch threads {args.threads}; --cost {args.cost}; checkpoints: "
+    info = machine()
+    info["summary"] = (f"{machine_line(info)}; torch threads {args.threads}; --cost {args.cost}; checkpoints: "
                        + json.dumps({k: str(v) for k, v in checkpoints.items()}))
     paths = print_and_write(rows, info, args.out, args.batch, args.runtime)
     print(info["summary"])
