@@ -23,3 +23,14 @@ class NotContractibleError(CompactifyError):
 
 class VerificationError(CompactifyError):
     """Outputs did not match within tolerance. Exit code 1."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of prose in an exception's message, for one-line errors. Library errors
+    (torch.export's above all) often open with a graph dump or a stack frame; those are skipped."""
+    for line in str(exc).splitlines():
+        text = line.strip()
+        if not text or line[0].isspace() or text.startswith(("def ", "#", "File ")) or "torch.ops." in text:
+            continue
+        return text[:limit]
+    return type(exc).__name__

@@ -17,7 +17,7 @@ import warnings
 import torch
 from torch import fx, nn
 
-from compactify.errors import BadInputError
+from compactify.errors import BadInputError, first_line
 
 
 class OutputSelector(nn.Module):
@@ -58,7 +58,7 @@ def check_runs(model: nn.Module, example: torch.Tensor) -> None:
             model(example)
     except Exception as exc:  # any failure here is the model refusing this input
         shape = ",".join(str(d) for d in example.shape)
-        raise BadInputError(f"the model rejects input shape {shape}: {_first_line(exc)}") from None
+        raise BadInputError(f"the model rejects input shape {shape}: {first_line(exc)}") from None
 
 
 def export_program(model: nn.Module, example: torch.Tensor):
@@ -95,7 +95,7 @@ def _export_failure(exc: BaseException) -> str:
         if tb:
             f = tb[-1]
             where = f" (in {f.name} at {f.filename}:{f.lineno})"
-    return _first_line(exc) + where
+    return first_line(exc) + where
 
 
 @contextlib.contextmanager
@@ -110,13 +110,3 @@ def _quiet_torch_logs():
             yield
     finally:
         logger.setLevel(previous)
-
-
-def _first_line(exc: BaseException) -> str:
-    """The first line of prose in the message (export errors often open with a graph dump)."""
-    for line in str(exc).splitlines():
-        text = line.strip()
-        if not text or line[0].isspace() or text.startswith(("def ", "#", "File ")) or "torch.ops." in text:
-            continue
-        return text[:300]
-    return type(exc).__name__

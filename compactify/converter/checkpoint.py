@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from compactify.errors import BadInputError
+from compactify.errors import BadInputError, first_line
 from compactify.outputs import atomic_file
 
 META_KEY = "compactify"
@@ -73,7 +73,7 @@ def _load_safetensors(path: Path) -> Checkpoint:
         with safe_open(str(path), framework="pt") as fh:
             header = fh.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise BadInputError(f"checkpoint {path} is not a readable safetensors file ({_first_line(exc)})") from None
+        raise BadInputError(f"checkpoint {path} is not a readable safetensors file ({first_line(exc)})") from None
     meta = _parse_meta(header.get(META_KEY), path)
     return Checkpoint(path, "safetensors", "", state_dict=strip_prefix(state), meta=meta)
 
@@ -83,7 +83,7 @@ def _load_pt2(path: Path) -> Checkpoint:
     try:
         program = torch.export.load(str(path), extra_files=extra)
     except Exception as exc:  # torch raises many kinds for a damaged archive
-        raise BadInputError(f"checkpoint {path} is not a readable torch.export program ({_first_line(exc)})") from None
+        raise BadInputError(f"checkpoint {path} is not a readable torch.export program ({first_line(exc)})") from None
     meta = _parse_meta(extra.get(PT2_META_FILE) or None, path)
     return Checkpoint(path, "pt2", "", exported=program, meta=meta)
 
@@ -93,7 +93,7 @@ def _load_torch(path: Path, trust_pickle: bool) -> Checkpoint:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "weights_only" not in str(exc) and "Weights only" not in str(exc):
-            raise BadInputError(f"checkpoint {path} is truncated or corrupt ({_first_line(exc)})") from None
+            raise BadInputError(f"checkpoint {path} is truncated or corrupt ({first_line(exc)})") from None
         if not trust_pickle:
             raise BadInputError(
                 f"checkpoint {path} contains pickled Python objects (for example a whole nn.Module) that can run "
@@ -101,7 +101,7 @@ def _load_torch(path: Path, trust_pickle: bool) -> Checkpoint:
             ) from None
         obj = _load_trusted(path)
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, AttributeError) as exc:
-        raise BadInputError(f"checkpoint {path} is truncated or corrupt ({_first_line(exc)})") from None
+        raise BadInputError(f"checkpoint {path} is truncated or corrupt ({first_line(exc)})") from None
     return _unwrap(obj, path)
 
 
@@ -109,7 +109,7 @@ def _load_trusted(path: Path) -> Any:
     try:
         return torch.load(str(path), map_location="cpu", weights_only=False)
     except Exception as exc:  # arbitrary unpickling: anything can go wrong, report it in one line
-        raise BadInputError(f"checkpoint {path} could not be unpickled ({_first_line(exc)})") from None
+        raise BadInputError(f"checkpoint {path} could not be unpickled ({first_line(exc)})") from None
 
 
 def _unwrap(obj: Any, path: Path) -> Checkpoint:
@@ -163,8 +163,3 @@ def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], meta:
         else:
             torch.save({"state_dict": state, META_KEY: meta}, str(tmp))
     return path
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
