@@ -52,6 +52,7 @@ class Contraction:
         return {
             "regions": len(self.decisions),
             "merged": merged,
+            "factored": sum(d.kind == "factored" for d in self.decisions),
             "params_before": self.params_before,
             "params_after": self.params_after,
             "flops_before": self.flops_before,
