@@ -247,13 +247,15 @@ class Composed:
     reason: str = ""
 
 
-def compose(first: AffineConv, second: AffineConv) -> Composed:
+def compose(first: AffineConv, second: AffineConv, in_size: Sequence[int] | None = None) -> Composed:
     """``second(first(x))`` as one operator.
 
     The zero padding of ``second`` is moved onto the input (scaled by ``first``'s stride).
-    That is exact only when ``first`` answers zero padding with zeros: a pointwise operator
-    with no padding and no bias. Otherwise the result is still returned, flagged inexact
-    with the reason, because the border pixels differ.
+    That is exact when every padded position ``second`` reads is one where ``first`` would
+    answer zero: always for a pointwise, unpadded, bias-free ``first``; for others it depends
+    on the input size ``in_size`` (spatial), checked position by position when given.
+    Otherwise the result is still returned, flagged inexact with the reason, because the
+    border pixels differ.
     """
     if first.ndim != second.ndim:
         raise NotContractibleError("cannot compose operators of different spatial rank")
@@ -263,10 +265,11 @@ def compose(first: AffineConv, second: AffineConv) -> Composed:
         )
     pads_second = any(b or a for b, a in second.padding)
     exact, reason = True, ""
-    if pads_second and not first.is_pointwise:
-        exact, reason = False, "zero padding after a spatial or padded layer differs at the borders"
-    elif pads_second and first.has_bias:
-        exact, reason = False, "zero padding after a bias (or BatchNorm shift) differs at the borders"
+    if pads_second and not (first.is_pointwise and not first.has_bias):
+        if in_size is None or not _padding_reads_zeros(first, second, in_size):
+            exact = False
+            reason = ("zero padding after a bias (or BatchNorm shift) differs at the borders" if first.has_bias
+                      else "zero padding after a spatial or padded layer differs at the borders")
 
     groups = math.gcd(first.groups, second.groups)
     a, b = regroup(first, groups), regroup(second, groups)
@@ -308,6 +311,27 @@ def compose(first: AffineConv, second: AffineConv) -> Composed:
     )
     op = AffineConv(weight, bias, stride, padding, dil, groups)
     return Composed(_normalise_dilation(op), exact, reason)
+
+
+def _padding_reads_zeros(first: AffineConv, second: AffineConv, in_size: Sequence[int]) -> bool:
+    """Whether each padded position of ``first``'s output that ``second`` reads is one where
+    ``first`` answers zero whatever the input: no bias, and a window that misses the input."""
+    for axis, n in enumerate(in_size):
+        qb, qa = second.padding[axis]
+        if not (qb or qa):
+            continue
+        k1, d1, s1, (pb, pa) = first.kernel[axis], first.dilation[axis], first.stride[axis], first.padding[axis]
+        k2, d2, s2 = second.kernel[axis], second.dilation[axis], second.stride[axis]
+        n1 = (n + pb + pa - d1 * (k1 - 1) - 1) // s1 + 1
+        n2 = (n1 + qb + qa - d2 * (k2 - 1) - 1) // s2 + 1
+        for m in range(n2):
+            for t in range(k2):
+                j = m * s2 + t * d2 - qb
+                if 0 <= j < n1:
+                    continue
+                if first.has_bias or any(0 <= j * s1 - pb + u * d1 < n for u in range(k1)):
+                    return False
+    return True
 
 
 def _positions(kernel: tuple[int, ...]):

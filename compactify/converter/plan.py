@@ -17,7 +17,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from compactify.converter import algebra as A
 from compactify.converter.graph_ops import Scalar
 from compactify.converter.lowrank import module_flops
-from compactify.converter.regions import IDENTITY, Composition, Region, check_shape, compose_region, extend
+from compactify.converter.regions import (
+    IDENTITY,
+    Composition,
+    Region,
+    check_shape,
+    compose_region,
+    extend,
+    spatial_size,
+)
 from compactify.errors import NotContractibleError
 
 
@@ -213,7 +221,7 @@ def _cheapest_segments(region, profile, param_sizes, allow_approximate) -> list[
             part = Region(entries[i], node, nodes[i:j], {n: region.steps[n] for n in nodes[i:j]})
             if not isinstance(comp, NotContractibleError):
                 try:
-                    comp = extend(comp, region.steps[node], node)
+                    comp = extend(comp, region.steps[node], node, spatial_size(entries[i]))
                     check_shape(part, comp)
                 except NotContractibleError as exc:
                     comp = exc

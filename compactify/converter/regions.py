@@ -148,13 +148,14 @@ IDENTITY = Composition(Scalar(), None, True)
 
 def compose_region(region: Region) -> Composition:
     values: dict[fx.Node, Composition] = {region.entry: IDENTITY}
+    in_size = spatial_size(region.entry)
     for node in region.nodes:
         step = region.steps[node]
         if step.kind == "sum":
             a, b = (values[d] for d in step.data)
             values[node] = _sum(_scaled(a, step.coeffs[0]), _scaled(b, step.coeffs[1]), node)
         else:
-            values[node] = extend(values[step.data[0]], step, node)
+            values[node] = extend(values[step.data[0]], step, node, in_size)
     result = values[region.exit]
     check_shape(region, result)
     return result
@@ -179,8 +180,17 @@ def _as_conv(value: Scalar, channels: int, ndim: int) -> A.AffineConv:
     return A.channel_affine(ones * value.a, ones * value.b, ndim)
 
 
-def extend(prev: Composition, step: Step, node: fx.Node) -> Composition:
-    """``prev`` followed by one more (non-sum) step."""
+def spatial_size(node: fx.Node) -> tuple[int, ...] | None:
+    """The static spatial sizes of a conv-layout tensor (channels on axis 1), else None."""
+    shape = shape_of(node)
+    if shape is None or len(shape) < 3:
+        return None
+    dims = tuple(static(d) for d in shape[2:])
+    return None if None in dims else dims
+
+
+def extend(prev: Composition, step: Step, node: fx.Node, in_size: tuple[int, ...] | None = None) -> Composition:
+    """``prev`` (from the region entry, whose spatial size is ``in_size``) then one more step."""
     op = step.op
     family = _family(prev.family, step.family, node)
     reasons = list(prev.reasons)
@@ -196,7 +206,7 @@ def extend(prev: Composition, step: Step, node: fx.Node) -> Composition:
         if first.is_identity:
             return Composition(op, family, prev.exact, reasons)
         first = _as_conv(first, op.in_channels, op.ndim)
-    composed = A.compose(first, op)
+    composed = A.compose(first, op, in_size if in_size is not None and len(in_size) == op.ndim else None)
     exact = prev.exact and composed.exact
     if not composed.exact:
         reasons.append(f"{describe(node)}: {composed.reason}")
