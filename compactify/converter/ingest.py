@@ -52,10 +52,12 @@ def build_source(
     input_shape: tuple[int, ...] | None = None,
 ) -> Source:
     if ckpt.format == "pt2":
-        from compactify.converter.capture import graph_module
+        from compactify.converter.capture import graph_module, program_inputs
 
         model = graph_module(ckpt.exported)
-        shape = input_shape or tuple(ckpt.meta.get("input_shape") or ()) or _program_input_shape(ckpt.exported)
+        inputs = program_inputs(ckpt.exported)
+        traced = tuple(1 if d is None else d for d in inputs[0][1]) if inputs else None
+        shape = input_shape or tuple(ckpt.meta.get("input_shape") or ()) or traced
         check_finite(model.state_dict(), ckpt.path)
         return Source(model, dict(ckpt.meta), shape)
     if ckpt.format == "module":
@@ -82,16 +84,6 @@ def build_source(
     if shape is None:
         shape = default_input_shape(meta)
     return Source(model.float().eval(), meta, tuple(shape) if shape else None)
-
-
-def _program_input_shape(program) -> tuple[int, ...] | None:
-    for spec in program.graph_signature.input_specs:
-        if spec.kind.name == "USER_INPUT":
-            node = next(n for n in program.graph.nodes if n.name == spec.arg.name)
-            val = node.meta.get("val")
-            if isinstance(val, torch.Tensor):
-                return tuple(d if isinstance(d, int) else 1 for d in val.shape)
-    return None
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], arch: str) -> None:

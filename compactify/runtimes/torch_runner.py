@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from compactify.converter.capture import program_inputs
 from compactify.errors import BadInputError, CompactifyError
 from compactify.runtimes.base import Runner, TensorSpec
 from compactify.runtimes.devices import require_cuda
@@ -62,7 +63,7 @@ class TorchRunner(Runner):
         if isinstance(source, (str, Path)):
             source = _load_pt2(Path(source))
         if isinstance(source, torch.export.ExportedProgram):
-            signature = _exported_signature(source)
+            signature = program_inputs(source)  # a batch captured as static stays static: guards enforce it
             source = source.module()
         if not isinstance(source, torch.nn.Module):
             raise BadInputError(f"the torch runner needs an nn.Module, ExportedProgram or .pt2 file, got {type(source).__name__}")
@@ -175,18 +176,3 @@ def _load_pt2(path: Path) -> torch.export.ExportedProgram:
         return torch.export.load(str(path))
     except Exception as exc:
         raise BadInputError(f"{path} is not a loadable torch.export .pt2 file: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
-
-
-def _exported_signature(ep: torch.export.ExportedProgram) -> list[tuple[str, tuple[int | None, ...]]]:
-    user_inputs = list(ep.graph_signature.user_inputs)
-    nodes = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
-    out = []
-    for name in user_inputs:
-        val = nodes[name].meta.get("val") if name in nodes else None
-        if not isinstance(val, torch.Tensor):
-            raise BadInputError(f"the exported program's input {name!r} is not a tensor; only tensor inputs are supported")
-        dims = tuple(int(d) if isinstance(d, int) else None for d in val.shape)
-        out.append((name, dims))  # a batch captured as static stays static: the program's guards enforce it
-    return out
-
-
