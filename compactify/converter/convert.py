@@ -12,15 +12,15 @@ import torch
 from torch import fx, nn
 
 from compactify import __version__
-from compactify.converter.capture import check_runs, export_program, graph_module, select_outputs
+from compactify.converter.capture import capture_graph, check_runs, select_outputs
 from compactify.converter.checkpoint import PT2_META_FILE, load_checkpoint
 from compactify.converter.graph_ops import Constants
 from compactify.converter.ingest import Source, build_source
-from compactify.converter.plan import Decision, count_flops, plan_region, profile_graph
+from compactify.converter.plan import Decision, GraphProfile, count_flops, plan_region, profile_graph
 from compactify.converter.regions import find_regions
 from compactify.converter.rewrite import rewrite
 from compactify.errors import BadInputError
-from compactify.outputs import atomic_dir
+from compactify.outputs import atomic_dir, check_output_folder
 from compactify.tensors import flatten_outputs
 
 ERROR_SEED = 0
@@ -64,22 +64,43 @@ def example_input(shape: tuple[int, ...], seed: int = ERROR_SEED) -> torch.Tenso
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 
-def contract(model: nn.Module, input_shape: tuple[int, ...], allow_approximate: bool = False,
-             rank=None) -> Contraction:
-    """Contract every linear region of ``model`` that can be merged exactly (and pays); with
-    ``rank`` (a ``truncate.RankRequest``) also prune and truncate the plan's conv/linear layers."""
+@dataclass
+class Plan:
+    """The captured graph of a model and the decision for each of its linear regions."""
+
+    gm: fx.GraphModule
+    example: torch.Tensor
+    profile: GraphProfile
+    decisions: list[Decision]
+
+
+def plan_contraction(model: nn.Module, input_shape: tuple[int, ...], allow_approximate: bool = False,
+                     dynamic_hw: bool = False) -> Plan:
     model = model.eval()
-    check_runs(model, example_input(tuple(input_shape)))
     # Batch 2 at least, so that export keeps the batch dimension dynamic instead of specialising on 1.
     example = example_input((max(2, input_shape[0]), *input_shape[1:]))
-    program = export_program(model, example)
-    gm = graph_module(program)
-    params_before = sum(p.numel() for p in model.parameters())
-    consts = Constants(gm)
-    regions = find_regions(gm, consts)
+    gm = capture_graph(model, example)
+    regions = find_regions(gm, Constants(gm))
     profile = profile_graph(gm, example)
     sizes = {name: p.numel() for name, p in gm.named_parameters()}
-    decisions = [d for r in regions for d in plan_region(r, profile, sizes, allow_approximate)]
+    decisions = [d for r in regions for d in plan_region(r, profile, sizes, allow_approximate, dynamic_hw)]
+    return Plan(gm, example, profile, decisions)
+
+
+def contract(model: nn.Module, input_shape: tuple[int, ...], allow_approximate: bool = False,
+             rank=None, dynamic_hw: bool = False) -> Contraction:
+    """Contract every linear region of ``model`` that can be merged exactly (and pays); with
+    ``rank`` (a ``truncate.RankRequest``) also prune and truncate the plan's conv/linear layers.
+
+    A merge that is exact only at the traced spatial size (padding after a strided layer, a
+    crop measured from the start of an axis) makes the compact module refuse other sizes;
+    with ``dynamic_hw`` such regions are left unmerged instead and the compact module takes
+    any size the source takes."""
+    model = model.eval()
+    check_runs(model, example_input(tuple(input_shape)))
+    plan = plan_contraction(model, input_shape, allow_approximate, dynamic_hw)
+    gm, example, profile, decisions = plan.gm, plan.example, plan.profile, plan.decisions
+    params_before = sum(p.numel() for p in model.parameters())
     flops_before = sum(profile.flops.values())
     truncation = None
     if rank is not None:
@@ -159,8 +180,8 @@ def convert_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: Con
     """Convert a checkpoint into ``out_dir`` (compact.pt2, report.json, report.md); returns the report."""
     options = options or ConvertOptions()
     out_dir = Path(out_dir)
-    if out_dir.exists() and not options.force:
-        raise BadInputError(f"output folder {out_dir} already exists; pass --force to overwrite it")
+    inputs = [checkpoint, options.timing_cache]  # a folder holding one of them is never replaced
+    check_output_folder(out_dir, options.force, inputs)
     if options.trt:  # before any work, so that nothing is half-written
         from compactify.runtimes.devices import require_tensorrt
 
@@ -169,18 +190,20 @@ def convert_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: Con
             raise BadInputError("--trt builds the engine from the ONNX model; drop --no-onnx")
     if options.fp16 and not options.onnx:
         raise BadInputError("--fp16 writes compact.fp16.onnx; drop --no-onnx")
-    ckpt = load_checkpoint(checkpoint, trust_pickle=options.trust_pickle)
-    source = build_source(ckpt, options.arch, options.arch_kwargs, options.input_shape)
-    if not source.input_shape:
-        raise BadInputError("the input shape is unknown for this model: pass --input-shape N,C,H,W")
-    model = select_outputs(source.model, options.outputs, example_input(source.input_shape))
-    from compactify.converter.truncate import rank_request
+    # The folder is claimed (locked, a temporary sibling made) before the work: a second run into the
+    # same target, or an unwritable parent, is refused at once, and any failure leaves nothing behind.
+    with atomic_dir(out_dir, force=options.force, inputs=inputs) as tmp:
+        ckpt = load_checkpoint(checkpoint, trust_pickle=options.trust_pickle)
+        source = build_source(ckpt, options.arch, options.arch_kwargs, options.input_shape)
+        if not source.input_shape:
+            raise BadInputError("the input shape is unknown for this model: pass --input-shape N,C,H,W")
+        model = select_outputs(source.model, options.outputs, example_input(source.input_shape))
+        from compactify.converter.truncate import rank_request
 
-    result = contract(model, tuple(source.input_shape), options.allow_approximate, rank_request(options, source))
-    for w in result.warnings:
-        warnings.warn(w, stacklevel=2)
-    report = build_report(ckpt, source, options, result)
-    with atomic_dir(out_dir, force=options.force) as tmp:
+        result = contract(model, tuple(source.input_shape), options.allow_approximate, rank_request(options, source))
+        for w in result.warnings:
+            warnings.warn(w, stacklevel=2)
+        report = build_report(ckpt, source, options, result)
         save_program(result.compact, result.example, tmp / "compact.pt2", report)
         report["artifacts"] = {"pt2": "compact.pt2"}
         if options.onnx:
