@@ -27,11 +27,12 @@ F64 = torch.float64
 
 @dataclass(frozen=True)
 class AffineConv:
-    """``y = conv(zero_pad(x, padding), weight, stride, dilation, groups) + bias``.
+    """``y = conv(pad(x, padding, pad_value), weight, stride, dilation, groups) + bias``.
 
     ``weight`` is ``[out, in // groups, *kernel]`` and ``bias`` is ``[out]``, both float64.
-    ``padding`` holds ``(before, after)`` per spatial dimension. ``ndim == 0`` is a linear
-    layer acting on the last axis.
+    ``padding`` holds ``(before, after)`` per spatial dimension; the padded positions hold
+    ``pad_value`` (one value per input channel; None is zero padding, the only kind a conv
+    layer has). ``ndim == 0`` is a linear layer acting on the last axis.
     """
 
     weight: torch.Tensor
@@ -40,6 +41,7 @@ class AffineConv:
     padding: Pads
     dilation: tuple[int, ...]
     groups: int = 1
+    pad_value: torch.Tensor | None = None
 
     @property
     def ndim(self) -> int:
@@ -70,6 +72,15 @@ class AffineConv:
     @property
     def has_bias(self) -> bool:
         return bool(torch.any(self.bias != 0))
+
+    @property
+    def pads(self) -> bool:
+        return any(b or a for b, a in self.padding)
+
+    @property
+    def pads_nonzero(self) -> bool:
+        """Pads with a value other than zero (no conv layer can do that by itself)."""
+        return self.pads and self.pad_value is not None and bool(torch.any(self.pad_value != 0))
 
     @property
     def symmetric_padding(self) -> bool:
@@ -156,9 +167,36 @@ def batchnorm(
 
 
 def zero_pad(channels: int, padding: Pads) -> AffineConv:
+    return pad(channels, padding)
+
+
+def pad(channels: int, padding: Pads, value: torch.Tensor | float | None = None) -> AffineConv:
+    """Constant padding; ``value`` is a scalar or one value per channel (DBB's BN-and-pad)."""
     ndim = len(padding)
     op = identity(channels, ndim)
-    return replace(op, padding=tuple((int(b), int(a)) for b, a in padding))
+    if value is not None:
+        value = torch.as_tensor(value, dtype=F64).reshape(-1).expand(channels).clone()
+        if not bool(torch.any(value != 0)):
+            value = None
+    return replace(op, padding=tuple((int(b), int(a)) for b, a in padding), pad_value=value)
+
+
+def crop(channels: int, starts: Sequence[int], kernel: Sequence[int], stride: Sequence[int]) -> AffineConv:
+    """A strided selection ``x[..., a:b:s]`` per spatial axis: a depthwise delta kernel with its
+    tap at ``start`` and a length that makes the output size come out right."""
+    ndim = len(kernel)
+    weight = torch.zeros(channels, 1, *kernel, dtype=F64)
+    weight[(slice(None), 0) + tuple(int(a) for a in starts)] = 1.0
+    return AffineConv(weight, torch.zeros(channels, dtype=F64), _tuple(tuple(stride), ndim),
+                      ((0, 0),) * ndim, (1,) * ndim, channels)
+
+
+def select_channels(in_channels: int, index: Sequence[int], ndim: int) -> AffineConv:
+    """Output channel ``i`` is input channel ``index[i]``: a 0/1 pointwise kernel."""
+    weight = torch.zeros(len(index), in_channels, *([1] * ndim), dtype=F64)
+    for i, j in enumerate(index):
+        weight[(i, int(j)) + (0,) * ndim] = 1.0
+    return conv(weight)
 
 
 def avg_pool(channels: int, kernel: Sequence[int], stride: Sequence[int], padding: Sequence[int]) -> AffineConv:
@@ -243,19 +281,40 @@ def _normalise_dilation(op: AffineConv) -> AffineConv:
 @dataclass(frozen=True)
 class Composed:
     op: AffineConv
-    exact: bool
+    exact: bool  # at the input size it was composed for (at every size when none was given)
     reason: str = ""
+    all_sizes: bool = True  # exact at every input size, not only the one given
+
+
+def border_response(op: AffineConv) -> torch.Tensor:
+    """What ``op`` answers where its whole window reads padding: the bias, plus the kernel's
+    sum against the pad value when that is not zero. Per output channel."""
+    if op.pad_value is None:
+        return op.bias
+    g, out, in_per = op.groups, op.out_channels, op.weight.shape[1]
+    taps = op.weight.reshape(g, out // g, in_per, -1).sum(-1)
+    u = op.pad_value.reshape(g, in_per, 1)
+    return op.bias + (taps @ u).reshape(out)
+
+
+def _same_values(a: torch.Tensor, b: torch.Tensor | None) -> bool:
+    """Equal up to float64 rounding (DBB computes its pad value with another formula than ours)."""
+    b = torch.zeros_like(a) if b is None else b
+    scale = max(float(a.abs().max()) if a.numel() else 0.0, float(b.abs().max()) if b.numel() else 0.0, 1e-300)
+    return bool(torch.all((a - b).abs() <= 1e-9 * scale))
 
 
 def compose(first: AffineConv, second: AffineConv, in_size: Sequence[int] | None = None) -> Composed:
     """``second(first(x))`` as one operator.
 
-    The zero padding of ``second`` is moved onto the input (scaled by ``first``'s stride).
-    That is exact when every padded position ``second`` reads is one where ``first`` would
-    answer zero: always for a pointwise, unpadded, bias-free ``first``; for others it depends
-    on the input size ``in_size`` (spatial), checked position by position when given.
-    Otherwise the result is still returned, flagged inexact with the reason, because the
-    border pixels differ.
+    The padding of ``second`` is moved onto the input (scaled by ``first``'s stride). That is
+    exact when every padded position ``second`` reads is one where ``first`` answers the pad
+    value: ``first`` must answer it to a window of padding (zero padding after a bias-free
+    layer, or DBB's BN-and-pad, which writes the BatchNorm shift into the border), and each
+    such window must miss the input, which for a spatial or strided ``first`` depends on the
+    input size. Exactness is decided at ``in_size`` (spatial) when given, and separately for
+    every input size (``all_sizes``). An inexact result is still returned, flagged with the
+    reason, because only the border pixels differ.
     """
     if first.ndim != second.ndim:
         raise NotContractibleError("cannot compose operators of different spatial rank")
@@ -263,14 +322,21 @@ def compose(first: AffineConv, second: AffineConv, in_size: Sequence[int] | None
         raise NotContractibleError(
             f"channel mismatch: {first.out_channels} outputs feed {second.in_channels} inputs"
         )
-    pads_second = any(b or a for b, a in second.padding)
-    exact, reason = True, ""
-    if pads_second and not (first.is_pointwise and not first.has_bias):
-        if in_size is None or not _padding_reads_zeros(first, second, in_size):
-            exact = False
-            reason = ("zero padding after a bias (or BatchNorm shift) differs at the borders" if first.has_bias
-                      else "zero padding after a spatial or padded layer differs at the borders")
-
+    exact, all_sizes, reason = True, True, ""
+    if second.pads:
+        if not _same_values(border_response(first), second.pad_value):
+            exact = all_sizes = False
+            if second.pads_nonzero:
+                reason = "padding with a value that the layer before does not answer at the borders"
+            else:
+                reason = "zero padding after a bias (or BatchNorm shift) differs at the borders"
+        elif not first.is_pointwise:
+            all_sizes = all(_axis_windows_miss_all_sizes(first, second, axis) for axis in range(first.ndim))
+            exact = all_sizes if in_size is None else _windows_miss(first, second, in_size)
+            if not exact:
+                reason = "zero padding after a spatial or padded layer differs at the borders"
+            elif not all_sizes:
+                reason = "padding after a spatial or strided layer is exact only at this input size"
     groups = math.gcd(first.groups, second.groups)
     a, b = regroup(first, groups), regroup(second, groups)
     s1 = a.stride
@@ -309,29 +375,49 @@ def compose(first: AffineConv, second: AffineConv, in_size: Sequence[int] | None
     padding = tuple(
         (pa[0] + s * pb[0], pa[1] + s * pb[1]) for pa, pb, s in zip(a.padding, b.padding, s1)
     )
-    op = AffineConv(weight, bias, stride, padding, dil, groups)
-    return Composed(_normalise_dilation(op), exact, reason)
+    pad_value = first.pad_value if any(b or a for b, a in padding) else None
+    op = AffineConv(weight, bias, stride, padding, dil, groups, pad_value)
+    return Composed(_normalise_dilation(op), exact, reason, all_sizes)
 
 
-def _padding_reads_zeros(first: AffineConv, second: AffineConv, in_size: Sequence[int]) -> bool:
-    """Whether each padded position of ``first``'s output that ``second`` reads is one where
-    ``first`` answers zero whatever the input: no bias, and a window that misses the input."""
-    for axis, n in enumerate(in_size):
-        qb, qa = second.padding[axis]
-        if not (qb or qa):
+def _windows_miss(first: AffineConv, second: AffineConv, in_size: Sequence[int]) -> bool:
+    """At this input size: whether each padded position of ``first``'s output that ``second``
+    reads is one whose window of ``first`` misses the input."""
+    return all(_axis_windows_miss(first, second, axis, n) for axis, n in enumerate(in_size))
+
+
+def _axis_windows_miss(first: AffineConv, second: AffineConv, axis: int, n: int) -> bool:
+    qb, qa = second.padding[axis]
+    if not (qb or qa):
+        return True
+    k1, d1, s1, (pb, pa) = first.kernel[axis], first.dilation[axis], first.stride[axis], first.padding[axis]
+    k2, d2, s2 = second.kernel[axis], second.dilation[axis], second.stride[axis]
+    n1 = (n + pb + pa - d1 * (k1 - 1) - 1) // s1 + 1
+    n2 = (n1 + qb + qa - d2 * (k2 - 1) - 1) // s2 + 1
+    if n1 < 1 or n2 < 1:
+        return True  # no output at this size: nothing to be wrong
+    for j in list(range(-qb, 0)) + list(range(n1, n1 + qa)):
+        read = any((j + qb - t * d2) % s2 == 0 and 0 <= (j + qb - t * d2) // s2 < n2 for t in range(k2))
+        if not read:
             continue
-        k1, d1, s1, (pb, pa) = first.kernel[axis], first.dilation[axis], first.stride[axis], first.padding[axis]
-        k2, d2, s2 = second.kernel[axis], second.dilation[axis], second.stride[axis]
-        n1 = (n + pb + pa - d1 * (k1 - 1) - 1) // s1 + 1
-        n2 = (n1 + qb + qa - d2 * (k2 - 1) - 1) // s2 + 1
-        for m in range(n2):
-            for t in range(k2):
-                j = m * s2 + t * d2 - qb
-                if 0 <= j < n1:
-                    continue
-                if first.has_bias or any(0 <= j * s1 - pb + u * d1 < n for u in range(k1)):
-                    return False
+        low = j * s1 - pb
+        high = low + d1 * (k1 - 1)
+        if not (high < 0 or low >= n):
+            return False
     return True
+
+
+def _axis_windows_miss_all_sizes(first: AffineConv, second: AffineConv, axis: int) -> bool:
+    """The same question for every input size along one axis. Past the size where the two
+    borders stop interacting, the answer repeats with period ``s1 * s2`` (the right border's
+    windows depend on the size modulo the strides), so a finite range of sizes decides it."""
+    qb, qa = second.padding[axis]
+    if not (qb or qa):
+        return True
+    k1, d1, s1, (pb, pa) = first.kernel[axis], first.dilation[axis], first.stride[axis], first.padding[axis]
+    k2, d2, s2 = second.kernel[axis], second.dilation[axis], second.stride[axis]
+    reach = d1 * (k1 - 1) + pb + pa + s1 * (d2 * (k2 - 1) + qb + qa + s2)
+    return all(_axis_windows_miss(first, second, axis, n) for n in range(1, 2 * reach + 2 * s1 * s2 + 2))
 
 
 def _positions(kernel: tuple[int, ...]):
@@ -345,13 +431,35 @@ def _positions(kernel: tuple[int, ...]):
 
 def add(x: AffineConv, y: AffineConv) -> AffineConv:
     """The sum of two branches that read the same input: kernels aligned in input coordinates."""
-    if x.ndim != y.ndim or x.out_channels != y.out_channels or x.in_channels != y.in_channels:
+    if x.out_channels != y.out_channels:
         raise NotContractibleError("summed branches disagree on channels or spatial rank")
+    wx, wy, frame = _align(x, y, "summed")
+    return _normalise(replace(frame, weight=wx + wy, bias=x.bias + y.bias))
+
+
+def concat(x: AffineConv, y: AffineConv) -> AffineConv:
+    """Branches that read the same input, concatenated along the channels (DBB's transform IV,
+    Inception-style blocks): kernels aligned as for a sum, stacked along the outputs."""
+    if x.groups != y.groups or x.groups > 1:  # a stack of grouped kernels is no longer grouped
+        x, y = regroup(x, 1), regroup(y, 1)
+    wx, wy, frame = _align(x, y, "concatenated")
+    return _normalise(replace(frame, weight=torch.cat([wx, wy]), bias=torch.cat([x.bias, y.bias])))
+
+
+def _normalise(op: AffineConv) -> AffineConv:
+    return _normalise_dilation(op) if op.ndim else op
+
+
+def _align(x: AffineConv, y: AffineConv, how: str) -> tuple[torch.Tensor, torch.Tensor, AffineConv]:
+    """Both kernels on one tap grid and window, and the operator frame (stride, padding,
+    dilation, groups, pad value) they then share; the frame's weight and bias are ``x``'s."""
+    if x.ndim != y.ndim or x.in_channels != y.in_channels:
+        raise NotContractibleError(f"{how} branches disagree on channels or spatial rank")
     if x.stride != y.stride:
-        raise NotContractibleError(f"summed branches have different strides {x.stride} and {y.stride}")
+        raise NotContractibleError(f"{how} branches have different strides {x.stride} and {y.stride}")
+    pad_value = _shared_pad_value(x, y, how)
     groups = math.gcd(x.groups, y.groups)
     x, y = regroup(x, groups), regroup(y, groups)
-    nd = x.ndim
     lo_x = [-b for b, _ in x.padding]
     lo_y = [-b for b, _ in y.padding]
     # A tap grid both kernels and their offset fit on.
@@ -365,15 +473,28 @@ def add(x: AffineConv, y: AffineConv) -> AffineConv:
     hi_y = [l + s - 1 for l, s in zip(lo_y, y.span)]
     hi = [max(a, b) for a, b in zip(hi_x, hi_y)]
     size = tuple((h - l) // g + 1 for h, l, g in zip(hi, lo, dil))
-    weight = torch.zeros(x.out_channels, x.weight.shape[1], *size, dtype=F64)
+    placed = []
     for op, lo_op in ((x, lo_x), (y, lo_y)):
+        weight = torch.zeros(op.out_channels, op.weight.shape[1], *size, dtype=F64)
         index = (slice(None), slice(None)) + tuple(
             slice((l_op - l) // g, (l_op - l) // g + k) for l_op, l, g, k in zip(lo_op, lo, dil, op.kernel)
         )
-        weight[index] += op.weight
+        weight[index] = op.weight
+        placed.append(weight)
     padding = tuple((-l, pa + (h - hx)) for l, (_, pa), h, hx in zip(lo, x.padding, hi, hi_x))
-    op = AffineConv(weight, x.bias + y.bias, x.stride, padding, dil, groups)
-    return _normalise_dilation(op) if nd else op
+    pads = any(b or a for b, a in padding)
+    frame = AffineConv(placed[0], x.bias, x.stride, padding, dil, groups, pad_value if pads else None)
+    return placed[0], placed[1], frame
+
+
+def _shared_pad_value(x: AffineConv, y: AffineConv, how: str) -> torch.Tensor | None:
+    padded = [op for op in (x, y) if op.pads]
+    if len(padded) == 2 and not _same_values(
+        padded[0].pad_value if padded[0].pad_value is not None else torch.zeros(x.in_channels, dtype=F64),
+        padded[1].pad_value,
+    ):
+        raise NotContractibleError(f"{how} branches pad their input with different values")
+    return padded[0].pad_value if padded else None
 
 
 def _fit(op: AffineConv, dilation: tuple[int, ...]) -> tuple[int, ...]:
@@ -397,6 +518,9 @@ def apply(op: AffineConv, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, dense_weight(op).to(x.dtype), b)
     flat = [p for pair in reversed(op.padding) for p in pair]
     if any(flat):
+        inside = F.pad(torch.ones((1, 1, *x.shape[2:]), dtype=x.dtype), flat)
         x = F.pad(x, flat)
+        if op.pad_value is not None:
+            x = x + (1 - inside) * op.pad_value.to(x.dtype).reshape(1, -1, *([1] * op.ndim))
     fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[op.ndim]
     return fn(x, w, b, stride=op.stride, dilation=op.dilation, groups=op.groups)

@@ -81,6 +81,18 @@ def graph_module(program) -> fx.GraphModule:
     return gm.eval()
 
 
+def capture_graph(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
+    """The model as the graph the converter reads: captured, in-place ops made pure where no
+    one can see the difference, and everything the outputs do not need removed first, so that
+    an auxiliary head never splits the chain it hangs from."""
+    from compactify.converter.functionalize import functionalize_inplace
+
+    gm, _ = functionalize_inplace(graph_module(export_program(model, example)))
+    if gm.graph.eliminate_dead_code():
+        gm.recompile()
+    return gm
+
+
 def program_inputs(program) -> list[tuple[str, tuple[int | None, ...]]]:
     """The user inputs of an exported program: name and shape, None where a dimension is dynamic."""
     nodes = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}

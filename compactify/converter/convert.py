@@ -107,7 +107,7 @@ def contract(model: nn.Module, input_shape: tuple[int, ...], allow_approximate: 
         from compactify.converter.truncate import truncate_plan
 
         truncation = truncate_plan(gm, decisions, profile, rank)
-    compact, _ = rewrite(gm, decisions)
+    compact, _ = rewrite(gm, decisions, tuple(example.shape[2:]))
     compact.eval()
     result = Contraction(
         compact=compact,

@@ -38,10 +38,21 @@ class Step:
     node: fx.Node
     kind: str
     data: tuple[fx.Node, ...]
-    op: A.AffineConv | Scalar | None = None  # None for a sum
+    op: A.AffineConv | Scalar | None = None  # None for a sum or a concat
     family: tuple[int, int] | None = None  # (spatial dims, channel axis); None: any layout
-    coeffs: tuple[float, float] = (1.0, 1.0)  # a sum computes c0 * x0 + c1 * x1
+    coeffs: tuple[float, ...] = (1.0, 1.0)  # a sum computes sum(c_i * x_i)
     params: frozenset[str] = field(default_factory=frozenset)
+    # Nodes that belong to this step and go with it when it is merged away: the slice views
+    # and copy_ writes of DBB's BN-and-pad, the stack of a stacked sum.
+    absorbs: tuple[fx.Node, ...] = ()
+    # Why the operator holds only at the traced input size (a crop measured from both ends
+    # of an axis, say); None when it holds at every size.
+    size_specific: str | None = None
+
+    @property
+    def merges(self) -> bool:
+        """Whether the step combines several tensors (a sum or a channel concatenation)."""
+        return self.kind in ("sum", "concat")
 
 
 class Constants:
@@ -130,9 +141,16 @@ def _data(node: fx.Node, consts: Constants) -> list[fx.Node]:
 _CONV = {aten.conv1d.default: 1, aten.conv2d.default: 2, aten.conv3d.default: 3}
 _CONV_PAD = {aten.conv1d.padding: 1, aten.conv2d.padding: 2, aten.conv3d.padding: 3}
 _AVG = {aten.avg_pool1d.default: 1, aten.avg_pool2d.default: 2, aten.avg_pool3d.default: 3}
-_IDENTITY = {aten.clone.default, aten.alias.default, aten.contiguous.default, aten.detach.default,
-             aten.lift_fresh_copy.default, aten.dropout.default, aten.feature_dropout.default,
-             aten.alpha_dropout.default}
+_IDENTITY = {aten.alias.default, aten.detach.default, aten.lift_fresh_copy.default, aten.dropout.default,
+             aten.feature_dropout.default, aten.alpha_dropout.default}
+# Copies that may change the memory layout, which a later view depends on (ShuffleNet's
+# channel shuffle: transpose, contiguous, view).
+_LAYOUT_COPIES = {aten.clone.default, aten.contiguous.default}
+# Reshapes that keep the last axis are the same affine map on the linear layout (LeViT's
+# Linear -> flatten -> BatchNorm1d -> reshape back).
+_RESHAPES = {aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.flatten.using_ints,
+             aten.unflatten.int, aten.reshape_as.default, aten.view_as.default}
+INT_MAX = 2**63 - 1
 
 
 def classify(node: fx.Node, consts: Constants) -> Step | None:
@@ -154,11 +172,21 @@ def classify(node: fx.Node, consts: Constants) -> Step | None:
         if target is operator.getitem and _is_decomposed_batchnorm(node):
             return _decomposed_batchnorm(node, consts)
         if target in (aten.pad.default, aten.constant_pad_nd.default):
-            return _pad(node, data)
+            return _pad(node, data, consts)
         if target in _AVG:
             return _avg_pool(node, data)
         if target in _IDENTITY:
             return _identity(node, data)
+        if target in _LAYOUT_COPIES:
+            return _layout_copy(node, data)
+        if target in _RESHAPES:
+            return _reshape(node, data)
+        if target is aten.slice.Tensor:
+            return _slice(node, data)
+        if target in (aten.sum.dim_IntList, aten.mean.dim):
+            return _stacked_sum(node, consts)
+        if target is aten.cat.default:
+            return _concat(node, consts)
         if target in (aten.mul.Tensor, aten.mul.Scalar, aten.div.Tensor, aten.div.Scalar,
                       aten.add.Tensor, aten.add.Scalar, aten.sub.Tensor, aten.sub.Scalar, aten.neg.default,
                       operator.mul, operator.add, operator.sub, operator.truediv, operator.neg):
@@ -284,7 +312,7 @@ def _bn_step(node, x, args, eps, consts) -> Step:
     return Step(node, "batchnorm", (x,), op, (nd, 1), params=consts.params_of(args[:2]))
 
 
-def _pad(node, data) -> Step:
+def _pad(node, data, consts) -> Step:
     _need(len(data) == 1 and node.args[0] is data[0])
     x = data[0]
     in_shape = shape_of(x)
@@ -293,9 +321,11 @@ def _pad(node, data) -> Step:
     if node.target is aten.pad.default:
         mode = _arg(node, 2, "mode", "constant")
         value = _arg(node, 3, "value", None)
-        _need(mode == "constant" and (value is None or value == 0))
+        _need(mode == "constant")
     else:
-        _need(_arg(node, 2, "value", 0) == 0)
+        value = _arg(node, 2, "value", 0)
+    value = 0.0 if value is None else value
+    _need(isinstance(value, (int, float)) and not isinstance(value, bool))
     _need(all(isinstance(p, int) and p >= 0 for p in pads) and len(pads) % 2 == 0)
     nd = len(in_shape) - 2
     _need(0 < len(pads) // 2 <= nd)
@@ -303,7 +333,108 @@ def _pad(node, data) -> Step:
     pairs = [(0, 0)] * (nd - len(pairs)) + pairs  # F.pad lists the last dimension first
     channels = static(in_shape[1])
     _need(channels is not None)
-    return Step(node, "pad", (x,), A.zero_pad(channels, tuple(pairs)), (nd, 1))
+    fill, absorbs, size_specific = _border_fill(node, x, tuple(pairs), channels, consts)
+    if fill is not None:
+        value = fill
+    return Step(node, "pad", (x,), A.pad(channels, tuple(pairs), value), (nd, 1), absorbs=absorbs,
+                size_specific=size_specific)
+
+
+def _border_fill(node, x, pairs, channels, consts):
+    """DBB's BN-and-pad: after ``F.pad``, constants are written into the border through slice
+    views (``out[:, :, 0:p, :] = values``, ``copy_`` in the graph). When the writes cover the
+    whole border with one value per channel and every other reader comes after them, the
+    tensor is padding with that value. Returns ``(values, absorbed nodes, size_specific)``;
+    ``(None, (), None)`` when nothing is written; not affine when something else is."""
+    writes, absorbed = [], []
+    for user in node.users:
+        chain = _write_chain(node, user)
+        if chain is None:
+            continue
+        slices, copy = chain
+        value = _constant_source(copy.args[1], consts)
+        _need(value is not None)
+        writes.append((slices, value))
+        absorbed += slices + [copy]
+    if not writes:
+        return None, (), None
+    order = {n: i for i, n in enumerate(node.graph.nodes)}
+    last_write = max(order[n] for n in absorbed)
+    readers = [u for u in node.users if u not in absorbed]
+    _need(all(order[u] > last_write for u in readers))
+    vectors = [_per_channel(value, channels, len(shape_of(x))) for _, value in writes]
+    _need(all(v is not None for v in vectors))
+    _need(all(A._same_values(vectors[0], v) for v in vectors[1:]))
+    in_size = [static(d) for d in shape_of(x)[2:]]
+    _need(None not in in_size)
+    _need(_fills_border(writes, in_size, pairs))
+    size_specific = None
+    if not all(_fills_border(writes, [n + k for n in in_size], pairs) for k in (1, 2, 3)):
+        size_specific = f"{describe(node)}: the values written into the border depend on the input size"
+    return vectors[0], tuple(absorbed), size_specific
+
+
+def _write_chain(base, user):
+    """``user`` starts a chain of slice views of ``base`` that ends in a ``copy_`` into it:
+    returns ``(slices, copy)``, or None when the chain is a read."""
+    slices, node = [], user
+    while node.target is aten.slice.Tensor and node.args[0] is (slices[-1] if slices else base):
+        slices.append(node)
+        if len(node.users) != 1:
+            return None
+        node = next(iter(node.users))
+    if slices and node.target is aten.copy_.default and node.args[0] is slices[-1] and not node.users:
+        return slices, node
+    return None
+
+
+def _constant_source(src, consts) -> torch.Tensor | None:
+    """The constant a write broadcasts (through ``expand`` to the batch size, which is not one)."""
+    while isinstance(src, fx.Node) and src not in consts and src.target in (aten.expand.default,):
+        src = src.args[0]
+    if isinstance(src, (int, float)) and not isinstance(src, bool):
+        return torch.tensor(float(src), dtype=torch.float64)
+    return consts.tensor(src)
+
+
+def _per_channel(value: torch.Tensor, channels: int, rank: int) -> torch.Tensor | None:
+    """A value broadcast over a ``[N, C, *spatial]`` view (``rank`` axes) as one number per
+    channel, else None: it may vary along the channel axis only."""
+    if value.dim() > rank:
+        return None
+    varying = [rank - value.dim() + i for i, d in enumerate(value.shape) if d != 1]
+    if not varying:
+        return value.reshape(()).expand(channels).clone()
+    if varying != [1] or value.shape[1 - rank + value.dim()] != channels:
+        return None
+    return value.reshape(channels).clone()
+
+
+def _fills_border(writes, in_size, pairs) -> bool:
+    """Whether the writes, taken at this input size, cover exactly the padded border (every
+    write on the full batch and channel range)."""
+    padded = [n + b + a for n, (b, a) in zip(in_size, pairs)]
+    covered = torch.zeros(padded, dtype=torch.bool)
+    for slices, _ in writes:
+        index = [slice(None)] * len(padded)
+        for sl in slices:
+            dim = sl.args[1] if len(sl.args) > 1 else 0
+            rank = len(padded) + 2
+            dim = dim % rank
+            start = sl.args[2] if len(sl.args) > 2 else None
+            end = sl.args[3] if len(sl.args) > 3 else None
+            step = sl.args[4] if len(sl.args) > 4 else 1
+            if dim < 2:
+                if (start not in (None, 0)) or (end is not None and end < INT_MAX) or step != 1:
+                    return False
+                continue
+            if not isinstance(index[dim - 2], slice) or index[dim - 2] != slice(None):
+                return False  # two slices of one axis: not a pattern we read
+            index[dim - 2] = slice(start, None if end is None or end >= INT_MAX else end, step)
+        covered[tuple(index)] = True
+    border = torch.ones(padded, dtype=torch.bool)
+    border[tuple(slice(b, b + n) for n, (b, _) in zip(in_size, pairs))] = False
+    return bool(torch.equal(covered, border))
 
 
 def _avg_pool(node, data) -> Step:
@@ -335,6 +466,109 @@ def _identity(node, data) -> Step:
     return Step(node, "identity", (data[0],), Scalar())
 
 
+def _layout_copy(node, data) -> Step:
+    """``contiguous``/``clone`` is an identity only where it copies a contiguous tensor: after a
+    transpose it makes the layout a later ``view`` relies on, and removing it would break that."""
+    _need(len(data) == 1 and node.args[0] is data[0])
+    val = data[0].meta.get("val")
+    _need(isinstance(val, torch.Tensor))
+    fmt = node.kwargs.get("memory_format", None if node.target is aten.clone.default else torch.contiguous_format)
+    _need(fmt in (None, torch.preserve_format, torch.contiguous_format))
+    _need(fmt is None or fmt is torch.preserve_format or val.is_contiguous())
+    return Step(node, "identity", (data[0],), Scalar())
+
+
+def _reshape(node, data) -> Step:
+    """A reshape that keeps the last axis: on the linear layout (features last) it regroups
+    rows and leaves every row as it is, so it sits inside a linear region."""
+    x = node.args[0]
+    _need(isinstance(x, fx.Node) and x in data)
+    others = [d for d in data if d is not x]
+    _need(node.target in (aten.reshape_as.default, aten.view_as.default) or not others)
+    in_shape, out_shape = shape_of(x), shape_of(node)
+    _need(in_shape is not None and out_shape is not None and len(in_shape) >= 2 and len(out_shape) >= 2)
+    _need(static(in_shape[-1]) is not None and static(in_shape[-1]) == static(out_shape[-1]))
+    _need(sum(static(d) is None for d in out_shape) <= 1)  # the rewrite can say it with one -1
+    return Step(node, "reshape", (x,), Scalar(), (0, len(out_shape) - 1))
+
+
+def _slice(node, data) -> Step:
+    """``x[..., a:b:s]``: an identity over the whole axis, a channel selection on the channel
+    axis, a crop (strided delta kernel) on a spatial axis."""
+    _need(len(data) == 1 and node.args[0] is data[0])
+    x = data[0]
+    shape = shape_of(x)
+    _need(shape is not None)
+    rank = len(shape)
+    dim = _arg(node, 1, "dim", 0) % rank
+    start, end, step = _arg(node, 2, "start", None), _arg(node, 3, "end", None), _arg(node, 4, "step", 1)
+    _need(all(v is None or isinstance(v, int) for v in (start, end)) and isinstance(step, int) and step >= 1)
+    n = static(shape[dim])
+    if start in (None, 0) and (end is None or end >= INT_MAX or (n is not None and end >= n)) and step == 1:
+        return Step(node, "identity", (x,), Scalar())
+    _need(n is not None and dim >= 1)
+    a = _clamp(0 if start is None else start, n)
+    e = _clamp(n if end is None else end, n)
+    _need(e > a)
+    conv_layout = rank > 2
+    if dim == 1 or (not conv_layout and dim == rank - 1):
+        channels = A.select_channels(n, range(a, e, step), rank - 2 if conv_layout else 0)
+        family = (rank - 2, 1) if conv_layout else (0, rank - 1)
+        return Step(node, "select", (x,), channels, family)
+    _need(conv_layout)
+    channels = static(shape[1])
+    _need(channels is not None)
+    from_end = end is None or end >= n or end < 0  # the same number of pixels off the end at any size
+    if (start is None or start >= 0) and from_end:
+        kernel_len = a + (n - e) + 1
+        size_specific = None
+    else:
+        m = -(-(e - a) // step)
+        kernel_len = n - (m - 1) * step
+        size_specific = f"{describe(node)}: a crop measured from the start of the axis depends on the input size"
+    nd = rank - 2
+    axis = dim - 2
+    starts, kernel, stride = [0] * nd, [1] * nd, [1] * nd
+    starts[axis], kernel[axis], stride[axis] = a, kernel_len, step
+    op = A.crop(channels, starts, kernel, stride)
+    return Step(node, "crop", (x,), op, (nd, 1), size_specific=size_specific)
+
+
+def _clamp(index: int, n: int) -> int:
+    if index < 0:
+        index += n
+    return max(0, min(index, n))
+
+
+def _stacked_sum(node, consts) -> Step:
+    """``torch.stack([...]).sum(0)`` (or ``.mean(0)``): a sum of all the stacked tensors."""
+    stack = node.args[0]
+    _need(isinstance(stack, fx.Node) and stack.target is aten.stack.default and len(stack.users) == 1)
+    tensors = list(stack.args[0])
+    dim = stack.args[1] if len(stack.args) > 1 else stack.kwargs.get("dim", 0)
+    dims = _arg(node, 1, "dim", None)
+    keepdim = _arg(node, 2, "keepdim", False)
+    _need(not keepdim and not node.kwargs.get("dtype") and isinstance(dims, (list, tuple)) and len(dims) == 1)
+    out_rank = len(shape_of(stack))
+    _need(dims[0] % out_rank == dim % out_rank)
+    _need(all(isinstance(t, fx.Node) and t not in consts and shape_of(t) == shape_of(node) for t in tensors))
+    coeff = 1.0 if node.target is aten.sum.dim_IntList else 1.0 / len(tensors)
+    return Step(node, "sum", tuple(tensors), None, None, coeffs=(coeff,) * len(tensors), absorbs=(stack,))
+
+
+def _concat(node, consts) -> Step:
+    """Channel concatenation of tensors that a region computes from one input."""
+    tensors = list(node.args[0])
+    dim = _arg(node, 1, "dim", 0)
+    shape = shape_of(node)
+    rank = len(shape)
+    dim %= rank
+    _need(len(tensors) >= 2 and all(isinstance(t, fx.Node) and t not in consts for t in tensors))
+    _need((rank > 2 and dim == 1) or (rank == 2 and dim == 1))
+    family = (rank - 2, 1) if rank > 2 else (0, 1)
+    return Step(node, "concat", tuple(tensors), None, family)
+
+
 def _elementwise(node, data, consts) -> Step:
     target = node.target
     name = getattr(target, "__name__", str(target))
@@ -350,6 +584,9 @@ def _elementwise(node, data, consts) -> Step:
     is_mul = "mul" in name
     is_div = "div" in name or "truediv" in name
     _need(not (is_div and node.kwargs.get("rounding_mode")))
+    if len(data) == 1 and (is_add or is_sub) and len(args) >= 2 and args[0] is args[1] is data[0]:
+        factor = 1.0 + float(alpha) * (-1.0 if is_sub else 1.0)
+        return Step(node, "scale", (data[0],), Scalar(factor, 0.0))
     if len(data) == 2 and (is_add or is_sub):
         _need(all(isinstance(a, fx.Node) for a in args[:2]))
         coeff = float(alpha) * (-1.0 if is_sub else 1.0)

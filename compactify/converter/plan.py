@@ -15,7 +15,7 @@ from torch import fx, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from compactify.converter import algebra as A
-from compactify.converter.graph_ops import Scalar
+from compactify.converter.graph_ops import Scalar, shape_of
 from compactify.converter.lowrank import module_flops
 from compactify.converter.regions import (
     IDENTITY,
@@ -42,9 +42,19 @@ class Decision:
     flops_before: int = 0
     flops_after: int = 0
     warnings: list[str] = field(default_factory=list)
+    # For a region left unmerged, what stopped it: "not contractible", "not exact",
+    # "not exact at every input size" (--dynamic-hw), "not cheaper" or "nothing to merge".
+    stopped_by: str | None = None
+
+    @property
+    def size_notes(self) -> list[str]:
+        """Why a merged operator holds only at the traced input size (empty: at every size)."""
+        if self.kind not in ("dense", "factored") or self.composition is None:
+            return []
+        return list(self.composition.size_notes)
 
     def as_dict(self) -> dict:
-        return {
+        entry = {
             "name": self.region.name,
             "ops": self.region.ops,
             "layers": self.region.layers,
@@ -56,6 +66,13 @@ class Decision:
             "flops_before": self.flops_before,
             "flops_after": self.flops_after,
         }
+        if self.kind == "keep":
+            entry["stopped_by"] = self.stopped_by
+        if self.kind in ("dense", "factored"):
+            entry["exact_at"] = "traced input size only" if self.size_notes else "every input size"
+            if self.size_notes:
+                entry["size_notes"] = self.size_notes
+        return entry
 
 
 @dataclass
@@ -132,49 +149,64 @@ def decide(
     param_sizes: dict[str, int],
     allow_approximate: bool = False,
     composition: Composition | NotContractibleError | None = None,
+    dynamic_hw: bool = False,
 ) -> Decision:
-    """Plan one region; ``composition`` is the region already composed (or why it cannot be)."""
+    """Plan one region; ``composition`` is the region already composed (or why it cannot be).
+    With ``dynamic_hw`` only what is exact at every input size is merged."""
     flops_before = sum(profile.flops.get(n, 0) for n in region.nodes)
     params_before = _region_params(region, param_sizes)
     base = dict(params_before=params_before, params_after=params_before,
                 flops_before=flops_before, flops_after=flops_before)
+
+    def keep(reason, stopped_by, comp=None, exact=True, warnings=()):
+        return Decision(region, "keep", reason, exact, comp, warnings=list(warnings), stopped_by=stopped_by, **base)
+
     try:
         if isinstance(composition, NotContractibleError):
             raise composition
         comp = composition if composition is not None else compose_region(region)
     except NotContractibleError as exc:
-        return Decision(region, "keep", f"not contractible: {exc}", False, **base)
+        return keep(f"not contractible: {exc}", "not contractible", exact=False)
     if isinstance(comp.value, Scalar):
-        if comp.value.is_identity:
+        if comp.value.is_identity and _same_shape(region.entry, region.exit):
             return Decision(region, "removed", "identity at inference (dropout in eval, clone, ...)", True, comp,
                             params_before=params_before, flops_before=flops_before)
-        return Decision(region, "keep", "elementwise scale/shift with nothing to merge into", True, comp, **base)
-    substantive = [n for n in region.nodes if region.steps[n].kind != "identity"]
+        return keep("elementwise scale/shift or reshape with nothing to merge into", "nothing to merge", comp)
+    substantive = [n for n in region.nodes if region.steps[n].kind not in ("identity", "reshape")]
     if len(substantive) == 1 and len(region.nodes) == 1:
-        return Decision(region, "keep", "a single layer: nothing to merge", True, comp, **base)
+        return keep("a single layer: nothing to merge", "nothing to merge", comp)
     warnings = []
     if not comp.exact:
         detail = "; ".join(comp.reasons)
         if not allow_approximate:
             msg = f"region {region.name} ({', '.join(region.layers)}) left unmerged: not exact: {detail}"
-            return Decision(region, "keep", f"not exact: {detail}", False, comp, warnings=[msg], **base)
+            return keep(f"not exact: {detail}", "not exact", comp, False, [msg])
         warnings.append(f"region {region.name} merged approximately (--allow-approximate): {detail}")
+    if comp.value.pads_nonzero:
+        return keep("pads its input with a nonzero value, which no single layer does", "not contractible",
+                    comp, comp.exact)
+    if dynamic_hw and comp.size_notes:
+        return keep(f"exact only at the traced input size (--dynamic-hw): {'; '.join(comp.size_notes)}",
+                    "not exact at every input size", comp, comp.exact)
     module = to_module(comp.value)
     entry_shape = profile.shapes.get(region.entry)
     if entry_shape is None:
-        return Decision(region, "keep", "input shape of the region unknown", comp.exact, comp, **base)
+        return keep("input shape of the region unknown", "not contractible", comp, comp.exact)
     flops_after = module_flops(module, entry_shape)
     params_after = sum(p.numel() for p in module.parameters())
     if flops_after > flops_before:
-        return Decision(
-            region, "keep", f"merging would cost more ({flops_after:,} vs {flops_before:,} FLOPs)", comp.exact, comp,
-            warnings=[w for w in warnings if "approximately" not in w], **base,
-        )
+        return keep(f"merging would cost more ({flops_after:,} vs {flops_before:,} FLOPs)", "not cheaper", comp,
+                    comp.exact, [w for w in warnings if "approximately" not in w])
     if flops_after == flops_before and params_after > params_before:
-        return Decision(region, "keep", "merging would add parameters at equal FLOPs", comp.exact, comp, **base)
+        return keep("merging would add parameters at equal FLOPs", "not cheaper", comp, comp.exact)
     reason = "merged exactly" if comp.exact else "merged approximately (--allow-approximate)"
     return Decision(region, "dense", reason, comp.exact, comp, module, params_before, params_after,
                     flops_before, flops_after, warnings)
+
+
+def _same_shape(a: fx.Node, b: fx.Node) -> bool:
+    sa, sb = shape_of(a), shape_of(b)
+    return sa is not None and sb is not None and [str(d) for d in sa] == [str(d) for d in sb]
 
 
 def plan_region(
@@ -182,15 +214,18 @@ def plan_region(
     profile: GraphProfile,
     param_sizes: dict[str, int],
     allow_approximate: bool = False,
+    dynamic_hw: bool = False,
 ) -> list[Decision]:
-    """The cheapest exact plan for a region: merged whole, or, for a chain, cut into the
-    segments that are cheapest merged one by one (so a bottleneck too costly to merge whole
-    still has its BatchNorms folded)."""
-    whole = decide(region, profile, param_sizes, allow_approximate)
-    if whole.kind != "keep" or len(region.nodes) < 2 or not _is_chain(region):
+    """The cheapest exact plan for a region: merged whole, or cut at the tensors every path
+    through it crosses into the segments that are cheapest merged one by one (so a
+    bottleneck too costly to merge whole still has its BatchNorms folded); a block of
+    parallel branches that cannot merge has each branch planned on its own (RepGhost's
+    depthwise conv and BN summed with a fusion BN, inside a module that cannot merge)."""
+    whole = decide(region, profile, param_sizes, allow_approximate, dynamic_hw=dynamic_hw)
+    if whole.kind != "keep" or len(region.nodes) < 2:
         return [whole]
-    segments = _cheapest_segments(region, profile, param_sizes, allow_approximate)
-    if len(segments) == 1:
+    segments = _cheapest_series(region, profile, param_sizes, allow_approximate, dynamic_hw)
+    if len(segments) <= 1:
         return [whole]
     for d in segments:
         d.reason = f"{d.reason}; region {region.name} cut in {len(segments)} because: {whole.reason}"
@@ -198,42 +233,99 @@ def plan_region(
     return segments
 
 
-def _is_chain(region: Region) -> bool:
-    previous = region.entry
-    for node in region.nodes:
-        step = region.steps[node]
-        if step.kind == "sum" or step.data != (previous,):
-            return False
-        previous = node
-    return True
-
-
-def _cheapest_segments(region, profile, param_sizes, allow_approximate) -> list[Decision]:
-    """Dynamic programme over cut points; cost is (FLOPs, parameters) of each segment's plan."""
+def _cuts(region: Region) -> list[int]:
+    """Positions (in ``region.nodes``) of the nodes that every path from the entry to the exit
+    passes through; -1 stands for the entry."""
     nodes = region.nodes
-    entries = [region.entry] + nodes[:-1]
-    # plans[i][j]: segment nodes[i:j] planned on its own; compositions grow one step at a time.
-    plans: dict[tuple[int, int], Decision] = {}
+    position = {n: i for i, n in enumerate(nodes)}
+    position[region.entry] = -1
+    earliest = [min(position[d] for d in region.steps[n].data) for n in nodes]
+    cuts, reach = [], len(nodes)
+    suffix_min = [0] * (len(nodes) + 1)
+    suffix_min[len(nodes)] = reach
+    for i in range(len(nodes) - 1, -1, -1):
+        suffix_min[i] = min(earliest[i], suffix_min[i + 1])
     for i in range(len(nodes)):
+        if suffix_min[i + 1] >= i:
+            cuts.append(i)
+    return [-1] + cuts
+
+
+def _cheapest_series(region, profile, param_sizes, allow_approximate, dynamic_hw) -> list[Decision]:
+    """Dynamic programme over the cut points; cost is (FLOPs, parameters) of each segment's plan."""
+    nodes, cuts = region.nodes, _cuts(region)
+    at = lambda k: region.entry if cuts[k] < 0 else nodes[cuts[k]]  # noqa: E731
+    units = [nodes[cuts[k] + 1: cuts[k + 1] + 1] for k in range(len(cuts) - 1)]
+    plans: dict[tuple[int, int], Decision] = {}
+    for i in range(len(units)):
         comp: Composition | NotContractibleError = IDENTITY
-        for j in range(i + 1, len(nodes) + 1):
-            node = nodes[j - 1]
-            part = Region(entries[i], node, nodes[i:j], {n: region.steps[n] for n in nodes[i:j]})
+        in_size = spatial_size(at(i))
+        for j in range(i + 1, len(units) + 1):
+            unit = units[j - 1]
+            members = [n for u in units[i:j] for n in u]
+            part = Region(at(i), at(j), members, {n: region.steps[n] for n in members})
             if not isinstance(comp, NotContractibleError):
                 try:
-                    comp = extend(comp, region.steps[node], node, spatial_size(entries[i]))
+                    step = region.steps[unit[0]]
+                    if len(unit) == 1 and step.data == (at(j - 1),):
+                        comp = extend(comp, step, unit[0], in_size)
+                    else:
+                        block = Region(at(j - 1), at(j), unit, {n: region.steps[n] for n in unit})
+                        comp = compose_region(block, comp, in_size)
                     check_shape(part, comp)
                 except NotContractibleError as exc:
                     comp = exc
-            plans[i, j] = decide(part, profile, param_sizes, allow_approximate, comp)
+            plans[i, j] = decide(part, profile, param_sizes, allow_approximate, comp, dynamic_hw)
+    alone = {j: _unit_plan(plans[j - 1, j], units[j - 1], at(j - 1), region, profile, param_sizes,
+                           allow_approximate, dynamic_hw) for j in range(1, len(units) + 1)}
     best: list[tuple[tuple[int, int], list[Decision]]] = [((0, 0), [])]
-    for j in range(1, len(nodes) + 1):
+    for j in range(1, len(units) + 1):
         options = []
         for i in range(j):
-            d = plans[i, j]
-            if d.kind == "keep" and j - i > 1:
-                continue  # an unmerged multi-layer segment is the same as single-layer ones
-            (flops, params), plan = best[i]
-            options.append(((flops + d.flops_after, params + d.params_after), plan + [d]))
+            if i == j - 1:
+                plan = alone[j]
+            elif plans[i, j].kind == "keep":
+                continue  # an unmerged multi-unit segment is the same as its units one by one
+            else:
+                plan = [plans[i, j]]
+            (flops, params), before = best[i]
+            options.append(((flops + sum(d.flops_after for d in plan), params + sum(d.params_after for d in plan)),
+                            before + plan))
         best.append(min(options, key=lambda o: o[0]))
     return best[-1][1]
+
+
+def _unit_plan(decision, unit, entry, region, profile, param_sizes, allow_approximate, dynamic_hw) -> list[Decision]:
+    """One unit planned alone: its decision, or, for a block of parallel branches that stays
+    unmerged, each branch planned as a region of its own with the final sum or concat kept."""
+    if decision.kind != "keep" or len(unit) < 2:
+        return [decision]
+    last = unit[-1]
+    step = region.steps[last]
+    if not step.merges:
+        return [decision]
+    members = set(unit[:-1])
+    owner: dict[fx.Node, int] = {}
+    for b, head in enumerate(step.data):
+        stack = [head] if head in members else []
+        while stack:
+            n = stack.pop()
+            if owner.setdefault(n, b) != b:
+                return [decision]  # branches share a tensor: no clean split
+            stack.extend(d for d in region.steps[n].data if d in members and owner.get(d) != b)
+    if set(owner) != members:
+        return [decision]
+    plan: list[Decision] = []
+    for b, head in enumerate(step.data):
+        branch = [n for n in unit if owner.get(n) == b]
+        if not branch or head in step.data[:b]:
+            continue
+        sub = Region(entry, head, branch, {n: region.steps[n] for n in branch})
+        plan += plan_region(sub, profile, param_sizes, allow_approximate, dynamic_hw)
+    if not any(d.kind != "keep" for d in plan):
+        return [decision]
+    joint = Region(entry, last, [last], {last: step})
+    plan.append(Decision(joint, "keep", f"the {step.kind} of the branches stays: {decision.reason}", True,
+                         flops_before=profile.flops.get(last, 0), flops_after=profile.flops.get(last, 0),
+                         stopped_by=decision.stopped_by))
+    return plan

@@ -75,20 +75,11 @@ def region_errors(
     ``inputs`` are float32 batches of the model's single input. Returns the errors and notes
     (regions whose shipped weights could not be found, a float32 fallback reference, ...).
     """
-    from compactify.converter.capture import export_program, graph_module
-    from compactify.converter.convert import example_input
-    from compactify.converter.graph_ops import Constants
-    from compactify.converter.plan import plan_region, profile_graph
-    from compactify.converter.regions import find_regions
+    from compactify.converter.convert import plan_contraction
 
     notes: list[str] = []
-    example = example_input((max(2, int(input_shape[0])), *input_shape[1:]))
-    gm = graph_module(export_program(model.eval(), example))
-    consts = Constants(gm)
-    regions = find_regions(gm, consts)
-    profile = profile_graph(gm, example)
-    sizes = {name: p.numel() for name, p in gm.named_parameters()}
-    plan = [d for r in regions for d in plan_region(r, profile, sizes, allow_approximate)]
+    planned = plan_contraction(model, tuple(int(d) for d in input_shape), allow_approximate)
+    gm, plan = planned.gm, planned.decisions
     merged = [d for d in plan if d.kind == "dense"]
     if not merged:
         return [], ["no region of this model is merged: there is nothing to check region by region"]
