@@ -16,6 +16,9 @@ import click
               help="Output folder (written atomically).")
 @click.option("--outputs", help="Keep only these model outputs (comma-separated tuple indices or dict keys).")
 @click.option("--allow-approximate", is_flag=True, help="Also merge regions whose borders are not exact; report the error.")
+@click.option("--dynamic-hw", is_flag=True,
+              help="Merge only what is exact at every input height and width (default: exact at the traced size; "
+                   "the compact module then refuses other sizes).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output folder.")
 @click.option("--trust-pickle", is_flag=True, help="Allow loading a pickled whole module (can run code).")
 @click.option("--no-onnx", is_flag=True, help="Skip compact.onnx (and everything built from it).")
@@ -33,12 +36,19 @@ import click
               help="Round truncated ranks up to a multiple of N (e.g. 8 for tensor cores).")
 @click.option("--cost", default="flops", show_default=True, metavar="flops|latency",
               help="Factor a layer when it needs fewer FLOPs, or (latency) only when it also measures faster.")
-def convert(checkpoint, arch, arch_kwargs, input_shape, out_dir, outputs, allow_approximate, force, trust_pickle,
-            no_onnx, static, no_simplify, fp16, trt, max_batch, timing_cache, rank_rule, rank_multiple, cost):
+@click.option("--max-memory", metavar="SIZE",
+              help="Refuse, before any allocation, an input shape whose estimated activations exceed SIZE "
+                   "(e.g. 8GB; default: the memory available).")
+def convert(checkpoint, arch, arch_kwargs, input_shape, out_dir, outputs, allow_approximate, dynamic_hw, force, trust_pickle,
+            no_onnx, static, no_simplify, fp16, trt, max_batch, timing_cache, rank_rule, rank_multiple, cost,
+            max_memory):
     """Contract CHECKPOINT into its compact network.
 
     Writes OUTDIR/compact.pt2, compact.onnx, report.json and report.md (plus
-    compact.fp16.onnx with --fp16 and compact.engine with --trt), atomically.
+    compact.fp16.onnx with --fp16 and compact.engine with --trt), atomically: nothing
+    appears until everything is complete. An existing OUTDIR is replaced (with --force)
+    only if it is a previous compactify output holding nothing else and no input.
+    The file's format is read from its content, whatever its suffix.
     """
     from compactify.converter.convert import ConvertOptions, convert_checkpoint
     from compactify.converter.ingest import parse_arch_kwargs, parse_input_shape
@@ -48,6 +58,7 @@ def convert(checkpoint, arch, arch_kwargs, input_shape, out_dir, outputs, allow_
         arch_kwargs=parse_arch_kwargs(arch_kwargs),
         input_shape=parse_input_shape(input_shape),
         allow_approximate=allow_approximate,
+        dynamic_hw=dynamic_hw,
         force=force,
         trust_pickle=trust_pickle,
         outputs=outputs,
@@ -62,7 +73,10 @@ def convert(checkpoint, arch, arch_kwargs, input_shape, out_dir, outputs, allow_
         rank_multiple=_whole_number(rank_multiple, "--rank-multiple"),
         cost=cost,
     )
-    with warnings.catch_warnings():
+    from compactify.converter.resources import memory_budget, parse_size
+
+    budget = parse_size(max_memory) if max_memory is not None else None
+    with warnings.catch_warnings(), memory_budget(budget):
         warnings.simplefilter("ignore")  # the report's own warnings are printed below, once
         report = convert_checkpoint(checkpoint, out_dir, options)
     for message in report["warnings"]:

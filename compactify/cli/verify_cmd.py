@@ -21,8 +21,10 @@ from compactify.harness.metrics import DEFAULT_ATOL, DEFAULT_RTOL
               help="Precision of a PyTorch --reference.")
 @click.option("--inputs", "inputs", type=click.Path(path_type=Path), default=None,
               help="An .npz with one array per input, keyed by input name: (N,...) is one batch, (B,N,...) B batches.")
-@click.option("--batches", type=int, default=None, help="Number of seeded batches (default 2); with --inputs, at most this many.")
-@click.option("--batch-size", type=int, default=None, help="Rows per seeded batch (default 8, or the model's fixed batch).")
+@click.option("--batches", type=click.IntRange(min=1), default=None,
+              help="Number of seeded batches (default 2); with --inputs, at most this many.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Rows per seeded batch (default 8, or the model's fixed batch).")
 @click.option("--seed", type=int, default=1234, show_default=True, help="Seed of the generated inputs.")
 @click.option("--atol", type=float, default=DEFAULT_ATOL, show_default=True, help="Absolute tolerance (allclose rule).")
 @click.option("--rtol", type=float, default=DEFAULT_RTOL, show_default=True, help="Relative tolerance (allclose rule).")

@@ -19,15 +19,17 @@ class Source:
     input_shape: tuple[int, ...] | None = None
 
 
-def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
+def parse_input_shape(text: str | None, option: str = "--input-shape") -> tuple[int, ...] | None:
+    """``"1,3,32,32"`` (or ``1x3x32x32``) -> ``(1, 3, 32, 32)``: N,C,H,W, the batch first, in every command."""
     if text is None or text == "":
         return None
     try:
         dims = tuple(int(d) for d in str(text).replace("x", ",").split(","))
     except ValueError:
-        raise BadInputError(f"--input-shape {text!r} is not a list of integers such as 1,3,32,32") from None
+        raise BadInputError(f"{option} {text!r} is not a list of integers such as 1,3,32,32 (N,C,H,W)") from None
     if len(dims) < 2 or any(d <= 0 for d in dims):
-        raise BadInputError(f"--input-shape {text!r} needs at least two positive sizes, such as 1,3,32,32")
+        raise BadInputError(f"{option} {text!r} needs at least two positive sizes, the batch first, such as "
+                            "1,3,32,32 (N,C,H,W)")
     return dims
 
 
@@ -51,39 +53,64 @@ def build_source(
     arch_kwargs: dict | None = None,
     input_shape: tuple[int, ...] | None = None,
 ) -> Source:
+    """The eval-mode float32 model a checkpoint stands for, its metadata and its input shape.
+
+    The metadata is checked against the schema, the weights for NaN/Inf and negative BatchNorm
+    variances, and the input shape against the memory budget (``converter.resources``), before
+    the model ever runs."""
+    from compactify.models.metadata import check_shape, validate_meta
+
+    where = f"checkpoint {ckpt.path} metadata"
     if ckpt.format == "pt2":
         from compactify.converter.capture import graph_module, program_inputs
 
         model = graph_module(ckpt.exported)
         inputs = program_inputs(ckpt.exported)
         traced = tuple(1 if d is None else d for d in inputs[0][1]) if inputs else None
-        shape = input_shape or tuple(ckpt.meta.get("input_shape") or ()) or traced
-        check_finite(model.state_dict(), ckpt.path)
-        return Source(model, dict(ckpt.meta), shape)
+        meta = validate_meta(ckpt.meta, where)
+        shape = input_shape or tuple(meta.get("input_shape") or ()) or traced
+        check_weights(model.state_dict(), ckpt.path)
+        return _checked(Source(model, meta, shape))
     if ckpt.format == "module":
         model = ckpt.module.float().eval()
-        check_finite(model.state_dict(), ckpt.path)
-        shape = input_shape or tuple(ckpt.meta.get("input_shape") or ()) or None
-        return Source(model, dict(ckpt.meta), shape)
+        check_weights(model.state_dict(), ckpt.path)
+        meta = validate_meta(ckpt.meta, where)
+        shape = input_shape or tuple(meta.get("input_shape") or ()) or None
+        return _checked(Source(model, meta, shape))
     from compactify.models import build_model, default_input_shape
 
     meta = dict(ckpt.meta)
     if arch:
         meta = {"arch": arch, "arch_kwargs": arch_kwargs or {}}
+        where = "--arch/--arch-kwargs"
     elif arch_kwargs:
         meta["arch_kwargs"] = {**(meta.get("arch_kwargs") or {}), **arch_kwargs}
+    meta = validate_meta(meta, where)
     if not meta.get("arch"):
         raise BadInputError(
             f"{ckpt.path} is a bare state_dict: pass --arch NAME (see `compactify models`) "
             "or --arch package.module:factory"
         )
-    check_finite(ckpt.state_dict, ckpt.path)
+    check_weights(ckpt.state_dict, ckpt.path)
     model = build_model(meta)
     load_weights(model, ckpt.state_dict, str(meta["arch"]))
     shape = input_shape or (tuple(meta["input_shape"]) if meta.get("input_shape") else None)
     if shape is None:
         shape = default_input_shape(meta)
-    return Source(model.float().eval(), meta, tuple(shape) if shape else None)
+    if shape is not None:
+        shape = tuple(check_shape(list(shape), "the input shape"))
+    return _checked(Source(model.float().eval(), meta, tuple(shape) if shape else None))
+
+
+def _checked(source: Source) -> Source:
+    from compactify.converter.resources import check_memory
+
+    if source.input_shape:
+        from compactify.models.metadata import check_shape
+
+        source.input_shape = tuple(check_shape(list(source.input_shape), "the input shape"))
+        check_memory(source.model, source.input_shape)
+    return source
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], arch: str) -> None:
@@ -104,6 +131,18 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], arch: str) ->
     if problems:
         raise BadInputError(f"checkpoint does not fit arch {arch}: " + "; ".join(problems))
     model.load_state_dict(state, strict=False)
+
+
+def check_weights(state: dict[str, torch.Tensor], path) -> None:
+    """NaN/Inf anywhere, or a negative BatchNorm running variance (no trained BatchNorm has one): bad input."""
+    check_finite(state, path)
+    negative = [f"{k} ({int((v < 0).sum())} of {v.numel()} values < 0)" for k, v in state.items()
+                if k.endswith("running_var") and v.is_floating_point() and bool((v < 0).any())]
+    if negative:
+        shown = ", ".join(negative[:4]) + (f", ... ({len(negative) - 4} more)" if len(negative) > 4 else "")
+        raise BadInputError(f"checkpoint {path} has a negative BatchNorm running variance in {shown}: a variance "
+                            "cannot be negative, so the checkpoint is damaged or was edited; save it again from "
+                            "the trained model")
 
 
 def check_finite(state: dict[str, torch.Tensor], path) -> None:

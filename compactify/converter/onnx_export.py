@@ -155,7 +155,9 @@ def export_onnx(
     if not ok:
         raise VerificationError(
             f"ONNX Runtime disagrees with PyTorch on the {used}-exported model: max abs diff {max_abs:.3g}, "
-            f"max rel diff {max_rel:.3g} (atol {check_atol:g}, rtol {check_rtol:g}); try --exporter torchscript/dynamo"
+            f"max rel diff {max_rel:.3g} (atol {check_atol:g}, rtol {check_rtol:g})"
+            + ("" if exporter != "auto" else f"; export_onnx(..., exporter=\"{'torchscript' if used == 'dynamo' else 'dynamo'}\") "
+               "tries the other exporter, and `compactify convert --no-onnx` skips ONNX")
         )
 
     nodes_before = len(proto.graph.node)

@@ -156,6 +156,10 @@ class VerifyResult:
         return f"verification failed for {len(parts)} of {len(self.judged)} model(s): " + "; ".join(parts) + hint
 
     def raise_if_failed(self) -> None:
+        if not self.judged:  # "passed" with nothing compared would be a lie
+            skipped = [f"{c.label}: {c.skipped}" for c in self.candidates if not c.baseline and c.skipped]
+            raise BadInputError("nothing was verified: every artifact was skipped (" + "; ".join(skipped or ["none ran"])
+                                + "); install what they need, or convert with the artifacts this machine can run")
         if not self.passed:
             raise VerificationError(self.failure_message())
 
@@ -231,6 +235,10 @@ def load_inputs(path: str | Path, names: Sequence[str], shapes: Sequence[Sequenc
         if arr.dtype.kind != "f":
             raise BadInputError(f"{path.name}: array {name!r} has dtype {arr.dtype}; the model takes floating-point input")
         arr = arr.astype(np.float32)
+        bad = int(arr.size - np.isfinite(arr).sum())
+        if bad:
+            raise BadInputError(f"{path.name}: array {name!r} holds {bad} NaN or Inf value(s); inputs must be finite "
+                                "numbers")
         if shape is None:
             raise BadInputError(f"the rank of input {name!r} is unknown; pass --input-shape")
         rank = len(shape) + 1
@@ -263,6 +271,9 @@ def load_inputs(path: str | Path, names: Sequence[str], shapes: Sequence[Sequenc
 
 
 def _inputs(names, shapes, *, inputs_file, batches, batch_size, seed, fixed_batch) -> Inputs:
+    for option, value in (("--batches", batches), ("--batch-size", batch_size)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise BadInputError(f"{option} must be a whole number >= 1, got {value!r}")
     if fixed_batch is not None and batch_size is not None and batch_size != fixed_batch:
         raise BadInputError(f"{fixed_batch[1]} has a fixed batch of {fixed_batch[0]}; use --batch-size {fixed_batch[0]}")
     size = batch_size or (fixed_batch[0] if fixed_batch else None)
@@ -276,7 +287,8 @@ def _inputs(names, shapes, *, inputs_file, batches, batch_size, seed, fixed_batc
                     f"has batches of {bad[0]}; pass --batch-size {fixed_batch[0]} or re-export with a dynamic batch"
                 )
         return result
-    return seeded_inputs(names, shapes, batches or DEFAULT_BATCHES, size or DEFAULT_BATCH_SIZE, seed)
+    return seeded_inputs(names, shapes, DEFAULT_BATCHES if batches is None else batches,
+                         DEFAULT_BATCH_SIZE if size is None else size, seed)
 
 
 # ---------------------------------------------------------------------------------------

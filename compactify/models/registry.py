@@ -12,6 +12,7 @@ import difflib
 import fnmatch
 import importlib
 import inspect
+import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -161,7 +162,7 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     rate = kwargs.pop("rate", 4)
     layers = kwargs.pop("layers", None)
     _check_kwargs(entry, kwargs)
-    model = entry.factory(**kwargs)
+    model = _call_factory(entry.factory, base, kwargs)
     if mode is not None:
         from compactify.models.expand import expand
 
@@ -203,6 +204,20 @@ def _import_factory(spec: str) -> Callable[..., nn.Module]:
     return obj
 
 
+def _call_factory(factory: Callable[..., nn.Module], arch: str, kwargs: dict[str, Any]) -> nn.Module:
+    """Build the model; whatever the factory raises comes from its arguments (or the user's own code)."""
+    try:
+        return factory(**kwargs)
+    except BadInputError:
+        raise
+    except Exception as exc:
+        from compactify.errors import first_line
+
+        given = f" with arch_kwargs {json.dumps(kwargs, default=repr)}" if kwargs else ""
+        raise BadInputError(f"building {arch}{given} failed: {type(exc).__name__}: {first_line(exc)}; "
+                            "check --arch-kwargs (their names, types and values)") from exc
+
+
 def build_model(meta: dict[str, Any]) -> nn.Module:
     """Rebuild the exact architecture a checkpoint was saved from.
 
@@ -222,11 +237,7 @@ def build_model(meta: dict[str, Any]) -> nn.Module:
     layers = meta.get("layers")
 
     if ":" in arch:
-        factory = _import_factory(arch)
-        try:
-            model = factory(**kwargs)
-        except TypeError as exc:
-            raise BadInputError(f"cannot call {arch} with arch_kwargs {kwargs}: {exc}") from exc
+        model = _call_factory(_import_factory(arch), arch, kwargs)
         if not isinstance(model, nn.Module):
             raise BadInputError(f"{arch} returned {type(model).__name__}, not a torch.nn.Module")
     else:
@@ -235,7 +246,7 @@ def build_model(meta: dict[str, Any]) -> nn.Module:
             raise BadInputError(f"arch {arch!r} says mode {name_mode} but metadata says expand={mode!r}")
         mode = mode or name_mode
         _check_kwargs(_REGISTRY[base], kwargs)
-        model = _REGISTRY[base].factory(**kwargs)
+        model = _call_factory(_REGISTRY[base].factory, base, kwargs)
 
     if mode:
         from compactify.models.expand import expand

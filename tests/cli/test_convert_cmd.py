@@ -119,7 +119,7 @@ def test_existing_output_needs_force(ckpts, tmp_path):
 
 @pytest.mark.parametrize("kind,extra,needle", [
     ("missing", [], "does not exist"),
-    ("truncated", ["--arch", "user_models:expanded"], "truncated or corrupt"),
+    ("truncated", ["--arch", "user_models:expanded"], "truncated or damaged"),
     ("pickle", [], "--trust-pickle"),
     ("bare", [], "--arch"),
     ("bare", ["--arch", "nosuchnet"], "unknown model"),

@@ -33,3 +33,7 @@ def expanded(width: int = 8) -> nn.Module:
 
 def data_dependent() -> nn.Module:
     return DataDependent()
+
+
+def raising(width: int = 2) -> nn.Module:
+    raise ValueError("width must be even")

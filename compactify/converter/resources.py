@@ -1,0 +1,158 @@
+"""Refuse, before any allocation, an input shape whose activations cannot fit in memory.
+
+``check_memory(model, shape)`` runs the model once on the meta device (shapes only, no data,
+milliseconds) and records the bytes of the tensors alive at once; the conversion's largest
+step is a float64 forward pass of the source at batch max(2, N), so the estimate is that peak
+in float64 at that batch. It is compared with the budget: ``--max-memory`` where given (see
+``memory_budget``), else the memory available to this process (MemAvailable, and the cgroup
+limit where one is set). A model that cannot run on the meta device is estimated from its
+input alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import re
+import weakref
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from compactify.errors import BadInputError
+
+_BUDGET: contextvars.ContextVar[int | None] = contextvars.ContextVar("compactify_max_memory", default=None)
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20,
+          "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40}
+
+
+def parse_size(text: str, option: str = "--max-memory") -> int:
+    """``"8GB"``, ``"512M"``, ``"1.5g"`` -> bytes (binary units)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS or float(m.group(1)) <= 0:
+        raise BadInputError(f"{option} {text!r} is not a size such as 8GB, 512MB or 1.5G")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def human(n: float) -> str:
+    for unit, scale in (("TB", 1 << 40), ("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} bytes"
+
+
+@contextlib.contextmanager
+def memory_budget(max_bytes: int | None) -> Iterator[None]:
+    """Within the block, refuse work whose estimate exceeds ``max_bytes`` (None: what is available)."""
+    token = _BUDGET.set(max_bytes)
+    try:
+        yield
+    finally:
+        _BUDGET.reset(token)
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still use: MemAvailable, capped by a cgroup limit and ``ulimit -v``; None if unknown."""
+    found = []
+    try:
+        text = Path("/proc/meminfo").read_text()
+        m = re.search(r"^MemAvailable:\s+(\d+) kB", text, re.M)
+        if m:
+            found.append(int(m.group(1)) * 1024)
+    except OSError:
+        pass
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit = Path(limit_file).read_text().strip()
+            usage = int(Path(usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < (1 << 60):
+            found.append(max(int(limit) - usage, 0))
+        break
+    try:  # `ulimit -v`: the address space left under it
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft not in (resource.RLIM_INFINITY, -1):
+            m = re.search(r"^VmSize:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+            found.append(max(soft - (int(m.group(1)) * 1024 if m else 0), 0))
+    except (ImportError, OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def budget() -> tuple[int | None, str]:
+    """The budget in bytes and where it comes from (for the message)."""
+    chosen = _BUDGET.get()
+    if chosen is not None:
+        return chosen, "--max-memory"
+    return available_memory(), "available memory"
+
+
+def peak_activation_bytes(model, shape: Sequence[int]) -> int | None:
+    """Peak bytes of tensors alive at once in one float32 forward pass at ``shape``, on the meta device."""
+    import torch
+    from torch.func import functional_call
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Live(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.now = 0
+            self.peak = 0
+
+        def _free(self, n):
+            self.now -= n
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor) and not t._is_view():
+                    n = t.numel() * t.element_size()
+                    self.now += n
+                    self.peak = max(self.peak, self.now)
+                    weakref.finalize(t, self._free, n)
+            return out
+
+    try:
+        tensors = {name: torch.empty_like(t, device="meta")
+                   for name, t in [*model.named_parameters(), *model.named_buffers()]}
+        x = torch.empty(tuple(shape), device="meta")
+        mode = Live()
+        with torch.no_grad(), mode:
+            functional_call(model, tensors, (x,), strict=False)
+        return mode.peak + x.numel() * x.element_size()
+    except Exception:  # data-dependent control flow, custom ops: no estimate from the meta device
+        return None
+
+
+def check_memory(model, shape: Sequence[int], what: str = "input shape") -> int:
+    """Raise BadInputError when converting at ``shape`` needs more memory than the budget; returns the estimate."""
+    shape = tuple(int(d) for d in shape)
+    budget_bytes, source = budget()
+    batch = max(2, shape[0])
+    scaled = (batch, *shape[1:])
+    numel = 1
+    for d in scaled:
+        numel *= d
+    floor = numel * 8  # the float64 input alone
+    if budget_bytes is not None and floor > budget_bytes:  # no need to run anything
+        return _refuse(shape, what, floor, budget_bytes, source, "its float64 input alone")
+    peak = peak_activation_bytes(model, (1, *shape[1:]))
+    weights = 2 * sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    estimate = floor if peak is None else max(floor, peak * 2 * batch) + weights  # + the float64 copy of the weights
+    if budget_bytes is not None and estimate > budget_bytes:
+        return _refuse(shape, what, estimate, budget_bytes, source,
+                       f"the activations of a float64 forward pass at batch {batch} and a float64 copy of the weights")
+    return estimate
+
+
+def _refuse(shape, what, estimate, budget_bytes, source, basis) -> int:
+    dims = ",".join(map(str, shape))
+    raise BadInputError(
+        f"{what} {dims} needs about {human(estimate)} ({basis}), more than the {human(budget_bytes)} of {source}; "
+        "give a smaller --input-shape" + (" or raise --max-memory" if source == "--max-memory" else
+                                          ", or set --max-memory if you know better")
+    )
