@@ -70,7 +70,7 @@ def classify_steps(gm: fx.GraphModule, consts: Constants) -> dict[fx.Node, Step]
     absorbed = {n for step in steps.values() for n in step.absorbs}
     fenced = mutated_aliases(gm, ignore=absorbed)
     for node in list(steps):
-        if node in fenced or any(d in fenced for d in steps[node].data):
+        if node in absorbed or node in fenced or any(d in fenced for d in steps[node].data):
             del steps[node]
     return steps
 
