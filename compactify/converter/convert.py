@@ -47,6 +47,11 @@ class Contraction:
     def regions(self) -> list[dict]:
         return [d.as_dict() for d in self.decisions]
 
+    @property
+    def size_notes(self) -> list[str]:
+        """Why the compact module holds only at the traced input size (empty: at every size)."""
+        return [n for d in self.decisions for n in d.size_notes]
+
     def summary(self) -> dict:
         merged = sum(d.kind == "dense" for d in self.decisions)
         return {
@@ -160,6 +165,7 @@ class ConvertOptions:
     arch_kwargs: dict | None = None
     input_shape: tuple[int, ...] | None = None
     allow_approximate: bool = False
+    dynamic_hw: bool = False  # merge only what is exact at every input size
     force: bool = False
     trust_pickle: bool = False
     outputs: str | None = None
@@ -200,7 +206,8 @@ def convert_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: Con
         model = select_outputs(source.model, options.outputs, example_input(source.input_shape))
         from compactify.converter.truncate import rank_request
 
-        result = contract(model, tuple(source.input_shape), options.allow_approximate, rank_request(options, source))
+        result = contract(model, tuple(source.input_shape), options.allow_approximate, rank_request(options, source),
+                          dynamic_hw=options.dynamic_hw)
         for w in result.warnings:
             warnings.warn(w, stacklevel=2)
         report = build_report(ckpt, source, options, result)
@@ -280,6 +287,9 @@ def build_report(ckpt, source: Source, options: ConvertOptions, result: Contract
         "input_names": ["x"],
         "output_names": [f"output{i}" for i in range(len(flatten_outputs(result.compact(result.example))))],
         "allow_approximate": options.allow_approximate,
+        "dynamic_hw": options.dynamic_hw,
+        "exact_at": "every input size" if not result.size_notes else
+        f"the traced input size only ({'x'.join(str(d) for d in source.input_shape[2:])}); the compact model refuses others",
         "regions": result.regions,
         "params_before": result.params_before,
         "params_after": result.params_after,
