@@ -57,3 +57,53 @@ def test_fidelity_measures_both_errors(bench_modules):
     configs = m.configurations(["smallnet7", "repvgg"], quick=True)
     assert ("repvgg", None, {"input_size": 32}) in configs
     assert [c[1] for c in configs if c[0] == "smallnet7"] == ["fc", "cl", "ck", "cl+fc", "ck+fc"]
+
+
+def test_families_contracts_as_small_as_each_family_deploy(bench_modules, tmp_path):
+    import importlib.util
+
+    import numpy as np
+
+    from compactify.runtimes import open_runner
+
+    # By path, under its own name: `families` may already be tests/families in sys.modules.
+    spec = importlib.util.spec_from_file_location("bench_families", BENCHMARKS / "families.py")
+    m = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = m
+    try:
+        spec.loader.exec_module(m)
+        from tests.families.catalog import FAMILIES
+
+        assert set(m.CATALOG) <= set(FAMILIES)
+        quick = m.configs(quick=True)
+        assert {c.source for c in quick} == {"timm", "catalog"} and all(c.size in (None, 32) for c in quick)
+        assert [c.name for c in m.configs(models=["dbb-resnet18", "repvgg_a0"])] == ["repvgg_a0 @64", "dbb-resnet18"]
+        with pytest.raises(ValueError):
+            m.configs(models=["resnet50"])
+
+        for config in (m.Config("acnet-rc", "catalog"), m.Config("repvgg_a0", "timm", 32)):
+            folder = tmp_path / config.model
+            folder.mkdir()
+            built = m.build(config, folder)
+            params, nodes = built["params"], built["onnx_nodes"]
+            assert params["ours"] <= params["theirs"] < params["training"], config
+            assert built["onnx_weights"]["ours"] <= built["onnx_weights"]["theirs"], config
+            assert nodes["ours"] <= nodes["theirs"], config
+            assert built["exporters"]["ours"] == built["exporters"]["theirs"]
+            assert built["max_rel_error"] <= 1e-6 and built["deploy_max_rel_error"] <= 1e-5, config
+            outputs = {}
+            for side in m.SIDES:
+                runner = open_runner(built["paths"][side], runtime="ort", intra_op_threads=1)
+                try:
+                    for batch in (1, 8):
+                        x = np.random.default_rng(batch).standard_normal((batch, *built["input_shape"][1:]))
+                        out = runner.infer({runner.inputs[0].name: x.astype(np.float32)})
+                        outputs[side, batch] = next(iter(out.values()))
+                finally:
+                    runner.close()
+            for batch in (1, 8):
+                ours, theirs = outputs["ours", batch], outputs["theirs", batch]
+                assert ours.shape == theirs.shape == (batch, 10)
+                assert np.abs(ours - theirs).max() <= 1e-4 * max(1.0, np.abs(theirs).max()), config
+    finally:
+        sys.modules.pop(spec.name, None)
