@@ -502,6 +502,25 @@ def _fit(op: AffineConv, dilation: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(d if k > 1 else od for d, k, od in zip(dilation, op.kernel, op.dilation))
 
 
+def trim(op: AffineConv) -> AffineConv:
+    """Drop all-zero taps at the edges of the kernel where the padding they read can go with
+    them (a crop merged into a conv leaves such taps): the same operator, cheaper."""
+    weight, padding = op.weight, list(op.padding)
+    for axis in range(op.ndim):
+        dim, d = 2 + axis, op.dilation[axis]
+        while weight.shape[dim] > 1 and padding[axis][0] >= d and not bool(weight.select(dim, 0).any()):
+            weight = weight.narrow(dim, 1, weight.shape[dim] - 1)
+            padding[axis] = (padding[axis][0] - d, padding[axis][1])
+        while weight.shape[dim] > 1 and padding[axis][1] >= d and not bool(weight.select(dim, -1).any()):
+            weight = weight.narrow(dim, 0, weight.shape[dim] - 1)
+            padding[axis] = (padding[axis][0], padding[axis][1] - d)
+    if weight.shape == op.weight.shape:
+        return op
+    padding = tuple(padding)
+    pad_value = op.pad_value if any(b or a for b, a in padding) else None
+    return _normalise(replace(op, weight=weight.contiguous(), padding=padding, pad_value=pad_value))
+
+
 def scale(op: AffineConv, factor: float) -> AffineConv:
     return replace(op, weight=op.weight * factor, bias=op.bias * factor)
 

@@ -128,6 +128,10 @@ def shape_of(node: fx.Node) -> tuple | None:
 
 
 def static(dim) -> int | None:
+    """The dimension as an int, or None when it is symbolic (``int()`` of a SymInt would give
+    the example's value, the batch of 2 the graph was traced with)."""
+    if isinstance(dim, torch.SymInt):
+        return dim.node.maybe_as_int()
     try:
         return int(dim)
     except (TypeError, ValueError):

@@ -111,6 +111,7 @@ def count_flops(module: nn.Module, example: torch.Tensor) -> int:
 
 def to_module(op: A.AffineConv) -> nn.Module:
     """The standard layer computing ``op``, in float32 (cast once, from float64)."""
+    op = A.trim(op)
     layer = _linear_layer(op) if op.ndim == 0 else _conv_layer(op)
     extra = [(b - min(b, a), a - min(b, a)) for b, a in op.padding]
     if any(b or a for b, a in extra):  # asymmetric padding: convs only pad symmetrically
@@ -229,6 +230,8 @@ def plan_region(
         return [whole]
     for d in segments:
         d.reason = f"{d.reason}; region {region.name} cut in {len(segments)} because: {whole.reason}"
+        if d.kind == "keep":  # what kept these layers apart is what stopped the whole merge
+            d.stopped_by = whole.stopped_by
     segments[0].warnings = whole.warnings + segments[0].warnings
     return segments
 
