@@ -7,40 +7,56 @@ from pathlib import Path
 import click
 
 from compactify.harness.latency import DEFAULT_ITERS, DEFAULT_WARMUP
+from compactify.runtimes.kinds import kinds_table
 
 
 @click.command("bench")
 @click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="MODEL...")
 @click.option("--runtime", metavar="torch|ort|trt", default=None,
-              help="Runtime for every model. Default: each file's own (.pt2 and checkpoints: torch, .onnx: ort, engines: trt).")
+              help="Runtime for every model. Default: each file's own (see the table above).")
 @click.option("--device", metavar="cpu|cuda", default=None,
               help="Device for every model. Default: cuda when a TensorRT engine is given, else cpu.")
-@click.option("--batch", "batch", default="1", show_default=True, metavar="B1,B2,...",
-              help="Comma-separated batch sizes, e.g. 1,8,32.")
-@click.option("--threads", type=int, default=None, help="Pin torch intra-op threads and ONNX Runtime intra-op threads to N.")
-@click.option("--warmup", type=int, default=DEFAULT_WARMUP, show_default=True, help="Untimed rounds before measuring.")
-@click.option("--iters", type=int, default=None, help=f"Measured rounds per batch size (default {DEFAULT_ITERS}).")
-@click.option("--seconds", type=float, default=None, help="Measure each batch size for this long instead of --iters.")
-@click.option("--input-shape", default=None, metavar="C,H,W",
-              help="Input dims after the batch, for models whose inputs have dynamic dims.")
+@click.option("--batch", "batch", default=None, metavar="B1,B2,...",
+              help="Comma-separated batch sizes, e.g. 1,8,32 (default: the N of --input-shape, else 1).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Pin torch intra-op threads and ONNX Runtime intra-op threads to N.")
+@click.option("--warmup", type=click.IntRange(min=0), default=DEFAULT_WARMUP, show_default=True,
+              help="Untimed rounds before measuring.")
+@click.option("--iters", type=click.IntRange(min=1), default=None,
+              help=f"Measured rounds per batch size (default {DEFAULT_ITERS}).")
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Measure each batch size for this long instead of --iters.")
+@click.option("--input-shape", default=None, metavar="N,C,H,W",
+              help="Input shape, the batch first as in every command: its dims after the batch fill the models' "
+                   "dynamic dims, and its N is the batch when --batch is not given.")
 @click.option("--trust-pickle", is_flag=True, help="Allow checkpoints that hold pickled Python objects (they can run code).")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the full results as JSON.")
-@click.option("--md", "md_path", type=click.Path(path_type=Path), default=None, help="Write the table as Markdown.")
-@click.option("--png", "png_path", type=click.Path(path_type=Path), default=None, help="Write a latency plot (PNG).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path), default=None,
+              help="Write the full results as JSON to a file, or to stdout with '-' (then no table is printed).")
+@click.option("--md", "md_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the table as Markdown.")
+@click.option("--png", "png_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a latency plot (PNG).")
+@click.option("--wide", is_flag=True, help="Show every column (device, p99, mean, std, items/s); rows wrap to fit "
+                                           "the terminal.")
 @click.option("--no-progress", is_flag=True, help="Never show the progress bar.")
 def bench(models, runtime, device, batch, threads, warmup, iters, seconds, input_shape, trust_pickle,
-          json_path, md_path, png_path, no_progress) -> None:
-    """Measure the latency of MODEL files (.pt2, .onnx, TensorRT engine, or checkpoint).
+          json_path, md_path, png_path, wide, no_progress) -> None:
+    """Measure the latency of MODEL files, interleaved (A B, B A, ...), as p50 ratios to the first.
 
-    Models run interleaved (A B, B A, ...) and are compared with the first as p50 ratios.
+    {kinds}
     """
     from rich.console import Console
-    from rich.measure import Measurement
 
     from compactify.harness.bench import BENCH_COLUMNS, bench as run_bench, markdown_report
     from compactify.harness.machine import machine_summary
-    from compactify.harness.report import latency_plot, rich_table, write_json, write_text
+    from compactify.harness.report import latency_plot, print_table, to_jsonable, write_json, write_text
+    from compactify.outputs import check_output_file
 
+    to_stdout = json_path is not None and str(json_path) == "-"
+    for option, path in (("--json file", None if to_stdout else json_path), ("--md file", md_path),
+                         ("--png file", png_path)):
+        if path is not None:  # before the timing: a name that would destroy a model is refused at once
+            check_output_file(path, inputs=models, what=option)
     result = run_bench(
         models,
         runtime=runtime,
@@ -52,26 +68,28 @@ def bench(models, runtime, device, batch, threads, warmup, iters, seconds, input
         seconds=seconds,
         input_shape=input_shape,
         trust_pickle=trust_pickle,
-        progress=False if no_progress else None,
+        progress=False if (no_progress or to_stdout) else None,
     )
-    console = Console()
-    table = rich_table(result.rows, BENCH_COLUMNS)
-    # Never squeeze the numbers into ellipses: a table wider than the terminal is printed at its
-    # natural width and left to the terminal to wrap.
-    natural = Measurement.get(console, console.options.update_width(1000), table).maximum
-    if natural > console.width:
-        console = Console(width=natural)
-    console.print(f"[dim]{machine_summary(result.machine)}[/dim]")
-    console.print(table)
+    if to_stdout:
+        import json
+
+        click.echo(json.dumps(to_jsonable(result.to_dict()), indent=2, allow_nan=False))
+    else:
+        console = Console()  # the terminal's width: the table is fitted to it, never widened past it
+        console.print(f"[dim]{machine_summary(result.machine)}[/dim]")
+        print_table(console, result.rows, BENCH_COLUMNS, wide=wide)
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
-    if json_path:
+    if json_path and not to_stdout:
         write_json(json_path, result.to_dict())
         click.echo(f"wrote {json_path}")
     if md_path:
         write_text(md_path, markdown_report(result))
-        click.echo(f"wrote {md_path}")
+        click.echo(f"wrote {md_path}", err=to_stdout)
     if png_path:
         title = f"{result.settings['device']} latency"
         latency_plot(result.rows, png_path, title=title)
-        click.echo(f"wrote {png_path}")
+        click.echo(f"wrote {png_path}", err=to_stdout)
+
+
+bench.help = bench.help.replace("    {kinds}", kinds_table(indent="    "))

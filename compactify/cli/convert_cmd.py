@@ -95,19 +95,16 @@ def _whole_number(text: str, option: str) -> int:
 
 def _print_summary(report: dict, out_dir: str) -> None:
     from rich.console import Console
-    from rich.table import Table
 
-    console = Console()
-    table = Table(title=f"compactify convert -> {out_dir}")
-    table.add_column("region")
-    table.add_column("decision")
-    table.add_column("reason")
-    table.add_column("params", justify="right")
-    table.add_column("FLOPs", justify="right")
-    for r in report["regions"]:
-        table.add_row(r["name"], r["decision"], r["reason"], f"{r['params_before']:,} -> {r['params_after']:,}",
-                      f"{r['flops_before']:,} -> {r['flops_after']:,}")
-    console.print(table)
+    from compactify.harness.report import Column, print_table
+
+    console = Console()  # fitted to the terminal: the reasons wrap, the numbers stay whole
+    rows = [{"region": r["name"], "decision": r["decision"], "reason": r["reason"],
+             "params": f"{r['params_before']:,} -> {r['params_after']:,}",
+             "flops": f"{r['flops_before']:,} -> {r['flops_after']:,}"} for r in report["regions"]]
+    columns = [Column("region"), Column("decision"), Column("reason"), Column("params", align="right"),
+               Column("flops", "FLOPs", align="right")]
+    print_table(console, rows, columns, title=f"compactify convert -> {out_dir}")
     console.print(
         f"parameters {report['params_before']:,} -> {report['params_after']:,}   "
         f"FLOPs {report['flops_before']:,} -> {report['flops_after']:,}   "

@@ -28,7 +28,7 @@ def demo(out_dir, epochs, mode, threads, force, no_progress) -> None:
     from compactify.cli.verify_cmd import print_result
     from compactify.errors import BadInputError
     from compactify.harness.demo import DemoConfig, run_demo
-    from compactify.harness.report import Column, rich_table
+    from compactify.harness.report import Column, print_table
 
     if threads < 1:
         raise BadInputError(f"--threads must be >= 1, got {threads}")
@@ -48,13 +48,13 @@ def demo(out_dir, epochs, mode, threads, force, no_progress) -> None:
         {"what": "FLOPs (batch 1)", "expanded": r["flops_before"], "contracted": r["flops_after"],
          "ratio": r["flops_before"] / max(r["flops_after"], 1)},
     ]
-    console.print(rich_table(rows, [Column("what"), Column("expanded", fmt=",d"), Column("contracted", fmt=",d"),
-                                    Column("ratio", "expanded / contracted", ".2f")], title="contraction"))
+    print_table(console, rows, [Column("what"), Column("expanded", fmt=",d"), Column("contracted", fmt=",d"),
+                                Column("ratio", "expanded / contracted", ".2f")], title="contraction")
     print_result(result.verification)
     speed = [Column("runtime"), Column("batch"), Column("expanded_ms", "expanded p50 ms", ".3f"),
              Column("contracted_ms", "contracted p50 ms", ".3f"), Column("speedup", "speedup (p50)", ".2f"),
              Column("speedup_paired", "speedup (paired)", ".2f")]
-    console.print(rich_table(result.speedups(), speed, title=f"latency on CPU, {threads} thread(s), interleaved"))
+    print_table(console, result.speedups(), speed, title=f"latency on CPU, {threads} thread(s), interleaved")
     noisy = [s for b in result.benches.values() for run in b.runs.values() for s in run.stats if s.high_cv]
     if noisy:  # one line, not one per model: the demo's runs are short by design
         worst = max(noisy, key=lambda s: s.cv)

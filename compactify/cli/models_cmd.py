@@ -76,17 +76,14 @@ def models(pattern: str, expanded: bool) -> None:
     """
     import torch
     from rich.console import Console
-    from rich.table import Table
 
+    from compactify.harness.report import Column, print_table
     from compactify.models import create_model, list_models, model_entry
 
     names = list_models(pattern, expanded=expanded)
     if not names:
         raise BadInputError(f"no model matches {pattern!r}; `compactify models` lists them all")
-    table = Table(title="compactify models")
-    for col, justify in (("name", "left"), ("params", "right"), ("FLOPs", "right"), ("input shape", "left"),
-                         ("description", "left")):
-        table.add_column(col, justify=justify)
+    rows = []
     for name in names:
         entry = model_entry(name)
         shape = entry.default_input_shape
@@ -95,8 +92,11 @@ def models(pattern: str, expanded: bool) -> None:
         params = sum(p.numel() for p in model.parameters())
         flops = _count_flops(model, shape)
         desc = entry.description if name == entry.name else f"{entry.name}, ExpandNets-{name[len(entry.name) + 1:].upper()} rate 4"
-        table.add_row(name, f"{params:,}", _human(flops), "x".join(map(str, shape)), desc)
-    Console(width=max(100, Console().width)).print(table)
+        rows.append({"name": name, "params": params, "flops": _human(flops), "shape": "x".join(map(str, shape)),
+                     "description": desc})
+    columns = [Column("name"), Column("params", fmt=",d"), Column("flops", "FLOPs", align="right"),
+               Column("shape", "input shape", align="right"), Column("description")]
+    print_table(Console(), rows, columns, title="compactify models")  # the terminal's width, never wider
 
 
 @click.command("expand")
@@ -119,6 +119,7 @@ def expand_cmd(arch: str, mode: str | None, rate: int, layers: str | None, arch_
 
     from compactify.converter.checkpoint import save_checkpoint
     from compactify.models import create_model, expand, model_entry
+    from compactify.models.metadata import CheckpointMeta
 
     base, mode = _resolve(arch, mode)
     if mode is None:
@@ -131,18 +132,12 @@ def expand_cmd(arch: str, mode: str | None, rate: int, layers: str | None, arch_
     torch.manual_seed(seed)
     model = expand(create_model(base, **kwargs), mode, rate=rate, layers=layer_list)
     shape = list(model_entry(base).input_shape(**kwargs))
-    meta = {
-        "arch": base,
-        "arch_kwargs": kwargs,
-        "expand": mode,
-        "rate": rate,
-        "layers": layer_list,
-        "aux": None,
-        "input_shape": shape,
-        "expanded_layers": model.compactify_expansion["layers"],
-        "seed": seed,
-    }
+    meta = CheckpointMeta(arch=base, arch_kwargs=kwargs, expand=mode, rate=rate, layers=layer_list, aux=None,
+                          input_shape=shape, expanded_layers=model.compactify_expansion["layers"], seed=seed,
+                          given=("arch", "arch_kwargs", "expand", "rate", "layers", "aux", "input_shape",
+                                 "expanded_layers", "seed"))
     save_checkpoint(output, model.state_dict(), meta, force=force)
+    meta = meta.to_dict()
     n = sum(p.numel() for p in model.parameters())
     click.echo(f"{base}-{mode} (rate {rate}): {len(meta['expanded_layers'])} layers expanded, "
                f"{n:,} parameters, input {'x'.join(map(str, shape))} -> {output}")
@@ -183,6 +178,7 @@ def train_cmd(arch: str, mode: str | None, rate: int, layers: str | None, arch_k
 
     from compactify.converter.checkpoint import save_checkpoint
     from compactify.models import attach_auxiliary, create_model, expand, model_entry
+    from compactify.models.metadata import CheckpointMeta
     from compactify.models.data import NUM_CLASSES, load_digits_data
     from compactify.models.train import train
 
@@ -227,7 +223,7 @@ def train_cmd(arch: str, mode: str | None, rate: int, layers: str | None, arch_k
         "layers": layer_list if mode else None,
         "aux": model.auxiliary.config if aux else None,
         "input_shape": shape,
-        "training": {
+        "training": {  # checked against compactify.models.metadata.CheckpointMeta when saved
             "dataset": "digits",
             "epochs": epochs,
             "test_accuracy": result.test_accuracy,
@@ -250,7 +246,8 @@ def train_cmd(arch: str, mode: str | None, rate: int, layers: str | None, arch_k
     }
     if mode:
         meta["expanded_layers"] = model.compactify_expansion["layers"]
-    save_checkpoint(output, model.state_dict(), meta, force=force)
+    save_checkpoint(output, model.state_dict(), CheckpointMeta.from_dict(meta, where="the trained checkpoint"),
+                    force=force)
     name = f"{base}-{mode}" if mode else base
     click.echo(f"{name}: test accuracy {result.test_accuracy:.4f} on digits after {epochs} epochs "
                f"({result.seconds:.1f} s, input {'x'.join(map(str, shape))}) -> {output}")

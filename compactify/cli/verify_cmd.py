@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from compactify.harness.metrics import DEFAULT_ATOL, DEFAULT_RTOL
+from compactify.runtimes.kinds import kinds_table
 
 
 @click.command("verify")
@@ -37,10 +38,13 @@ from compactify.harness.metrics import DEFAULT_ATOL, DEFAULT_RTOL
 @click.option("--arch", default=None, help="With --reference: architecture of a bare state_dict checkpoint.")
 @click.option("--arch-kwargs", default=None, help="With --reference: JSON keyword arguments for --arch.")
 @click.option("--trust-pickle", is_flag=True, help="With --reference: allow checkpoints holding pickled objects.")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the full results as JSON.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path), default=None,
+              help="Write the full results as JSON to a file, or to stdout with '-' (then no table is printed).")
+@click.option("--wide", is_flag=True, help="Show every column (mean abs, cosine, min atol/rtol, tolerances), "
+                                           "however wide the table gets; rows wrap to fit the terminal.")
 def verify(outdir, reference, candidate, runtime_a, runtime_b, reference_dtype, inputs, batches, batch_size, seed,
            atol, rtol, fp16_atol, fp16_rtol, device, per_region, input_shape, arch, arch_kwargs, trust_pickle,
-           json_path) -> None:
+           json_path, wide) -> None:
     """Check that the compact models in OUTDIR (from `compactify convert`) compute what the source computes.
 
     Runs the same inputs through the source model in float64 (the reference), the source in
@@ -49,6 +53,8 @@ def verify(outdir, reference, candidate, runtime_a, runtime_b, reference_dtype, 
     atol/rtol that would pass. Exit 1 when an artifact fails the tolerance or outputs NaN/Inf.
 
     With --reference A --candidate B, compares any two models instead.
+
+    {kinds}
     """
     import warnings
 
@@ -73,6 +79,13 @@ def verify(outdir, reference, candidate, runtime_a, runtime_b, reference_dtype, 
     elif per_region:
         raise BadInputError("--per-region needs a conversion folder (OUTDIR): it reads the regions from report.json")
 
+    to_stdout = json_path is not None and str(json_path) == "-"
+    if json_path is not None and not to_stdout:
+        from compactify.outputs import check_output_file
+
+        check_output_file(json_path, inputs=[reference, candidate, inputs,
+                                             *(outdir.glob("*") if outdir is not None and outdir.is_dir() else [])],
+                          what="--json file")
     if pair:
         from compactify.converter.ingest import parse_arch_kwargs, parse_input_shape
 
@@ -87,22 +100,28 @@ def verify(outdir, reference, candidate, runtime_a, runtime_b, reference_dtype, 
             outdir, inputs=inputs, batches=batches, batch_size=batch_size, seed=seed, atol=atol, rtol=rtol,
             fp16_atol=fp16_atol, fp16_rtol=fp16_rtol, device=device, per_region=per_region,
         )
-    print_result(result)
-    if json_path:
+    if to_stdout:
+        import json
+
+        from compactify.harness.report import to_jsonable
+
+        click.echo(json.dumps(to_jsonable(result.to_dict()), indent=2, allow_nan=False))
+    else:
+        print_result(result, wide=wide)
+    if json_path and not to_stdout:
         from compactify.harness.report import write_json
 
         write_json(json_path, result.to_dict())
         click.echo(f"wrote {json_path}")
     result.raise_if_failed()
-    click.echo(f"verification passed: {len(result.judged)} model(s) within tolerance")
+    click.echo(f"verification passed: {len(result.judged)} model(s) within tolerance", err=to_stdout)
 
 
-def print_result(result) -> None:
-    """The comparison table (and the per-region table), at their natural width."""
+def print_result(result, wide: bool = False) -> None:
+    """The comparison table (and the per-region table), fitted to the terminal (``wide``: every column)."""
     from rich.console import Console
-    from rich.measure import Measurement
 
-    from compactify.harness.report import rich_table
+    from compactify.harness.report import print_table
     from compactify.harness.verify import REGION_COLUMNS, VERIFY_COLUMNS
 
     d = result.inputs
@@ -114,17 +133,17 @@ def print_result(result) -> None:
     rows = result.rows()
     optional = {"top1", "accuracy"}  # classifier-only columns: hidden when no row has them
     columns = [c for c in VERIFY_COLUMNS if c.key not in optional or any(r.get(c.key) is not None for r in rows)]
-    tables = [rich_table(rows, columns, title=f"reference: {result.reference}; inputs: {what}")]
+    console = Console()
+    print_table(console, rows, columns, title=f"reference: {result.reference}; inputs: {what}", wide=wide)
     if result.regions is not None:
         region_rows = result.region_rows()
         region_columns = [c for c in REGION_COLUMNS if c.key != "truncation" or any(r["truncation"] for r in region_rows)]
-        tables.append(rich_table(region_rows, region_columns,
-                                 title="merged regions, each fed its float64 input, "
-                                       + ("truncated first, then " if any(r["truncation"] for r in region_rows) else "")
-                                       + "worst first"))
-    console = Console()
-    for table in tables:
-        natural = Measurement.get(console, console.options.update_width(1000), table).maximum
-        (Console(width=natural) if natural > console.width else console).print(table)
+        print_table(console, region_rows, region_columns, wide=wide,
+                    title="merged regions, each fed its float64 input, "
+                          + ("truncated first, then " if any(r["truncation"] for r in region_rows) else "")
+                          + "worst first")
     for w in result.warnings:
         click.echo(f"note: {w}", err=True)
+
+
+verify.help = verify.help.replace("    {kinds}", kinds_table(indent="    "))

@@ -1,9 +1,10 @@
 """Benchmark models: load each on its runtime, time them interleaved per batch size, compare.
 
-The Python API behind ``compactify bench``. Each model is a file: a torch.export program
-(.pt2, torch runtime), an ONNX file (.onnx, ONNX Runtime), a TensorRT engine (.engine/.plan/
-.trt), or a checkpoint (.pt/.pth/.safetensors) that is rebuilt from its metadata and run on
-the torch runtime. All models of one batch size run round-robin (see ``latency``) and are
+The Python API behind ``compactify bench``. Each model is a file of a kind in
+``compactify.runtimes.kinds`` (the one table bench, verify and the CLI help share): a
+torch.export program (.pt2, torch runtime), an ONNX file (.onnx, ONNX Runtime), a TensorRT
+engine (.engine/.plan/.trt), or a checkpoint (.pt/.pth/.bin/.ckpt/.safetensors) that is rebuilt
+from its metadata and run on the torch runtime. All models of one batch size run round-robin (see ``latency``) and are
 quoted as ratios to the first.
 """
 
@@ -26,25 +27,25 @@ from compactify.harness.latency import (
 )
 from compactify.harness.report import Column
 
-RUNTIMES = ("torch", "ort", "trt")
-DEVICES = ("cpu", "cuda")
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
-_NATIVE_RUNTIME = {".pt2": "torch", ".onnx": "ort", **{s: "trt" for s in ENGINE_SUFFIXES}, **{s: "torch" for s in CHECKPOINT_SUFFIXES}}
+from compactify.runtimes.kinds import RUNTIMES as _RUNTIME_NAMES, kind_of, kinds_help, mismatch
 
+RUNTIMES = tuple(_RUNTIME_NAMES)
+DEVICES = ("cpu", "cuda")
+
+# Without --wide the terminal shows the median, its spread and the ratio; --wide adds the rest.
 BENCH_COLUMNS = [
     Column("model"),
     Column("runtime"),
-    Column("device"),
+    Column("device", wide=True),
     Column("batch"),
     Column("p50_ms", "p50 ms", ".3f"),
     Column("p90_ms", "p90", ".3f"),
-    Column("p99_ms", "p99", ".3f"),
-    Column("mean_ms", "mean", ".3f"),
-    Column("std_ms", "std", ".3f"),
+    Column("p99_ms", "p99", ".3f", wide=True),
+    Column("mean_ms", "mean", ".3f", wide=True),
+    Column("std_ms", "std", ".3f", wide=True),
     Column("cv", "CV", ".1%"),
-    Column("throughput", "items/s", ",.1f"),
-    Column("ratio", "vs first (p50)", ".3f"),
+    Column("throughput", "items/s", ",.1f", wide=True),
+    Column("ratio", "vs first", ".3f"),  # p50 over the first model's p50
 ]
 
 
@@ -66,18 +67,18 @@ def parse_batches(text: str | Sequence[int]) -> list[int]:
 
 
 def parse_shape(text: str | Sequence[int] | None) -> tuple[int, ...] | None:
-    """``"3,32,32"`` -> ``(3, 32, 32)``: the input's dims after the batch."""
+    """``"1,3,32,32"`` -> ``(1, 3, 32, 32)``: N,C,H,W, the batch first, as in every command."""
     if text is None:
         return None
     if isinstance(text, str):
-        try:
-            values = tuple(int(p) for p in text.replace("x", ",").split(","))
-        except ValueError:
-            raise BadInputError(f"--input-shape must be the dims after the batch, like 3,32,32; got {text!r}") from None
-    else:
-        values = tuple(int(v) for v in text)
-    if not values or any(v < 1 for v in values):
-        raise BadInputError(f"--input-shape must hold positive integers like 3,32,32; got {text!r}")
+        from compactify.converter.ingest import parse_input_shape
+
+        if not text.strip():
+            raise BadInputError("--input-shape is empty; give N,C,H,W such as 1,3,32,32")
+        return parse_input_shape(text)
+    values = tuple(int(v) for v in text)
+    if len(values) < 2 or any(v < 1 for v in values):
+        raise BadInputError(f"--input-shape must hold positive integers, the batch first, like 1,3,32,32; got {text!r}")
     return values
 
 
@@ -91,10 +92,7 @@ class BenchModel:
 
     @property
     def kind(self) -> str:
-        suffix = self.path.suffix.lower()
-        if suffix in CHECKPOINT_SUFFIXES:
-            return "checkpoint"
-        return {".pt2": "pt2", ".onnx": "onnx"}.get(suffix, "engine")
+        return kind_of(self.path).name
 
 
 def resolve_models(paths: Sequence[str | Path], runtime: str | None = None) -> list[BenchModel]:
@@ -110,29 +108,16 @@ def resolve_models(paths: Sequence[str | Path], runtime: str | None = None) -> l
             raise BadInputError(f"model file {path} does not exist")
         if not path.is_file():
             raise BadInputError(f"model {path} is not a file")
-        suffix = path.suffix.lower()
-        if suffix not in _NATIVE_RUNTIME:
-            raise BadInputError(
-                f"cannot benchmark {path.name}: expected .pt2, .onnx, a TensorRT engine ({', '.join(ENGINE_SUFFIXES)}) "
-                f"or a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})"
-            )
-        native = _NATIVE_RUNTIME[suffix]
+        try:
+            native = kind_of(path).runtime
+        except BadInputError:
+            raise BadInputError(f"cannot benchmark {path.name}: expected one of {kinds_help()}") from None
         chosen = runtime or native
         if chosen != native:
-            raise BadInputError(_mismatch(path, chosen, native))
+            raise BadInputError(mismatch(path, chosen))
         models.append(BenchModel(path, chosen, ""))
     _assign_labels(models)
     return models
-
-
-def _mismatch(path: Path, runtime: str, native: str) -> str:
-    what = {"torch": "a PyTorch model", "ort": "an ONNX model", "trt": "a TensorRT engine"}[native]
-    hints = {
-        "ort": "export it to ONNX first",
-        "trt": "build a TensorRT engine from its ONNX export first",
-        "torch": "the torch runtime needs a .pt2 or checkpoint",
-    }
-    return f"{path.name} is {what} and runs on --runtime {native}, not --runtime {runtime}; {hints[runtime]}"
 
 
 def _assign_labels(models: list[BenchModel]) -> None:
@@ -209,7 +194,7 @@ def make_feeds(specs, batch: int, input_shape: tuple[int, ...] | None, label: st
     for spec in specs:
         if spec.shape is None:
             if input_shape is None:
-                raise BadInputError(f"{label}: the rank of input {spec.name!r} is unknown; pass --input-shape C,H,W")
+                raise BadInputError(f"{label}: the rank of input {spec.name!r} is unknown; pass --input-shape N,C,H,W")
             dims = (batch, *input_shape)
         else:
             if not spec.shape:
@@ -223,7 +208,8 @@ def make_feeds(specs, batch: int, input_shape: tuple[int, ...] | None, label: st
             if any(d is None for d in rest):
                 if input_shape is None or len(input_shape) != len(rest):
                     raise BadInputError(
-                        f"{label}: input {spec.name!r} has dynamic dims {spec.describe()}; pass --input-shape with {len(rest)} dims after the batch"
+                        f"{label}: input {spec.name!r} has dynamic dims {spec.describe()}; pass --input-shape N,... with "
+                        f"{len(rest)} dims after the batch N"
                     )
                 rest = [d if d is not None else s for d, s in zip(rest, input_shape)]
             dims = (batch, *rest)
@@ -263,7 +249,7 @@ def bench(
     *,
     runtime: str | None = None,
     device: str | None = None,
-    batches: Sequence[int] | str = (1,),
+    batches: Sequence[int] | str | None = None,
     threads: int | None = None,
     warmup: int = DEFAULT_WARMUP,
     iters: int | None = None,
@@ -276,7 +262,9 @@ def bench(
 ) -> BenchResult:
     """Time every model at every batch size, interleaved, and compare each with the first.
 
-    ``device=None`` means cuda when a TensorRT engine is among the models, else cpu.
+    ``device=None`` means cuda when a TensorRT engine is among the models, else cpu. ``input_shape`` is
+    N,C,H,W as in every command (its dims after the batch fill the models' dynamic dims; N is the batch
+    when ``batches`` is not given).
     ``iters`` rounds (each model once per round) or ``seconds`` of rounds per batch size.
     """
     from compactify.harness.machine import machine_info
@@ -285,8 +273,11 @@ def bench(
         raise BadInputError(f"unknown device {device!r}; use cpu or cuda")
     if threads is not None and threads < 1:
         raise BadInputError(f"--threads must be >= 1, got {threads}")
+    full_shape = parse_shape(input_shape)  # N,C,H,W like every command: N is the default batch
+    shape = full_shape[1:] if full_shape else None
+    if batches is None:
+        batches = (full_shape[0],) if full_shape else (1,)
     batch_list = parse_batches(batches)
-    shape = parse_shape(input_shape)
     resolved = resolve_models(models, runtime)
     if device is None:  # TensorRT engines only run on cuda; everything else defaults to cpu
         device = "cuda" if any(m.runtime == "trt" for m in resolved) else "cpu"
@@ -341,7 +332,7 @@ def bench(
         "warmup": warmup,
         "iters": iters,
         "seconds": seconds,
-        "input_shape": list(shape) if shape else None,
+        "input_shape": list(full_shape) if full_shape else None,
         "rotate": rotate,
         "seed": seed,
         "baseline": resolved[0].label,

@@ -109,6 +109,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None, *, force: bo
     from compactify.harness.report import write_json
     from compactify.harness.verify import verify_conversion
     from compactify.models import create_model
+    from compactify.models.metadata import CheckpointMeta
     from compactify.models.train import train
 
     config = config or DemoConfig()
@@ -126,8 +127,10 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None, *, force: bo
         training = {"dataset": "digits", "epochs": config.epochs, "test_accuracy": trained.test_accuracy,
                     "train_accuracy": trained.train_accuracy, "seed": config.seed, "data_seed": 0,
                     "test_fraction": 0.2, "seconds": trained.seconds}
-        meta = {"arch": config.arch, "arch_kwargs": config.arch_kwargs, "expand": config.mode, "rate": config.rate,
-                "layers": None, "aux": None, "input_shape": config.input_shape, "training": training}
+        meta = CheckpointMeta(arch=config.arch, arch_kwargs=config.arch_kwargs, expand=config.mode, rate=config.rate,
+                              layers=None, aux=None, input_shape=config.input_shape, training=training,
+                              given=("arch", "arch_kwargs", "expand", "rate", "layers", "aux", "input_shape",
+                                     "training"))
         ckpt = save_checkpoint(out / "expanded.safetensors", model.state_dict(), meta)
         seconds["train"] = time.perf_counter() - t
 

@@ -36,6 +36,7 @@ class Column:
     header: str | None = None
     fmt: str | Callable[[Any], str] | None = None
     align: str | None = None
+    wide: bool = False  # shown only with --wide: the terminal table keeps the columns a person decides by
 
     @property
     def title(self) -> str:
@@ -99,17 +100,96 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column |
     return "\n".join(lines) + "\n"
 
 
-def rich_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column | str], title: str | None = None):
-    """The same table as a ``rich.table.Table`` for the terminal."""
+# A text column may wrap at its words, but is never narrower than its longest word (up to this).
+_TEXT_MIN = 16
+_GAP = 2  # spaces between two columns
+
+
+def _layout(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column | str], wide: bool):
+    """The columns shown, their cells, and per column (justify, narrowest, natural width)."""
+    cols = [c for c in _columns(columns) if wide or not c.wide]
+    cells = [[format_cell(row.get(c.key), c) for c in cols] for row in rows]
+    specs = []
+    for i, c in enumerate(cols):
+        justify = _alignment(rows, c)
+        texts = [r[i] for r in cells]
+        longest = max((len(t) for t in texts), default=1)
+        header_word = max((len(w) for w in c.title.split()), default=1)
+        if justify == "right":  # never narrower than its widest number; only a header can wrap
+            specs.append(("right", max(longest, header_word), max(longest, len(c.title))))
+        else:  # wraps at its words, never narrower than its longest word (up to _TEXT_MIN)
+            word = max((len(w) for t in texts for w in t.split()), default=1)
+            specs.append(("left", min(max(word, header_word), _TEXT_MIN), max(longest, len(c.title))))
+    return cols, cells, specs
+
+
+def fit_widths(specs, width: int) -> list[int] | None:
+    """Column widths that fit ``width``: natural widths, the widest shrunk first down to their
+    narrowest; None when even the narrowest do not fit."""
+    widths = [natural for _, _, natural in specs]
+    lows = [low for _, low, _ in specs]
+    room = width - _GAP * max(len(specs) - 1, 0)
+    if sum(lows) > room:
+        return None
+    while sum(widths) > room:
+        i = max((j for j in range(len(widths)) if widths[j] > lows[j]), key=lambda j: widths[j])
+        widths[i] -= 1
+    return widths
+
+
+def rich_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column | str], title: str | None = None,
+               wide: bool = True, width: int | None = None):
+    """The same table as a ``rich.table.Table`` for the terminal.
+
+    With ``width``, the columns are sized to fit it (``fit_widths``): text columns wrap at their
+    words and long headers wrap, numbers are never broken. Without ``wide``, columns marked
+    ``wide`` are left out."""
+    from rich import box
     from rich.table import Table
 
-    cols = _columns(columns)
-    table = Table(title=title)
-    for c in cols:
-        table.add_column(c.title, justify=_alignment(rows, c))
-    for row in rows:
-        table.add_row(*(format_cell(row.get(c.key), c) for c in cols))
+    cols, cells, specs = _layout(rows, columns, wide)
+    widths = fit_widths(specs, width) if width is not None else None
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True,
+                  title_justify="left")
+    for i, (c, (justify, _, _)) in enumerate(zip(cols, specs)):
+        fixed = widths[i] if widths else None
+        table.add_column(c.title, justify=justify, width=fixed, overflow="fold")
+    for r in cells:
+        table.add_row(*r)
     return table
+
+
+def table_min_width(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column | str], wide: bool = False) -> int:
+    """The narrowest the table can be printed without breaking a number or a short word."""
+    _, _, specs = _layout(rows, columns, wide)
+    return sum(low for _, low, _ in specs) + _GAP * max(len(specs) - 1, 0)
+
+
+def print_table(console, rows: Sequence[Mapping[str, Any]], columns: Sequence[Column | str],
+                title: str | None = None, wide: bool = False) -> None:
+    """Print a table that fits ``console``'s width, never wider: text columns and headers wrap; when
+    even that cannot fit, each row is printed as a block of ``header: value`` lines."""
+    if table_min_width(rows, columns, wide) <= console.width:
+        console.print(rich_table(rows, columns, title=title, wide=wide, width=console.width))
+        return
+    from rich.text import Text
+
+    cols = [c for c in _columns(columns) if wide or not c.wide]
+    # Few rows: one column per row instead (the headers down the side) fits where the row did not.
+    first, *rest = cols
+    flipped_cols = [Column("field", first.title)] + [Column(f"r{i}", format_cell(r.get(first.key), first), align="right")
+                                            for i, r in enumerate(rows)]
+    flipped = [{"field": c.title, **{f"r{i}": format_cell(r.get(c.key), c) for i, r in enumerate(rows)}} for c in rest]
+    if rows and table_min_width(flipped, flipped_cols, True) <= console.width:
+        console.print(rich_table(flipped, flipped_cols, title=title, width=console.width))
+        return
+    if title:
+        console.print(Text(title, style="italic"))
+    for row in rows:
+        first, *rest = cols
+        console.print(Text(f"{first.title}: {format_cell(row.get(first.key), first)}", style="bold"), overflow="fold")
+        for c in rest:
+            console.print(Text(f"  {c.title}: {format_cell(row.get(c.key), c)}"), overflow="fold")
 
 
 def _nonfinite(x: float) -> str:

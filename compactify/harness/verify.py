@@ -34,32 +34,32 @@ DEFAULT_SEED = 1234  # away from the converter's own error seeds (0, 1, 2): fres
 # An fp16 model is judged with fp16-sized tolerances: half precision keeps ~3 decimal digits.
 FP16_ATOL = 1e-2
 FP16_RTOL = 1e-2
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
+# Without --wide the terminal shows what a person decides by: which model, how far off, pass or fail.
 VERIFY_COLUMNS = [
     Column("candidate"),
     Column("output"),
     Column("max_abs", "max abs", ".3g"),
     Column("max_rel", "max rel", ".3g"),
-    Column("mean_abs", "mean abs", ".3g"),
-    Column("cosine", "cosine", ".9f"),
-    Column("min_atol", "min atol", ".3g"),
-    Column("min_rtol", "min rtol", ".3g"),
+    Column("mean_abs", "mean abs", ".3g", wide=True),
+    Column("cosine", "cosine", ".9f", wide=True),
+    Column("min_atol", "min atol", ".3g", wide=True),
+    Column("min_rtol", "min rtol", ".3g", wide=True),
     Column("top1", "top-1 agree", ".4f"),
     Column("accuracy", "digits acc", ".4f"),
-    Column("tolerance", "atol / rtol"),
+    Column("tolerance", "atol / rtol", wide=True),
     Column("result"),
 ]
 
 REGION_COLUMNS = [
     Column("region"),
     Column("layers", "ops"),
-    Column("exact"),
-    Column("weights"),
+    Column("exact", wide=True),
+    Column("weights", wide=True),
     Column("deployed_max_abs", "max abs (fp32 layer)", ".3g"),
     Column("deployed_scale_rel", "rel to scale", ".3g"),
-    Column("deployed_cosine", "cosine", ".9f"),
-    Column("algebra_max_abs", "max abs (fp64 algebra)", ".3g"),
+    Column("deployed_cosine", "cosine", ".9f", wide=True),
+    Column("algebra_max_abs", "max abs (fp64 algebra)", ".3g", wide=True),
     Column("truncation", "--rank"),
     Column("result"),
 ]
@@ -580,7 +580,9 @@ def _check_tolerances(*values: float) -> None:
 
 
 def _is_checkpoint(path: Path) -> bool:
-    return path.suffix.lower() in CHECKPOINT_SUFFIXES
+    from compactify.runtimes.kinds import kind_of
+
+    return kind_of(path).name == "checkpoint"
 
 
 def _open_model(path: str | Path, runtime: str | None, device: str, dtype: str, *, arch: str | None,

@@ -17,20 +17,26 @@ from typing import Any
 from compactify.errors import BadInputError
 from compactify.runtimes.base import Runner, TensorSpec, validate_feeds
 
-RUNTIMES = ("torch", "ort", "trt")
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
-_SUFFIX_RUNTIME = {".pt2": "torch", ".onnx": "ort", **{s: "trt" for s in ENGINE_SUFFIXES}}
+from compactify.runtimes.kinds import ENGINE_SUFFIXES, FILE_KINDS, RUNTIMES as _RUNTIME_NAMES, kind_of
 
-__all__ = ["RUNTIMES", "Runner", "TensorSpec", "guess_runtime", "open_runner", "validate_feeds"]
+RUNTIMES = tuple(_RUNTIME_NAMES)
+
+__all__ = ["ENGINE_SUFFIXES", "FILE_KINDS", "RUNTIMES", "Runner", "TensorSpec", "guess_runtime", "open_runner",
+           "validate_feeds"]
 
 
 def guess_runtime(model: Any) -> str:
+    """The runtime that opens ``model``: a module or a .pt2 (torch), .onnx (ort), an engine (trt); see runtimes.kinds."""
     if isinstance(model, (str, Path)):
-        suffix = Path(model).suffix.lower()
-        if suffix not in _SUFFIX_RUNTIME:
-            known = ", ".join(sorted(_SUFFIX_RUNTIME))
-            raise BadInputError(f"cannot tell which runtime runs {Path(model).name}: expected a file ending in {known}")
-        return _SUFFIX_RUNTIME[suffix]
+        try:
+            kind = kind_of(model)
+        except BadInputError:
+            kind = None
+        if kind is None or kind.name == "checkpoint":
+            what = "a checkpoint, which compactify bench and verify rebuild first" if kind else "of no known kind"
+            raise BadInputError(f"cannot tell which runtime runs {Path(model).name}: it is {what}; runners open "
+                                ".pt2 (torch), .onnx (ort) and TensorRT engines (trt)")
+        return kind.runtime
     import torch
 
     if isinstance(model, (torch.nn.Module, torch.export.ExportedProgram)):

@@ -88,11 +88,11 @@ def test_parse_batches():
             parse_batches(bad)
 
 
-def test_parse_shape():
-    assert parse_shape("3,32,32") == (3, 32, 32)
-    assert parse_shape("3x32x32") == (3, 32, 32)
+def test_parse_shape():  # N,C,H,W, the batch first, as in convert and verify
+    assert parse_shape("1,3,32,32") == (1, 3, 32, 32)
+    assert parse_shape("8x3x32x32") == (8, 3, 32, 32)
     assert parse_shape(None) is None
-    for bad in ("", "3,a", "0,1"):
+    for bad in ("", "3,a", "0,1", "4"):
         with pytest.raises(BadInputError):
             parse_shape(bad)
 
@@ -181,7 +181,8 @@ def test_bench_bad_inputs(models):
         bench([models["fixed"]], batches="2", **FAST)
     with pytest.raises(BadInputError, match="--input-shape"):
         bench([models["dynfeat"]], **FAST)
-    assert bench([models["dynfeat"]], input_shape="4", **FAST).rows[0]["n"] == 3
+    assert bench([models["dynfeat"]], input_shape="1,4", **FAST).rows[0]["n"] == 3
+    assert bench([models["dynfeat"]], input_shape="2,4", **FAST).rows[0]["batch"] == 2  # N is the default batch
     with pytest.raises(BadInputError, match="not both"):
         bench([models["onnx"]], iters=2, seconds=1.0)
     with pytest.raises(BadInputError, match="device"):
@@ -230,7 +231,7 @@ def test_bench_pickled_module_needs_trust(tmp_path):
         bench([path], **FAST)
     with pytest.raises(BadInputError, match="--input-shape"):  # no metadata: the shape must be given
         bench([path], trust_pickle=True, **FAST)
-    res = bench([path], trust_pickle=True, input_shape="3,8,8", batches="2", **FAST)
+    res = bench([path], trust_pickle=True, input_shape="2,3,8,8", batches="2", **FAST)
     assert res.rows[0]["batch"] == 2 and res.rows[0]["runtime"] == "torch"
 
 
@@ -243,8 +244,8 @@ def test_cli_writes_reports(models, tmp_path):
     res = _cli([models["pt2"], models["onnx"], "--batch", "1,2", "--warmup", "1", "--iters", "3", "--no-progress", "--threads", "1",
                 "--json", out / "r.json", "--md", out / "r.md", "--png", out / "r.png"])
     assert res.exit_code == 0, res.output
-    for c in BENCH_COLUMNS:
-        assert c.title in res.output
+    for c in BENCH_COLUMNS:  # the columns a person decides by; --wide shows the rest
+        assert (c.title in res.output) != c.wide, c
     assert "tiny.onnx" in res.output and "cores" in res.output  # the machine line
     data = json.loads((out / "r.json").read_text())
     assert len(data["rows"]) == 4 and data["machine"]["python"] and data["settings"]["iters"] == 3
