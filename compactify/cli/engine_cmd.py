@@ -6,8 +6,6 @@ from pathlib import Path
 
 import click
 
-from compactify.errors import BadInputError
-
 
 def default_engine_path(onnx_path: Path, fp16: bool) -> Path:
     return onnx_path.with_suffix(".fp16.engine" if fp16 and not onnx_path.stem.endswith(".fp16") else ".engine")
@@ -16,10 +14,14 @@ def default_engine_path(onnx_path: Path, fp16: bool) -> Path:
 @click.command("engine")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Engine file (default: MODEL with .engine).")
-@click.option("--min-batch", type=int, default=1, show_default=True, help="Smallest batch the engine accepts.")
-@click.option("--opt-batch", type=int, default=None, help="Batch TensorRT tunes kernels for (default: --min-batch).")
-@click.option("--max-batch", type=int, default=None, help="Largest batch the engine accepts (default: max(opt, 32)).")
-@click.option("--workspace", "workspace_mb", type=int, default=1024, show_default=True, help="Builder workspace limit in MB.")
+@click.option("--min-batch", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Smallest batch the engine accepts.")
+@click.option("--opt-batch", type=click.IntRange(min=1), default=None,
+              help="Batch TensorRT tunes kernels for (default: --min-batch).")
+@click.option("--max-batch", type=click.IntRange(min=1), default=None,
+              help="Largest batch the engine accepts (default: max(opt, 32)).")
+@click.option("--workspace", "workspace_mb", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Builder workspace limit in MB.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), help="Timing cache file, read if present and updated after the build.")
 @click.option("--fp16", is_flag=True, help="Build in fp16 (an fp32 ONNX file is converted to fp16 with fp32 inputs/outputs first).")
 @click.option("--force", is_flag=True, help="Overwrite an existing engine file.")
@@ -28,9 +30,11 @@ def engine(model: Path, output: Path | None, min_batch: int, opt_batch: int | No
     """Build a serialized TensorRT engine from MODEL.onnx (needs TensorRT and a CUDA device)."""
     from compactify.converter.tensorrt_build import build_engine
 
+    from compactify.outputs import check_output_file
+
     output = output or default_engine_path(model, fp16)
-    if output.exists() and not force:
-        raise BadInputError(f"engine file {output} already exists; pass --force to overwrite it")
+    # The engine never replaces its own ONNX input or the timing cache, even with --force.
+    check_output_file(output, force=force, inputs=[model, timing_cache], what="engine file")
     info = build_engine(
         model, output, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
         workspace_mb=workspace_mb, timing_cache=timing_cache, fp16=fp16, force=True,

@@ -88,6 +88,12 @@ def prepare_folder(out_dir: str | Path, force: bool = False) -> Path:
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise BadInputError(f"{out} exists and is not a folder; choose another -o")
+    real, cwd, home = out.resolve(), Path.cwd().resolve(), Path.home().resolve()
+    taken = {real == cwd: "the current folder", real in cwd.parents: "above the current folder",
+             real == home: "your home folder", real == Path(real.anchor): "the root folder"}
+    if True in taken:  # even --force never empties these
+        raise BadInputError(f"-o {out_dir} is {taken[True]}; the demo needs a folder of its own "
+                            "(the default is ./compactify-demo)")
     if out.exists() and any(out.iterdir()):
         if not (out / MARKER).is_file() and not force:
             raise BadInputError(f"{out} exists and is not a compactify demo folder; choose another -o or pass --force")

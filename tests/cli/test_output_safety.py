@@ -247,3 +247,23 @@ def test_an_interrupt_mid_conversion_leaves_nothing_behind(converted, tmp_path, 
     assert code == 128 + sig, (code, err)
     assert err.splitlines() == [f"error: interrupted ({signal.Signals(sig).name})"], err
     assert snapshot(tmp_path) == before  # no temporary folder, no lock file, no created parent
+
+
+@pytest.mark.parametrize("target", [".", ".."])
+def test_demo_never_takes_the_current_folder_or_its_parents(tmp_path, monkeypatch, target):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "mine.txt").write_text("keep")
+    monkeypatch.chdir(work)
+    before = snapshot(tmp_path)
+    error_line(run("demo", "-o", target, "--force"), "needs a folder of its own")
+    assert snapshot(tmp_path) == before
+
+
+def test_engine_never_overwrites_its_onnx_input(tmp_path):
+    onnx_file = tmp_path / "m.onnx"
+    onnx_file.write_bytes(b"not really onnx")
+    before = snapshot(tmp_path)
+    error_line(run("engine", onnx_file, "-o", onnx_file, "--force"), "also an input")
+    error_line(run("engine", onnx_file, "--max-batch", "0"), "'--max-batch'")
+    assert snapshot(tmp_path) == before
