@@ -219,6 +219,12 @@ def load_inputs(path: str | Path, names: Sequence[str], shapes: Sequence[Sequenc
     path = Path(path)
     if not path.is_file():
         raise BadInputError(f"inputs file {path} does not exist")
+    from compactify.converter.sniff import detect
+
+    content = detect(path)
+    if content.kind != "npz":
+        raise BadInputError(f"inputs file {path} is {content.what}, not an .npz archive of arrays; save the inputs "
+                            "with np.savez(FILE, x=ARRAY)")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}

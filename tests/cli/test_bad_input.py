@@ -272,6 +272,13 @@ def test_nan_in_inputs_is_bad_input(converted, tmp_path):
     assert snapshot(tmp_path, converted) == before
 
 
+def test_inputs_that_are_not_an_npz_say_what_they_are(converted, tmp_path):
+    (tmp_path / "x.npz").write_text("1,2,3\n")
+    before = snapshot(tmp_path, converted)
+    error_line(run("verify", converted, "--inputs", tmp_path / "x.npz"), "is a text file", "np.savez")
+    assert snapshot(tmp_path, converted) == before
+
+
 def test_verify_with_every_artifact_skipped_does_not_pass(converted, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(converted, out)
