@@ -333,7 +333,9 @@ def compose(first: AffineConv, second: AffineConv, in_size: Sequence[int] | None
         elif not first.is_pointwise:
             all_sizes = all(_axis_windows_miss_all_sizes(first, second, axis) for axis in range(first.ndim))
             exact = all_sizes if in_size is None else _windows_miss(first, second, in_size)
-            if not exact:
+            if not exact and in_size is None:
+                reason = "padding after a spatial or strided layer differs at the borders at some input sizes"
+            elif not exact:
                 reason = "zero padding after a spatial or padded layer differs at the borders"
             elif not all_sizes:
                 reason = "padding after a spatial or strided layer is exact only at this input size"

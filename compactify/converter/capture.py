@@ -61,10 +61,12 @@ def check_runs(model: nn.Module, example: torch.Tensor) -> None:
         raise BadInputError(f"the model rejects input shape {shape}: {first_line(exc)}") from None
 
 
-def export_program(model: nn.Module, example: torch.Tensor):
-    """torch.export the model with a dynamic batch where possible; one clear error otherwise."""
+def export_program(model: nn.Module, example: torch.Tensor, dynamic_spatial: bool = False):
+    """torch.export the model with a dynamic batch (and, with ``dynamic_spatial``, dynamic
+    spatial sizes) where possible; one clear error otherwise."""
     model = model.eval()
-    dynamic = ({0: torch.export.Dim.AUTO},)
+    dims = range(example.dim()) if dynamic_spatial else (0,)
+    dynamic = ({d: torch.export.Dim.AUTO for d in dims if d != 1},)
     try:
         with warnings.catch_warnings(), _quiet_torch_logs():
             warnings.simplefilter("ignore")
@@ -81,13 +83,14 @@ def graph_module(program) -> fx.GraphModule:
     return gm.eval()
 
 
-def capture_graph(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
+def capture_graph(model: nn.Module, example: torch.Tensor, dynamic_spatial: bool = False) -> fx.GraphModule:
     """The model as the graph the converter reads: captured, in-place ops made pure where no
     one can see the difference, and everything the outputs do not need removed first, so that
-    an auxiliary head never splits the chain it hangs from."""
+    an auxiliary head never splits the chain it hangs from. A graph captured at one spatial
+    size holds that size in its shapes; ``dynamic_spatial`` keeps the sizes symbolic."""
     from compactify.converter.functionalize import functionalize_inplace
 
-    gm, _ = functionalize_inplace(graph_module(export_program(model, example)))
+    gm, _ = functionalize_inplace(graph_module(export_program(model, example, dynamic_spatial)))
     if gm.graph.eliminate_dead_code():
         gm.recompile()
     return gm

@@ -84,7 +84,7 @@ def plan_contraction(model: nn.Module, input_shape: tuple[int, ...], allow_appro
     model = model.eval()
     # Batch 2 at least, so that export keeps the batch dimension dynamic instead of specialising on 1.
     example = example_input((max(2, input_shape[0]), *input_shape[1:]))
-    gm = capture_graph(model, example)
+    gm = capture_graph(model, example, dynamic_spatial=dynamic_hw)
     regions = find_regions(gm, Constants(gm))
     profile = profile_graph(gm, example)
     sizes = {name: p.numel() for name, p in gm.named_parameters()}
@@ -97,10 +97,11 @@ def contract(model: nn.Module, input_shape: tuple[int, ...], allow_approximate: 
     """Contract every linear region of ``model`` that can be merged exactly (and pays); with
     ``rank`` (a ``truncate.RankRequest``) also prune and truncate the plan's conv/linear layers.
 
-    A merge that is exact only at the traced spatial size (padding after a strided layer, a
-    crop measured from the start of an axis) makes the compact module refuse other sizes;
-    with ``dynamic_hw`` such regions are left unmerged instead and the compact module takes
-    any size the source takes."""
+    The graph is captured at the traced spatial size and merges are proved there, so the
+    compact module refuses other sizes (and says which merges hold only at this size: padding
+    after a strided layer, a crop measured from the start of an axis). With ``dynamic_hw``
+    the graph is captured with symbolic spatial sizes, only what is exact at every size is
+    merged, and the compact module takes any size the source takes."""
     model = model.eval()
     check_runs(model, example_input(tuple(input_shape)))
     plan = plan_contraction(model, input_shape, allow_approximate, dynamic_hw)
@@ -112,7 +113,7 @@ def contract(model: nn.Module, input_shape: tuple[int, ...], allow_approximate: 
         from compactify.converter.truncate import truncate_plan
 
         truncation = truncate_plan(gm, decisions, profile, rank)
-    compact, _ = rewrite(gm, decisions, tuple(example.shape[2:]))
+    compact, _ = rewrite(gm, decisions, None if dynamic_hw else tuple(example.shape[2:]))
     compact.eval()
     result = Contraction(
         compact=compact,
@@ -262,9 +263,11 @@ def export_artifacts(result: Contraction, report: dict, options: ConvertOptions,
 
 
 def save_program(module: nn.Module, example: torch.Tensor, path: Path, report: dict) -> None:
+    dims = range(example.dim()) if report.get("dynamic_hw") else (0,)  # --dynamic-hw: any spatial size
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.export.export(module, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},), strict=False)
+        program = torch.export.export(module, (example,), dynamic_shapes=({d: torch.export.Dim.AUTO for d in dims
+                                                                            if d != 1},), strict=False)
     meta = {"source": report["source"], "input_shape": report["input_shape"], "compactify_version": __version__}
     torch.export.save(program, str(path), extra_files={PT2_META_FILE: json.dumps(meta)})
 
@@ -288,8 +291,9 @@ def build_report(ckpt, source: Source, options: ConvertOptions, result: Contract
         "output_names": [f"output{i}" for i in range(len(flatten_outputs(result.compact(result.example))))],
         "allow_approximate": options.allow_approximate,
         "dynamic_hw": options.dynamic_hw,
-        "exact_at": "every input size" if not result.size_notes else
-        f"the traced input size only ({'x'.join(str(d) for d in source.input_shape[2:])}); the compact model refuses others",
+        "exact_at": "every input size" if not result.size_notes else "the traced input size only",
+        "accepts_input_size": "any" if options.dynamic_hw or len(source.input_shape) < 3 else
+        "x".join(str(d) for d in source.input_shape[2:]) + " only (captured there; --dynamic-hw for every size)",
         "regions": result.regions,
         "params_before": result.params_before,
         "params_after": result.params_after,

@@ -510,11 +510,15 @@ def _slice(node, data) -> Step:
     n = static(shape[dim])
     if start in (None, 0) and (end is None or end >= INT_MAX or (n is not None and end >= n)) and step == 1:
         return Step(node, "identity", (x,), Scalar())
-    _need(n is not None and dim >= 1)
+    _need(dim >= 1)
+    conv_layout = rank > 2
+    if n is None:  # a symbolic spatial size: only a crop counted from both ends reads the same
+        _need(conv_layout and dim >= 2 and (start is None or start >= 0) and (end is None or end < 0 or end >= INT_MAX))
+        off_end = -end if end is not None and end < 0 else 0
+        n = (start or 0) + off_end + 1  # a stand-in size with the same offsets from both ends
     a = _clamp(0 if start is None else start, n)
     e = _clamp(n if end is None else end, n)
     _need(e > a)
-    conv_layout = rank > 2
     if dim == 1 or (not conv_layout and dim == rank - 1):
         channels = A.select_channels(n, range(a, e, step), rank - 2 if conv_layout else 0)
         family = (rank - 2, 1) if conv_layout else (0, rank - 1)

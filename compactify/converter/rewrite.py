@@ -18,9 +18,9 @@ from compactify.converter.size_guard import check_spatial_size
 
 def rewrite(gm: fx.GraphModule, decisions: list[Decision],
             input_size: tuple[int, ...] | None = None) -> tuple[fx.GraphModule, bool]:
-    """Returns the rewritten module (edited in place) and whether anything changed. Where a
-    merged region is exact only at the traced spatial size ``input_size``, the module's input
-    is checked against it first."""
+    """Returns the rewritten module (edited in place) and whether anything changed. With
+    ``input_size`` (the spatial size the graph was captured and its merges proved at) the
+    module checks its input against it first."""
     changed = False
     taken = set(dict(gm.named_modules()))
     replaced: dict[fx.Node, fx.Node] = {}  # an earlier region's exit is a later region's entry
@@ -51,8 +51,8 @@ def rewrite(gm: fx.GraphModule, decisions: list[Decision],
         for node in sorted(set(region.nodes) | absorbed, key=order.__getitem__, reverse=True):
             if not node.users:
                 gm.graph.erase_node(node)
-    notes = [n for d in decisions for n in d.size_notes]
-    if notes and input_size is not None:
+    if input_size:
+        notes = [n for d in decisions for n in d.size_notes] or ["the graph was captured at this size"]
         changed |= _guard_input(gm, input_size, notes)
     changed |= gm.graph.eliminate_dead_code()
     changed |= _drop_unused_attributes(gm)

@@ -1,9 +1,10 @@
-"""A compact module that is exact only at the input size it was proved for refuses the others.
+"""A compact module proved exact at one input size refuses the others.
 
-Padding after a strided layer, or a crop measured from the start of an axis, can make a
-merged operator exact at the traced size and wrong at another (the last window of a strided
-layer stops short of the input's end at some sizes). Rather than answer wrongly there, the
-compact module checks its input's spatial size first.
+A graph captured at one spatial size holds that size in its shapes (a ``view`` to ``h, w``, a
+slice to ``h // 2``), and padding after a strided layer, or a crop measured from the start of
+an axis, can make a merged operator exact at the traced size and wrong at another (the last
+window of a strided layer stops short of the input's end at some sizes). Rather than answer
+wrongly there, the compact module checks its input's spatial size first.
 """
 
 from __future__ import annotations
