@@ -360,7 +360,7 @@ class AuxiliaryHead(nn.Module):
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if i == 2:
-                self.aux = self.head(x)  # noqa: F841  (a training-time loss would read it)
+                self.aux = self.head(x)  # a training-time loss would read it
         return x
 
 
