@@ -108,7 +108,8 @@ def _print_summary(report: dict, out_dir: str) -> None:
     console.print(
         f"parameters {report['params_before']:,} -> {report['params_after']:,}   "
         f"FLOPs {report['flops_before']:,} -> {report['flops_after']:,}   "
-        f"max abs error {report['max_abs_error']:.2e}   max rel error {report['max_rel_error']:.2e}"
+        f"max abs error {report['max_abs_error']:.2e}   max rel error {report['max_rel_error']:.2e} "
+        f"(source in float32: {report['source_float32_rel_error']:.2e})"
     )
     t = report.get("truncation")
     if t is not None:

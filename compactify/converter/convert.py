@@ -25,6 +25,11 @@ from compactify.tensors import flatten_outputs
 
 ERROR_SEED = 0
 ERROR_BATCHES = 1
+# A conversion is called exact when its float32 error is within EXACT_REL of the output scale,
+# or within SOURCE_ERROR_FACTOR times the source's own float32 error (deep nets whose float32
+# run is already further off than EXACT_REL, ill-conditioned batch statistics).
+EXACT_REL = 1e-6
+SOURCE_ERROR_FACTOR = 4.0
 
 
 @dataclass
@@ -41,6 +46,9 @@ class Contraction:
     warnings: list[str] = field(default_factory=list)
     max_abs_error: float | None = None
     max_rel_error: float | None = None
+    # The source's own float32 run against its float64 run on the same inputs: what float32
+    # rounding alone costs, against which the compact model's error is judged.
+    source_rel_error: float | None = None
     truncation: dict | None = None  # the --rank report section (compactify.converter.truncate)
 
     @property
@@ -127,6 +135,12 @@ def contract(model: nn.Module, input_shape: tuple[int, ...], allow_approximate: 
         truncation=truncation,
     )
     result.max_abs_error, result.max_rel_error = measure_error(model, compact, input_shape)
+    _, result.source_rel_error = measure_error(model, model, input_shape)
+    if rank is None and result.max_rel_error > max(EXACT_REL, SOURCE_ERROR_FACTOR * result.source_rel_error):
+        result.warnings.append(
+            f"the compact model's error ({result.max_rel_error:.2e} of the output scale) is more than "
+            f"{SOURCE_ERROR_FACTOR:g}x the source's own float32 error ({result.source_rel_error:.2e}) and above "
+            f"{EXACT_REL:g}: check report.json's regions for approximate merges")
     return result
 
 
@@ -301,6 +315,10 @@ def build_report(ckpt, source: Source, options: ConvertOptions, result: Contract
         "flops_after": result.flops_after,
         "max_abs_error": result.max_abs_error,
         "max_rel_error": result.max_rel_error,
+        "source_float32_rel_error": result.source_rel_error,
+        "exact": result.max_rel_error <= max(EXACT_REL, SOURCE_ERROR_FACTOR * result.source_rel_error),
+        "exact_definition": f"max_rel_error <= max({EXACT_REL:g}, {SOURCE_ERROR_FACTOR:g} x "
+        "source_float32_rel_error), the source's own float32 run against float64 on the same inputs",
         "error_definition": "compact float32 vs source float64 on seeded N(0,1) inputs; "
         "max_rel_error = max|compact - ref| / max|ref| per output",
         "warnings": result.warnings,
@@ -323,7 +341,8 @@ def report_markdown(report: dict) -> str:
         f"- input shape: {tuple(report['input_shape'])}",
         f"- parameters: {report['params_before']:,} -> {report['params_after']:,}",
         f"- FLOPs: {report['flops_before']:,} -> {report['flops_after']:,}",
-        f"- error vs float64 source: max abs {report['max_abs_error']:.3g}, max rel {report['max_rel_error']:.3g}",
+        f"- error vs float64 source: max abs {report['max_abs_error']:.3g}, max rel {report['max_rel_error']:.3g} "
+        f"(the source's own float32 run: {report['source_float32_rel_error']:.3g})",
         "",
         "| region | layers | decision | reason | params | FLOPs |",
         "|---|---|---|---|---|---|",

@@ -398,3 +398,25 @@ def test_sum_of_two_regions_that_stays_materialized_does_not_crash():
             return self.d(s), torch.sigmoid(s)
 
     _exact(TwoRegions(), (2, 3, 5, 5))
+
+
+def test_error_is_judged_against_the_source_own_float32_error():
+    r = _exact(InPlaceBranches(), (2, 6, 8, 8))
+    assert 0 < r.source_rel_error < 1e-5
+    assert not any("more than" in w for w in r.warnings)
+
+
+def test_an_approximate_merge_is_flagged_against_the_source_float32_error():
+    class PaddedAfterBias(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 3, 3, padding=1)
+            with torch.no_grad():
+                self.a.bias.fill_(2.0)
+
+        def forward(self, x):
+            return self.b(self.a(x))
+
+    r = contract(PaddedAfterBias().eval(), (2, 3, 6, 6), allow_approximate=True)
+    assert r.max_rel_error > 1e-3
+    assert any("source's own float32 error" in w for w in r.warnings)
