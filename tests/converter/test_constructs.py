@@ -16,8 +16,9 @@ from compactify.converter.size_guard import InputSizeError
 from compactify.tensors import flatten_outputs
 
 
-def _bn(c: int, seed: int) -> nn.BatchNorm2d:
-    g = torch.Generator().manual_seed(seed)
+def _bn(c: int, seed: int | torch.Generator) -> nn.BatchNorm2d:
+    """A BatchNorm far from the identity, as after training."""
+    g = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
     bn = nn.BatchNorm2d(c)
     with torch.no_grad():
         bn.running_mean.copy_(torch.randn(c, generator=g) * 0.5)

@@ -18,18 +18,10 @@ from hypothesis import strategies as st
 from compactify.converter.convert import contract, reference_float64
 from compactify.converter.size_guard import InputSizeError
 
+from test_constructs import _bn
+
 C = 4
 EXAMPLES = int(os.environ.get("STRESS", "25"))
-
-
-def _bn(c, g):
-    bn = nn.BatchNorm2d(c)
-    with torch.no_grad():
-        bn.running_mean.copy_(torch.randn(c, generator=g) * 0.5)
-        bn.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
-        bn.weight.copy_(torch.rand(c, generator=g) + 0.5)
-        bn.bias.copy_(torch.randn(c, generator=g) * 0.5)
-    return bn
 
 
 class Block(nn.Module):
