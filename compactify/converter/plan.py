@@ -45,6 +45,15 @@ class Decision:
     # For a region left unmerged, what stopped it: "not contractible", "not exact",
     # "not exact at every input size" (--dynamic-hw), "not cheaper" or "nothing to merge".
     stopped_by: str | None = None
+    # What ends the region on either side (the ops that are not affine, or not read as such),
+    # taken from the graph before it is rewritten.
+    bounds: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.bounds:
+            region = self.region
+            self.bounds = {"after": _op_name(region.entry),
+                           "read_by": sorted({_op_name(u) for u in region.exit.users if u not in region.steps})}
 
     @property
     def size_notes(self) -> list[str]:
@@ -68,11 +77,24 @@ class Decision:
         }
         if self.kind == "keep":
             entry["stopped_by"] = self.stopped_by
+        entry.update(self.bounds)
         if self.kind in ("dense", "factored"):
             entry["exact_at"] = "traced input size only" if self.size_notes else "every input size"
             if self.size_notes:
                 entry["size_notes"] = self.size_notes
         return entry
+
+
+def _op_name(node: fx.Node) -> str:
+    if node.op == "placeholder":
+        return "input"
+    if node.op == "output":
+        return "output"
+    if node.op == "call_module":
+        return "merged layer"
+    target = node.target
+    name = getattr(target, "__name__", str(target))
+    return name.split(".")[0]
 
 
 @dataclass

@@ -421,3 +421,11 @@ def test_an_approximate_merge_is_flagged_against_the_source_float32_error():
     r = contract(PaddedAfterBias().eval(), (2, 3, 6, 6), allow_approximate=True)
     assert r.max_rel_error > 1e-3
     assert any("source's own float32 error" in w for w in r.warnings)
+
+
+def test_report_names_the_ops_that_end_each_region():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), _bn(4, 13), nn.ReLU(), nn.Conv2d(4, 4, 1)).eval()
+    r = contract(model, (1, 3, 8, 8))
+    first, last = r.regions
+    assert (first["after"], first["read_by"]) == ("input", ["relu"])
+    assert (last["after"], last["read_by"]) == ("relu", ["output"])
