@@ -8,6 +8,7 @@ The batch dimension is exported as dynamic where the model allows it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import re
@@ -94,6 +95,22 @@ def capture_graph(model: nn.Module, example: torch.Tensor, dynamic_spatial: bool
     if gm.graph.eliminate_dead_code():
         gm.recompile()
     return gm
+
+
+def float64_graph(gm: fx.GraphModule) -> fx.GraphModule:
+    """A float64 copy of a captured graph. Code that casts (``.to(torch.float32)``, DBB's
+    identity kernels) leaves dtype assertions and casts to float32 in the graph; in the copy
+    they assert and cast to float64 instead."""
+    ref = copy.deepcopy(gm).double()
+    for node in list(ref.graph.nodes):
+        if node.op != "call_function":
+            continue
+        if node.target is torch.ops.aten._assert_tensor_metadata.default and not node.users:
+            ref.graph.erase_node(node)
+        elif node.kwargs.get("dtype") is torch.float32:
+            node.kwargs = {**node.kwargs, "dtype": torch.float64}
+    ref.recompile()
+    return ref
 
 
 def program_inputs(program) -> list[tuple[str, tuple[int | None, ...]]]:

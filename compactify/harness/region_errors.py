@@ -134,9 +134,10 @@ def _shipped_state(path: str | Path | None, notes: list[str]) -> dict[str, torch
 
 
 def _float64_copy(gm: fx.GraphModule, notes: list[str]) -> tuple[fx.GraphModule, torch.dtype]:
+    from compactify.converter.capture import float64_graph
+
     try:
-        ref = copy.deepcopy(gm).double()
-        return ref, torch.float64
+        return float64_graph(gm), torch.float64
     except Exception:  # constants that refuse float64: fall back, and say so
         notes.append("the captured graph does not run in float64: regions were compared with a float32 reference")
         return gm, torch.float32

@@ -429,3 +429,24 @@ def test_report_names_the_ops_that_end_each_region():
     first, last = r.regions
     assert (first["after"], first["read_by"]) == ("input", ["relu"])
     assert (last["after"], last["read_by"]) == ("relu", ["output"])
+
+
+def test_float64_copy_of_a_graph_that_casts_to_float32():
+    # DBB's identity kernels are cast with .to(dtype): the graph then asserts and casts float32.
+    from compactify.converter.capture import capture_graph, float64_graph
+
+    class Casting(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+            self.register_buffer("eye", torch.eye(3).reshape(3, 3, 1, 1))
+
+        def forward(self, x):
+            return F.conv2d(x, self.conv.weight + self.eye.to(torch.float32))
+
+    model = Casting().eval()
+    gm = float64_graph(capture_graph(model, torch.randn(2, 3, 4, 4)))
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        assert gm(x).dtype == torch.float64
+        assert torch.allclose(gm(x), reference_float64(model)(x), rtol=0, atol=1e-12)
