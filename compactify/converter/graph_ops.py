@@ -370,7 +370,11 @@ def _border_fill(node, x, pairs, channels, consts):
     _need(all(v is not None for v in vectors))
     _need(all(A._same_values(vectors[0], v) for v in vectors[1:]))
     in_size = [static(d) for d in shape_of(x)[2:]]
-    _need(None not in in_size)
+    if None in in_size:  # symbolic sizes (--dynamic-hw): the writes must cover the border at every size
+        widest = max(max(b, a) for b, a in pairs)
+        sizes = [[2 * widest + 1 + k] * len(in_size) for k in range(6)]
+        _need(all(_fills_border(writes, size, pairs) for size in sizes))
+        return vectors[0], tuple(absorbed), None
     _need(_fills_border(writes, in_size, pairs))
     size_specific = None
     if not all(_fills_border(writes, [n + k for n in in_size], pairs) for k in (1, 2, 3)):

@@ -450,3 +450,11 @@ def test_float64_copy_of_a_graph_that_casts_to_float32():
     with torch.no_grad():
         assert gm(x).dtype == torch.float64
         assert torch.allclose(gm(x), reference_float64(model)(x), rtol=0, atol=1e-12)
+
+
+def test_bn_and_pad_merges_at_every_size_with_dynamic_hw():
+    model = BNAndPad().eval()
+    r = _exact(model, (2, 4, 6, 6), dynamic_hw=True)
+    assert len(_convs(r)) == 1
+    for size in ((5, 9), (11, 7)):
+        assert _error(model, r.compact, (2, 4, *size)) <= 1e-6
