@@ -105,7 +105,7 @@ class RepVGGBlock(nn.Module):
         padding_11 = padding - kernel_size // 2
         self.nonlinearity = nn.ReLU()
         if use_se:
-            raise NotImplementedError("se block not supported yet")
+            raise ValueError("use_se: YOLOv6's RepVGGBlock has no SE block (the public code refuses it too)")
         self.se = nn.Identity()
         if deploy:
             self.rbr_reparam = nn.Conv2d(in_channels, out_channels, kernel_size=kernel_size, stride=stride,
