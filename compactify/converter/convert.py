@@ -204,13 +204,18 @@ class ConvertOptions:
     rank_multiple: int = 1
     cost: str = "flops"  # or "latency": keep a factored layer only if it measures faster
     calibration: str | None = None  # inputs for the truncation error: "random", "digits" (None: auto)
+    int8: bool = False  # also write compact.int8.onnx (compactify.converter.int8)
+    int8_calibration: str | None = None  # --calibration FILE.npz (None: digits, for checkpoints trained on them)
+    int8_method: str = "minmax"  # --calibration-method: minmax, entropy or percentile
+    int8_keep: tuple[str, ...] = ()  # --int8-keep: layers left in float
+    int8_min_agreement: float | None = None  # --int8-min-agreement: fail below this top-1 agreement with fp32
 
 
 def convert_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: ConvertOptions | None = None) -> dict:
     """Convert a checkpoint into ``out_dir`` (compact.pt2, report.json, report.md); returns the report."""
     options = options or ConvertOptions()
     out_dir = Path(out_dir)
-    inputs = [checkpoint, options.timing_cache]  # a folder holding one of them is never replaced
+    inputs = [checkpoint, options.timing_cache, options.int8_calibration]  # a folder holding one is never replaced
     check_output_folder(out_dir, options.force, inputs)
     if options.trt:  # before any work, so that nothing is half-written
         from compactify.runtimes.devices import require_tensorrt
@@ -220,6 +225,9 @@ def convert_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: Con
             raise BadInputError("--trt builds the engine from the ONNX model; drop --no-onnx")
     if options.fp16 and not options.onnx:
         raise BadInputError("--fp16 writes compact.fp16.onnx; drop --no-onnx")
+    from compactify.converter.int8 import check_options, int8_request
+
+    check_options(options)
     # The folder is claimed (locked, a temporary sibling made) before the work: a second run into the
     # same target, or an unwritable parent, is refused at once, and any failure leaves nothing behind.
     with atomic_dir(out_dir, force=options.force, inputs=inputs) as tmp:
@@ -228,6 +236,7 @@ def convert_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: Con
         if not source.input_shape:
             raise BadInputError("the input shape is unknown for this model: pass --input-shape N,C,H,W")
         model = select_outputs(source.model, options.outputs, example_input(source.input_shape))
+        int8 = int8_request(options, source, model)  # the calibration inputs are read and checked before the work
         from compactify.converter.truncate import rank_request
 
         result = contract(model, tuple(source.input_shape), options.allow_approximate, rank_request(options, source),
@@ -238,13 +247,14 @@ def convert_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: Con
         save_program(result.compact, result.example, tmp / "compact.pt2", report)
         report["artifacts"] = {"pt2": "compact.pt2"}
         if options.onnx:
-            report.update(export_artifacts(result, report, options, tmp))
+            report.update(export_artifacts(result, report, options, tmp, int8=int8))
         write_report(report, tmp)
     return report
 
 
-def export_artifacts(result: Contraction, report: dict, options: ConvertOptions, folder: Path) -> dict:
-    """compact.onnx (+ fp16 copy, + TensorRT engine); returns the report entries they add."""
+def export_artifacts(result: Contraction, report: dict, options: ConvertOptions, folder: Path, int8=None) -> dict:
+    """compact.onnx (+ fp16 copy, + int8 QDQ model with ``int8``, an ``int8.Int8Request``, + TensorRT
+    engine); returns the report entries they add."""
     from compactify.converter.onnx_export import export_onnx, to_fp16
 
     metadata = {
@@ -274,6 +284,12 @@ def export_artifacts(result: Contraction, report: dict, options: ConvertOptions,
         added["onnx_fp16"] = {"max_abs_diff_vs_fp32": half.max_abs_diff, "max_rel_diff_vs_fp32": half.max_rel_diff,
                               "clamped_values": half.clamped_values, "flushed_values": half.flushed_values}
         engine_source = folder / "compact.fp16.onnx"
+    if int8 is not None:
+        from compactify.converter.int8 import INT8_FILE, write_int8
+
+        added["int8"] = write_int8(int8, folder / "compact.onnx", folder / INT8_FILE, report["output_names"])
+        artifacts["onnx_int8"] = INT8_FILE
+        engine_source = folder / INT8_FILE  # TensorRT builds it with explicit quantization
     if options.trt:
         from compactify.converter.tensorrt_build import build_engine
 
@@ -368,6 +384,10 @@ def report_markdown(report: dict) -> str:
         from compactify.converter.truncate import truncation_markdown
 
         lines += truncation_markdown(report["truncation"])
+    if report.get("int8") is not None:
+        from compactify.converter.int8 import int8_markdown
+
+        lines += int8_markdown(report["int8"])
     if report["warnings"]:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
     return "\n".join(lines) + "\n"
