@@ -31,6 +31,9 @@ from compactify.runtimes.kinds import kinds_table
 @click.option("--rtol", type=float, default=DEFAULT_RTOL, show_default=True, help="Relative tolerance (allclose rule).")
 @click.option("--fp16-atol", type=float, default=1e-2, show_default=True, help="Absolute tolerance for fp16 artifacts.")
 @click.option("--fp16-rtol", type=float, default=1e-2, show_default=True, help="Relative tolerance for fp16 artifacts.")
+@click.option("--int8-tol", type=float, default=0.1, show_default=True,
+              help="Tolerance of an int8 artifact, as a fraction of each output's largest reference value (it is "
+                   "judged on the held-out inputs of its calibration set unless --inputs is given).")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
               help="Device of the PyTorch and ONNX Runtime candidates (TensorRT always runs on cuda).")
 @click.option("--per-region", is_flag=True, help="Also check each merged region on its own, worst first.")
@@ -43,12 +46,13 @@ from compactify.runtimes.kinds import kinds_table
 @click.option("--wide", is_flag=True, help="Show every column (mean abs, cosine, min atol/rtol, tolerances), "
                                            "however wide the table gets; rows wrap to fit the terminal.")
 def verify(outdir, reference, candidate, runtime_a, runtime_b, reference_dtype, inputs, batches, batch_size, seed,
-           atol, rtol, fp16_atol, fp16_rtol, device, per_region, input_shape, arch, arch_kwargs, trust_pickle,
+           atol, rtol, fp16_atol, fp16_rtol, int8_tol, device, per_region, input_shape, arch, arch_kwargs, trust_pickle,
            json_path, wide) -> None:
     """Check that the compact models in OUTDIR (from `compactify convert`) compute what the source computes.
 
     Runs the same inputs through the source model in float64 (the reference), the source in
     float32 (shown as the baseline), compact.pt2, compact.onnx and the TensorRT engine, and
+    compact.int8.onnx on the held-out inputs of its calibration set within --int8-tol, and
     prints per output: max-abs, max-rel and mean-abs error, cosine similarity and the smallest
     atol/rtol that would pass. Exit 1 when an artifact fails the tolerance or outputs NaN/Inf.
 
@@ -98,7 +102,7 @@ def verify(outdir, reference, candidate, runtime_a, runtime_b, reference_dtype, 
     else:
         result = verify_conversion(
             outdir, inputs=inputs, batches=batches, batch_size=batch_size, seed=seed, atol=atol, rtol=rtol,
-            fp16_atol=fp16_atol, fp16_rtol=fp16_rtol, device=device, per_region=per_region,
+            fp16_atol=fp16_atol, fp16_rtol=fp16_rtol, device=device, per_region=per_region, int8_tol=int8_tol,
         )
     if to_stdout:
         import json

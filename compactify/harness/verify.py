@@ -34,6 +34,12 @@ DEFAULT_SEED = 1234  # away from the converter's own error seeds (0, 1, 2): fres
 # An fp16 model is judged with fp16-sized tolerances: half precision keeps ~3 decimal digits.
 FP16_ATOL = 1e-2
 FP16_RTOL = 1e-2
+# An int8 model is judged per output against the output's scale: |int8 - ref| <= INT8_TOL * max|ref|.
+# Every int8 activation is rounded to 1/255 of its calibrated range, and the roundings of a whole
+# network add up to a few percent of the output scale; it is judged on the inputs it was calibrated
+# for (the held-out part of its calibration set), since outside that range int8 clips.
+INT8_TOL = 0.1
+INT8_BATCH = 64
 
 # Without --wide the terminal shows what a person decides by: which model, how far off, pass or fail.
 VERIFY_COLUMNS = [
@@ -78,6 +84,8 @@ class CandidateResult:
     skipped: str | None = None
     baseline: bool = False  # shown for context, never fails the verification
     accuracy: float | None = None
+    tolerance: str | None = None  # how atol/rtol were chosen, when not given directly (int8)
+    inputs: str | None = None  # the candidate's own inputs, when not the verification's (int8)
 
     @property
     def passed(self) -> bool | None:
@@ -86,7 +94,7 @@ class CandidateResult:
         return all(c.passed for c in self.comparisons.values())
 
     def rows(self) -> list[dict[str, Any]]:
-        tol = f"{self.atol:g} / {self.rtol:g}"
+        tol = self.tolerance or f"{self.atol:g} / {self.rtol:g}"
         if self.comparisons is None:
             return [{"candidate": self.label, "output": "-", "tolerance": tol, "result": f"skipped: {self.skipped}"}]
         rows = []
@@ -109,6 +117,7 @@ class CandidateResult:
         return {
             "label": self.label, "runtime": self.runtime, "path": self.path, "atol": self.atol, "rtol": self.rtol,
             "passed": self.passed, "skipped": self.skipped, "baseline": self.baseline, "accuracy": self.accuracy,
+            "tolerance": self.tolerance, "inputs": self.inputs,
             "outputs": {k: c.to_dict() for k, c in (self.comparisons or {}).items()},
         }
 
@@ -152,7 +161,11 @@ class VerifyResult:
             worst = max(c.comparisons.values(), key=lambda o: (o.nonfinite, o.failing, o.max_abs))
             what = f"{worst.nonfinite} NaN/Inf values" if worst.nonfinite else f"max abs error {worst.max_abs:.3g}"
             parts.append(f"{c.label} {worst.name}: {what} (atol {c.atol:g}, rtol {c.rtol:g})")
-        hint = "; run with --per-region to find the region that introduced it" if self.regions is None else ""
+        floats = [c for c in self.failures if c.tolerance is None]
+        hint = "; run with --per-region to find the region that introduced it" if self.regions is None and floats else ""
+        if len(floats) < len(self.failures):
+            hint += ("; report.json lists the int8 layers adding the most error (int8.layers): convert with "
+                     "--int8-keep LAYER,... to keep them in float")
         return f"verification failed for {len(parts)} of {len(self.judged)} model(s): " + "; ".join(parts) + hint
 
     def raise_if_failed(self) -> None:
@@ -407,6 +420,45 @@ def _compare(candidate: _Model, inputs: Inputs, reference: dict[str, np.ndarray]
     return result
 
 
+def _compare_int8(candidate: _Model, report: dict, reference: _Model, shape: Sequence[int], data: Inputs | None,
+                  fixed: tuple[int, str] | None, tol: float, notes: list[str]) -> CandidateResult:
+    """An int8 model against the reference, each output within ``tol`` of its largest reference value, on
+    ``data`` (the user's --inputs) or else on the held-out inputs the conversion measured it on."""
+    from compactify.converter.calibration import held_out_inputs
+    from compactify.harness.metrics import compare
+
+    what = "the given inputs"
+    rule = f"{tol:g} x max|ref| / 0"
+    if data is None:
+        held = (report.get("int8") or {}).get("held_out") or {}
+        try:
+            x, _ = held_out_inputs(held, shape)
+        except BadInputError as exc:
+            return CandidateResult(candidate.label, candidate.runtime, candidate.path, tol, 0.0, tolerance=rule,
+                                   skipped=f"{exc}; pass --inputs")
+        size = fixed[0] if fixed else INT8_BATCH
+        stop = len(x) - len(x) % size if fixed else len(x)
+        if stop == 0:
+            return CandidateResult(candidate.label, candidate.runtime, candidate.path, tol, 0.0, tolerance=rule,
+                                   skipped=f"its {len(x)} held-out inputs do not fill its fixed batch of {size}; "
+                                           "pass --inputs")
+        what = held.get("held_out_what") or "its held-out inputs"
+        data = Inputs(list(report.get("input_names") or ["x"]),
+                      [{(report.get("input_names") or ["x"])[0]: x[i:i + size]} for i in range(0, stop, size)],
+                      {"source": what})
+    ref_out = _run_all(reference, data, report["output_names"])
+    outputs = _run_all(candidate, data, report["output_names"])
+    comparisons, atols = {}, []
+    for name, ref in ref_out.items():
+        atols.append(tol * float(np.max(np.abs(ref))) if ref.size else 0.0)
+        comparisons[name] = compare(outputs[name], ref, atols[-1], 0.0, name=name)
+    result = CandidateResult(candidate.label, candidate.runtime, candidate.path, max(atols), 0.0, comparisons,
+                             tolerance=f"{tol:g} x max|ref| = {max(atols):.3g} / 0", inputs=what)
+    notes.append(f"{candidate.label} is int8: judged on {what}, each output within {tol:g} x its largest reference "
+                 f"value (atol {max(atols):.3g}, rtol 0; --int8-tol), not with the float tolerances")
+    return result
+
+
 # ---------------------------------------------------------------------------------------
 # A conversion folder
 
@@ -470,13 +522,14 @@ def verify_conversion(
     device: str = "cpu",
     per_region: bool = False,
     accuracy: bool = True,
+    int8_tol: float = INT8_TOL,
 ) -> VerifyResult:
     """Verify every artifact in a `compactify convert` folder against the float64 source."""
     from compactify.converter.convert import reference_float64
     from compactify.runtimes import open_runner
     from compactify.runtimes.devices import tensorrt_missing
 
-    _check_tolerances(atol, rtol, fp16_atol, fp16_rtol)
+    _check_tolerances(atol, rtol, fp16_atol, fp16_rtol, int8_tol)
     outdir = Path(outdir)
     report = load_report(outdir)
     artifacts = report.get("artifacts") or {}
@@ -494,11 +547,13 @@ def verify_conversion(
     baseline = _torch_model(model, "expanded float32", "float32", report["source"]["checkpoint"])
 
     fp16 = "onnx_fp16" in artifacts
-    plan = [  # (artifact key, runtime, tolerances)
+    int8 = "onnx_int8" in artifacts  # convert builds the engine from the int8 model then
+    plan = [  # (artifact key, runtime, tolerances; None: int8, judged by _compare_int8)
         ("pt2", "torch", (atol, rtol)),
         ("onnx", "ort", (atol, rtol)),
         ("onnx_fp16", "ort", (fp16_atol, fp16_rtol)),
-        ("engine", "trt", (fp16_atol, fp16_rtol) if fp16 else (atol, rtol)),
+        ("onnx_int8", "ort", None),
+        ("engine", "trt", None if int8 else (fp16_atol, fp16_rtol) if fp16 else (atol, rtol)),
     ]
     plan += [(k, None, (atol, rtol)) for k in artifacts if k not in {p[0] for p in plan}]
     candidates: list[tuple[_Model | None, CandidateResult | None, tuple[float, float]]] = []
@@ -515,7 +570,7 @@ def verify_conversion(
                                                          skipped="unknown artifact kind"), tol))
                 continue
             if runtime == "trt" and tensorrt_missing():
-                candidates.append((None, CandidateResult(label, runtime, str(path), *tol,
+                candidates.append((None, CandidateResult(label, runtime, str(path), *(tol or (int8_tol, 0.0)),
                                                          skipped=tensorrt_missing()), tol))
                 continue
             runner = open_runner(path, runtime=runtime, device="cuda" if runtime == "trt" else device)
@@ -535,7 +590,13 @@ def verify_conversion(
         ref_out = _run_all(reference, data, report["output_names"])
         results = [_compare(baseline, data, ref_out, atol, rtol, baseline=True)]
         for m, skipped, tol in candidates:
-            results.append(skipped if m is None else _compare(m, data, ref_out, *tol))
+            if m is None:
+                results.append(skipped)
+            elif tol is None:
+                results.append(_compare_int8(m, report, reference, shape, data if inputs is not None else None, fixed,
+                                             int8_tol, warnings))
+            else:
+                results.append(_compare(m, data, ref_out, *tol))
 
         ref_accuracy = None
         if accuracy and _trained_on_digits(meta):
