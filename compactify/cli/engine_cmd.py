@@ -40,9 +40,10 @@ def engine(model: Path, output: Path | None, min_batch: int, opt_batch: int | No
         workspace_mb=workspace_mb, timing_cache=timing_cache, fp16=fp16, force=True,
     )
     batch = "static batch" if info.min_batch is None else f"batch {info.min_batch}..{info.max_batch} (opt {info.opt_batch})"
+    precision = "int8" if info.int8 else "fp16" if info.fp16 else "fp32"
     click.echo(
         f"engine: {info.path} ({info.layers} layers from {info.network_layers} network layers, "
-        f"built in {info.build_seconds:.1f} s, TensorRT {info.tensorrt_version}, {'fp16' if info.fp16 else 'fp32'}, {batch})"
+        f"built in {info.build_seconds:.1f} s, TensorRT {info.tensorrt_version}, {precision}, {batch})"
     )
     if info.timing_cache is not None:
         click.echo(f"timing cache: {info.timing_cache} ({'reused' if info.timing_cache_reused else 'new'})")

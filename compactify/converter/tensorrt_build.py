@@ -8,6 +8,12 @@ Choices that matter for a fair comparison with PyTorch:
   same behaviour. ``fp16=True`` therefore builds from an fp16 ONNX graph (converted here
   with ``onnx_export.to_fp16`` when the given file is fp32), and sets the FP16 builder flag
   only on a TensorRT old enough to have neither strong typing nor the graph's say.
+- An int8 QDQ model (``convert --int8 --trt``) is built as it is: explicit quantization, the
+  precision of every layer taken from the graph's QuantizeLinear/DequantizeLinear nodes in a
+  strongly typed network (the INT8 builder flag is set only on a TensorRT without strong
+  typing). TensorRT takes symmetric quantization only and no int32 DequantizeLinear (ONNX
+  Runtime's quantized biases): a QDQ model that has either is refused before building, with
+  the conversion that writes the form TensorRT takes.
 - One optimization profile covers the batch range; the timing cache is loaded before and
   saved after each build, so rebuilding (another batch range, the fp16 variant) skips
   kernel timing already done on this GPU.
@@ -47,6 +53,7 @@ class EngineInfo:
     timing_cache_reused: bool
     size_bytes: int
     warnings: list[str] = field(default_factory=list)
+    int8: bool = False  # built from an int8 QDQ model (explicit quantization)
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -91,6 +98,12 @@ def build_engine(
     from compactify.runtimes.trt_runner import make_logger
 
     notes: list[str] = []
+    int8 = _check_qdq(onnx_path)
+    if int8 and fp16:
+        raise BadInputError(f"{onnx_path.name} is an int8 QDQ model: TensorRT builds it as it is (explicit "
+                            "quantization); drop --fp16")
+    if int8:
+        notes.append("int8 QDQ model: explicit quantization, each layer's precision taken from its Q/DQ nodes")
     with tempfile.TemporaryDirectory(prefix="compactify-trt-") as tmp:
         source = onnx_path
         if fp16 and not _has_fp16(onnx_path):
@@ -118,6 +131,8 @@ def build_engine(
             config.clear_flag(trt.BuilderFlag.TF32)
         if fp16 and not strongly_typed and hasattr(trt.BuilderFlag, "FP16"):
             config.set_flag(trt.BuilderFlag.FP16)
+        if int8 and not strongly_typed and hasattr(trt.BuilderFlag, "INT8"):
+            config.set_flag(trt.BuilderFlag.INT8)  # a weakly typed network reads Q/DQ nodes only with it
 
         batch_range = _add_profile(trt, builder, network, config, min_batch, opt_batch, max_batch)
         if batch_range is None and (min_batch, opt_batch, max_batch) != (1, 1, 32):
@@ -162,6 +177,7 @@ def build_engine(
         timing_cache_reused=reused,
         size_bytes=len(blob),
         warnings=notes,
+        int8=int8,
     )
 
 
@@ -196,6 +212,35 @@ def _attach_timing_cache(config, path: Path | None, notes: list[str]):
         config.set_timing_cache(cache, False)
         reused = False
     return cache, reused
+
+
+def _check_qdq(onnx_path: Path) -> bool:
+    """Whether the model is quantized with QuantizeLinear/DequantizeLinear nodes; BadInputError for a QDQ
+    model TensorRT cannot build (asymmetric zero points, int32 DequantizeLinear). A file onnx cannot read is
+    left to TensorRT's parser, which says why."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception:
+        return False
+    nodes = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    if not nodes:
+        return False
+    inits = {i.name: i for i in model.graph.initializer}
+    problems = []
+    if any(len(n.input) > 2 and n.input[2] in inits and np.any(numpy_helper.to_array(inits[n.input[2]]))
+           for n in nodes):
+        problems.append("non-zero zero points (TensorRT quantizes symmetrically only)")
+    if any(n.op_type == "DequantizeLinear" and n.input[0] in inits
+           and inits[n.input[0]].data_type == onnx.TensorProto.INT32 for n in nodes):
+        problems.append("int32 DequantizeLinear inputs (quantized biases, which TensorRT's parser rejects)")
+    if problems:
+        raise BadInputError(f"{onnx_path.name} is an int8 QDQ model TensorRT cannot build: it has "
+                            f"{' and '.join(problems)}; write the form TensorRT takes with `compactify convert "
+                            "--int8 --trt` (symmetric activations, float biases)")
+    return True
 
 
 def _has_fp16(onnx_path: Path) -> bool:
