@@ -50,11 +50,19 @@ def demo(out_dir, epochs, mode, threads, force, no_progress) -> None:
     ]
     print_table(console, rows, [Column("what"), Column("expanded", fmt=",d"), Column("contracted", fmt=",d"),
                                 Column("ratio", "expanded / contracted", ".2f")], title="contraction")
+    if r.get("int8") is not None:
+        from compactify.converter.int8 import summary_lines
+
+        for line in summary_lines(r["int8"]):
+            console.print(line, highlight=False)
     print_result(result.verification)
     speed = [Column("runtime"), Column("batch"), Column("expanded_ms", "expanded p50 ms", ".3f"),
              Column("contracted_ms", "contracted p50 ms", ".3f"), Column("speedup", "speedup (p50)", ".2f"),
              Column("speedup_paired", "speedup (paired)", ".2f")]
-    print_table(console, result.speedups(), speed, title=f"latency on CPU, {threads} thread(s), interleaved")
+    rows = result.speedups()
+    if any("int8_ms" in row for row in rows):
+        speed += [Column("int8_ms", "int8 p50 ms", ".3f"), Column("int8_speedup", "fp32 / int8 (p50)", ".2f")]
+    print_table(console, rows, speed, title=f"latency on CPU, {threads} thread(s), interleaved")
     noisy = [s for b in result.benches.values() for run in b.runs.values() for s in run.stats if s.high_cv]
     if noisy:  # one line, not one per model: the demo's runs are short by design
         worst = max(noisy, key=lambda s: s.cv)

@@ -2,8 +2,9 @@
 
 Every step is the public API a user would call: ``models.train``, ``converter.convert_checkpoint``,
 ``harness.verify.verify_conversion`` and ``harness.bench.bench``. The folder it writes holds the
-trained checkpoint, the conversion (compact.pt2, compact.onnx, report.json), the expanded model
-exported the same way (expanded.onnx, for a fair ONNX Runtime comparison) and the results.
+trained checkpoint, the conversion (compact.pt2, compact.onnx, compact.int8.onnx, report.json),
+the expanded model exported the same way (expanded.onnx, for a fair ONNX Runtime comparison) and
+the results.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class DemoConfig:
     batches: tuple[int, ...] = (1, 32)
     bench_seconds: float = 1.0  # per batch size and runtime
     bench_warmup: int = 5
+    int8: bool = True  # also compact.int8.onnx, calibrated on digits, verified and timed on ONNX Runtime
 
     @property
     def arch_kwargs(self) -> dict[str, Any]:
@@ -57,17 +59,22 @@ class DemoResult:
     seconds: dict[str, float]
 
     def speedups(self) -> list[dict[str, Any]]:
-        """Expanded p50 / contracted p50, per runtime and batch size."""
+        """Expanded p50 / contracted p50, per runtime and batch size (and, where the int8 model was timed
+        too, contracted fp32 p50 / int8 p50)."""
         rows = []
         for runtime, result in self.benches.items():
             for batch, run in result.runs.items():
                 expanded, contracted = run.stats[0], run.stats[1]
-                rows.append({
+                row = {
                     "runtime": runtime, "batch": batch,
                     "expanded_ms": expanded.p50_ms, "contracted_ms": contracted.p50_ms,
                     "speedup": expanded.p50_ms / contracted.p50_ms,
                     "speedup_paired": 1.0 / run.ratios_paired[contracted.label],
-                })
+                }
+                if len(run.stats) > 2:
+                    int8 = run.stats[2]
+                    row.update(int8_ms=int8.p50_ms, int8_speedup=contracted.p50_ms / int8.p50_ms)
+                rows.append(row)
         return rows
 
     def to_dict(self) -> dict[str, Any]:
@@ -76,6 +83,7 @@ class DemoResult:
             "training": self.training,
             "conversion": {k: self.report.get(k) for k in ("params_before", "params_after", "flops_before",
                                                              "flops_after", "max_abs_error", "max_rel_error")},
+            "int8": {k: v for k, v in (self.report.get("int8") or {}).items() if k != "layers"} or None,
             "verification": self.verification.to_dict(),
             "bench": {k: v.to_dict(samples=False) for k, v in self.benches.items()},
             "speedups": self.speedups(),
@@ -141,9 +149,10 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None, *, force: bo
         seconds["train"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        log("contracting and exporting (compact.pt2, compact.onnx)")
+        log("contracting and exporting (compact.pt2, compact.onnx"
+            + (", compact.int8.onnx calibrated on digits)" if config.int8 else ")"))
         converted = out / "converted"
-        report = convert_checkpoint(ckpt, converted, ConvertOptions(force=True))
+        report = convert_checkpoint(ckpt, converted, ConvertOptions(force=True, int8=config.int8))
         # The expanded model through the same exporter and onnxsim: the fair baseline on ONNX Runtime.
         export_onnx(model.eval(), torch.randn(2, *config.input_shape[1:]), out / "expanded.onnx",
                     output_names=report["output_names"])
@@ -155,11 +164,14 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None, *, force: bo
         seconds["verify"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        log(f"timing expanded vs contracted, batch {', '.join(map(str, config.batches))}, interleaved")
+        log(f"timing expanded vs contracted{' (and int8 on ONNX Runtime)' if config.int8 else ''}, "
+            f"batch {', '.join(map(str, config.batches))}, interleaved")
         common = dict(batches=config.batches, threads=config.threads, warmup=config.bench_warmup,
                       seconds=config.bench_seconds, progress=progress)
         benches = {
-            "ort": bench([out / "expanded.onnx", converted / report["artifacts"]["onnx"]], runtime="ort", **common),
+            "ort": bench([out / "expanded.onnx", converted / report["artifacts"]["onnx"],
+                          *([converted / report["artifacts"]["onnx_int8"]] if config.int8 else [])],
+                         runtime="ort", **common),
             "torch": bench([ckpt, converted / report["artifacts"]["pt2"]], runtime="torch", **common),
         }
         seconds["bench"] = time.perf_counter() - t
