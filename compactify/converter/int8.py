@@ -258,6 +258,24 @@ def _reference(module, x: np.ndarray) -> tuple[list[np.ndarray], str]:
     return [np.concatenate(p) for p in zip(*outs)], what
 
 
+def output_ranges(model) -> dict[str, tuple[float, float]]:
+    """The float range each quantized graph output can take (its last DequantizeLinear, per tensor)."""
+    from onnx import numpy_helper
+
+    producers = {o: n for n in model.graph.node for o in n.output}
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    out = {}
+    for value in model.graph.output:
+        dq = producers.get(value.name)
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[1] not in inits or inits[dq.input[1]].size != 1:
+            continue
+        zero = inits[dq.input[2]] if len(dq.input) > 2 and dq.input[2] in inits else np.zeros(1, np.int8)
+        info = np.iinfo(zero.dtype)
+        scale, z = float(inits[dq.input[1]].reshape(())), int(zero.reshape(()))
+        out[value.name] = ((info.min - z) * scale, (info.max - z) * scale)
+    return out
+
+
 def classifier_index(outputs: Sequence[np.ndarray]) -> int | None:
     for i, o in enumerate(outputs):
         if o.ndim == 2 and o.shape[1] >= 2:
@@ -337,17 +355,22 @@ def measure(fp32_path: str | Path, int8_path: str | Path, data: CalibrationSet, 
     fp32 = run_onnx(_session(fp32_path), x, fixed)
     int8 = run_onnx(_session(int8_path), x, fixed)
     ref, ref_what = _reference(source, x)
+    ranges = output_ranges(onnx.load(str(int8_path)))
     out: dict[str, Any] = {"reference": ref_what, "outputs": {}}
     for i, name in enumerate(output_names):
         c = compare(int8[i], ref[i], name=name, classifier=False)
         c32 = compare(fp32[i], ref[i], name=name, classifier=False)
+        lo, hi = ranges.get(name, (-math.inf, math.inf))
         out["outputs"][name] = {"max_abs": c.max_abs, "mean_abs": c.mean_abs, "max_rel_to_scale": c.scale_rel,
-                                "fp32_max_abs": c32.max_abs, "nonfinite": c.nonfinite}
+                                "fp32_max_abs": c32.max_abs, "nonfinite": c.nonfinite,
+                                # values the fp32 model gives beyond what the int8 output can hold: clipped
+                                "clipped": float(np.mean((fp32[i] < lo) | (fp32[i] > hi))) if fp32[i].size else 0.0}
     stats = out["outputs"].values()
     out["max_abs_error"] = max(s["max_abs"] for s in stats)
     out["mean_abs_error"] = max(s["mean_abs"] for s in stats)
     out["max_rel_error"] = max(s["max_rel_to_scale"] for s in stats)
     out["fp32_max_abs_error"] = max(s["fp32_max_abs"] for s in stats)
+    out["clipped"] = max(s["clipped"] for s in stats)
     k = classifier_index(fp32)
     out["classifier_output"] = None if k is None else output_names[k]
     out["top1_agreement"] = None if k is None else float(np.mean(int8[k].argmax(1) == fp32[k].argmax(1)))
@@ -429,7 +452,9 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
     if r.get("accuracy_int8") is not None:
         parts.append(f"accuracy {100 * r['accuracy_fp32']:.2f}% (fp32) -> {100 * r['accuracy_int8']:.2f}% (int8)")
     parts.append(f"error vs {r['reference']}: max abs {r['max_abs_error']:.3g}, mean abs {r['mean_abs_error']:.3g} "
-                 f"({100 * r['max_rel_error']:.2g}% of the output scale; fp32 compact {r['fp32_max_abs_error']:.2g})")
+                 f"({100 * r['max_rel_error']:.2g}% of the output scale; fp32 compact {r['fp32_max_abs_error']:.2g})"
+                 + (f", {100 * r['clipped']:.2g}% of the output values beyond the calibrated range (clipped)"
+                    if r.get("clipped") else ""))
     lines = [line + " " + ", ".join(parts)]
     worst = [x for x in r.get("layers", [])[:SUMMARY_LAYERS]]
     if worst:

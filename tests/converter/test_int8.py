@@ -330,3 +330,15 @@ def test_options_are_checked_before_any_work(digits_checkpoint, tmp_path):
     with pytest.raises(BadInputError, match="does not exist"):
         convert_checkpoint(path, tmp_path / "out", ConvertOptions(int8=True, int8_calibration=str(tmp_path / "no.npz")))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_outputs_beyond_the_calibrated_range_are_counted_as_clipped(fp32, tmp_path):
+    Q.quantize(fp32, tmp_path / "q.onnx", calib() * 0.2)  # calibrated on small inputs
+    (lo, hi), = Q.output_ranges(onnx.load(str(tmp_path / "q.onnx"))).values()
+    assert lo < 0 < hi
+    narrow = C.CalibrationSet(calib() * 0.2, calib(32, seed=1) * 0.2, None, {})
+    wide = C.CalibrationSet(calib() * 0.2, calib(32, seed=1) * 3, None, {})
+    source = Net().eval()
+    names = [o.name for o in onnx.load(str(fp32)).graph.output]
+    assert Q.measure(fp32, tmp_path / "q.onnx", wide, source, names)["clipped"] > 0.1
+    assert Q.measure(fp32, tmp_path / "q.onnx", narrow, source, names)["clipped"] < 0.1
