@@ -107,3 +107,33 @@ def test_families_contracts_as_small_as_each_family_deploy(bench_modules, tmp_pa
                 assert np.abs(ours - theirs).max() <= 1e-4 * max(1.0, np.abs(theirs).max()), config
     finally:
         sys.modules.pop(spec.name, None)
+
+
+def test_int8_quantizes_four_ways_and_times_int8_against_fp32(bench_modules, tmp_path):
+    import importlib.util
+
+    # By path, under its own name, as the families benchmark above.
+    spec = importlib.util.spec_from_file_location("bench_int8", BENCHMARKS / "int8.py")
+    m = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = m
+    try:
+        spec.loader.exec_module(m)
+        assert [c.meta["arch"] for c in m.QUICK] == [c.meta["arch"] for c in m.FULL] == ["repvgg", "smallnet7"]
+        config = m.Config("tiny", {"arch": "smallnet7", "arch_kwargs": dict(TINY), "expand": "cl", "rate": 2,
+                                   "input_shape": [1, 3, 8, 8]}, 1)
+        ckpt, accuracy = m.train_checkpoint(config, tmp_path)
+        assert 0 <= accuracy <= 1
+        built = m.quantize_variants(ckpt, tmp_path, exporter="torchscript")
+        rows = {r["variant"]: r for r in built["rows"]}
+        assert list(rows) == list(m.VARIANTS)
+        for r in rows.values():
+            assert 0 <= r["agreement"] <= 1 and 0 <= r["accuracy"] <= 1 and r["max_abs"] > 0
+            assert r["accuracy_fp32"] == rows["merged per-channel"]["accuracy_fp32"]  # all against one fp32 model
+        # The merged network has fewer layers to quantize than the unmerged one.
+        assert rows["merged per-channel"]["int8_layers"] < rows["unmerged per-channel"]["int8_layers"]
+        timed = m.time_pair(Path(built["fp32"]), Path(built["paths"]["merged per-channel"]), built["input_shape"],
+                            (1, 4), seconds=0.02, threads=1, warmup=1)
+        assert [t["batch"] for t in timed] == [1, 4]
+        assert all(t["speedup"] > 0 and t["speedup_paired"] > 0 and t["rounds"] >= 1 for t in timed)
+    finally:
+        sys.modules.pop(spec.name, None)

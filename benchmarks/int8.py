@@ -1,0 +1,265 @@
+"""What INT8 costs and buys on re-parameterized networks, after merging and before.
+
+For networks trained here on the built-in digits (a RepVGG-style block net, registry ``repvgg``:
+3x3+BN, 1x1+BN and identity-BN branches summed; and SmallNet-7 in its ExpandNets CL expansion),
+each is converted with ``compactify convert --int8`` (per-channel weights, MinMax calibration on
+256 digits training images) and compared, on the 360 held-out digits test images, with three other
+ways of quantizing the same network, all with onnxruntime.quantization.quantize_static:
+
+- merged, per-tensor weights: one scale per weight tensor after merging (the known wall: merged
+  branches spread the channels' ranges apart);
+- unmerged, per-channel and per-tensor: the training-time network exported as it is, after ONNX
+  Runtime's recommended ``quant_pre_process`` (which folds BatchNorm into each branch's conv but
+  never sums branches), so every branch is quantized on its own and the sums run on int8 inputs.
+
+For each: top-1 agreement with the fp32 compact model, accuracy, max error against the source in
+float64, the share of output values beyond the calibrated range (clipped by the int8 output), and
+the layer adding the most error. Then the ONNX Runtime CPU latency of the int8 model
+against the fp32 compact model at batch 1 and 32, interleaved (harness.latency.compare_latency),
+ONNX Runtime and torch threads pinned, as ratios of medians and medians of per-round ratios.
+
+    python benchmarks/int8.py --quick     # short training and timing (about 1 minute here)
+    python benchmarks/int8.py             # longer training, wider nets, 10 s of timing per batch
+Results: benchmarks/results/int8{,-quick}.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import io
+import json
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import _common  # noqa: F401  (puts the repository on sys.path)
+from _common import RESULTS, machine, machine_line, print_table, write_results
+
+VARIANTS = ("merged per-channel", "merged per-tensor", "unmerged per-channel", "unmerged per-tensor")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    name: str
+    meta: dict  # checkpoint metadata as `compactify train` writes it (arch, arch_kwargs, expand, rate, input_shape)
+    epochs: int
+
+
+QUICK = [
+    Config("RepVGG (blocks 1-2-2-1, width 0.25) @32",
+           {"arch": "repvgg", "arch_kwargs": {"width": 0.25, "num_blocks": [1, 2, 2, 1], "input_size": 32,
+                                              "num_classes": 10},
+            "expand": None, "rate": None, "input_shape": [1, 3, 32, 32]}, 3),
+    Config("SmallNet-7 CL (rate 4, width 0.5) @8",
+           {"arch": "smallnet7", "arch_kwargs": {"input_size": 8, "width": 0.5, "hidden": 32}, "expand": "cl",
+            "rate": 4, "input_shape": [1, 3, 8, 8]}, 3),
+]
+FULL = [
+    Config("RepVGG (blocks 2-4-4-1, width 0.5) @32",
+           {"arch": "repvgg", "arch_kwargs": {"width": 0.5, "num_blocks": [2, 4, 4, 1], "input_size": 32,
+                                              "num_classes": 10},
+            "expand": None, "rate": None, "input_shape": [1, 3, 32, 32]}, 8),
+    Config("SmallNet-7 CK+FC (rate 4) @32",
+           {"arch": "smallnet7", "arch_kwargs": {"input_size": 32}, "expand": "ck+fc", "rate": 4,
+            "input_shape": [1, 3, 32, 32]}, 8),
+]
+
+
+def train_checkpoint(config: Config, folder: Path, epochs: int | None = None, seed: int = 0) -> tuple[Path, float]:
+    """Train the configuration on digits and save it with the metadata `compactify train` writes."""
+    import torch
+
+    from compactify.converter.checkpoint import save_checkpoint
+    from compactify.models import build_model
+    from compactify.models.train import train
+
+    epochs = config.epochs if epochs is None else epochs
+    torch.manual_seed(seed)
+    model = build_model(config.meta)
+    result = train(model, epochs, input_shape=config.meta["input_shape"], seed=seed, progress=False)
+    meta = dict(config.meta, training={"dataset": "digits", "epochs": epochs, "seed": seed, "data_seed": 0,
+                                       "test_fraction": 0.2, "test_accuracy": result.test_accuracy})
+    return save_checkpoint(folder / "source.safetensors", model.state_dict(), meta, force=True), result.test_accuracy
+
+
+def quantize_variants(checkpoint: Path, folder: Path, exporter: str = "auto") -> dict[str, Any]:
+    """Convert with --int8 (the merged per-channel artifact), then quantize the merged network per tensor
+    and the unmerged one both ways on the same calibration inputs; measure all four on the same held-out
+    inputs against the same fp32 compact model and float64 source."""
+    import onnx
+    import torch
+    from onnxruntime.quantization import quant_pre_process
+
+    from compactify.converter import int8 as Q
+    from compactify.converter.calibration import calibration_set
+    from compactify.converter.capture import select_outputs
+    from compactify.converter.checkpoint import load_checkpoint
+    from compactify.converter.convert import ConvertOptions, convert_checkpoint, example_input
+    from compactify.converter.ingest import build_source
+    from compactify.converter.onnx_export import export_onnx
+
+    out = folder / "converted"
+    t = time.perf_counter()
+    report = convert_checkpoint(checkpoint, out, ConvertOptions(int8=True, force=True))
+    convert_s = time.perf_counter() - t
+    source = build_source(load_checkpoint(checkpoint), None, None, None)
+    model = select_outputs(source.model, None, example_input(source.input_shape)).eval()
+    data = calibration_set(None, source.input_shape, source.meta)
+    fp32 = out / "compact.onnx"
+    names = report["output_names"]
+    paths = {"merged per-channel": out / Q.INT8_FILE, "merged per-tensor": folder / "merged-per-tensor.onnx"}
+    Q.quantize(fp32, paths["merged per-tensor"], data.calibration, per_channel=False)
+
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        export_onnx(model, torch.randn(2, *source.input_shape[1:]), folder / "unmerged.onnx", output_names=names,
+                    exporter=exporter)
+        with Q._quiet():
+            quant_pre_process(str(folder / "unmerged.onnx"), str(folder / "unmerged-pre.onnx"))
+    for per_channel in (True, False):
+        key = f"unmerged per-{'channel' if per_channel else 'tensor'}"
+        paths[key] = folder / f"{key.replace(' ', '-')}.onnx"
+        Q.quantize(folder / "unmerged-pre.onnx", paths[key], data.calibration, per_channel=per_channel)
+
+    rows = []
+    for variant in VARIANTS:
+        measured = report["int8"] if variant == "merged per-channel" else Q.measure(fp32, paths[variant], data, model,
+                                                                                     names)
+        base = fp32 if variant.startswith("merged") else folder / "unmerged-pre.onnx"
+        layers = report["int8"]["layers"] if variant == "merged per-channel" else Q.layer_errors(
+            base, paths[variant], data.held_out)
+        worst = layers[0] if layers else None
+        rows.append({
+            "variant": variant, "agreement": measured["top1_agreement"], "accuracy": measured["accuracy_int8"],
+            "accuracy_fp32": measured["accuracy_fp32"], "max_abs": measured["max_abs_error"],
+            "max_rel": measured["max_rel_error"], "clipped": measured["clipped"],
+            "worst_layer": None if worst is None else f"{worst['layer']} (+{worst['added']:.2g})",
+            "int8_layers": sum(r["weight"] is not None for r in Q.qdq_structure(onnx.load(str(paths[variant])))),
+        })
+    return {"rows": rows, "paths": {k: str(v) for k, v in paths.items()}, "fp32": str(fp32), "report": report,
+            "convert_s": convert_s, "input_shape": list(source.input_shape)}
+
+
+def time_pair(fp32: Path, int8: Path, input_shape: Sequence[int], batches: Sequence[int], *, seconds: float,
+              threads: int, warmup: int) -> list[dict[str, Any]]:
+    """Per batch size, fp32 compact against int8 on ONNX Runtime CPU, interleaved A/B rounds."""
+    import numpy as np
+
+    from compactify.harness.latency import Candidate, compare_latency, pinned_threads
+    from compactify.runtimes import open_runner
+
+    runners = {"fp32": open_runner(fp32, runtime="ort", intra_op_threads=threads, inter_op_threads=1),
+               "int8": open_runner(int8, runtime="ort", intra_op_threads=threads, inter_op_threads=1)}
+    rows = []
+    try:
+        with pinned_threads(threads):
+            for batch in batches:
+                x = np.random.default_rng(batch).standard_normal((batch, *input_shape[1:])).astype(np.float32)
+                cands = [Candidate(k, r.bind({r.inputs[0].name: x}), r.synchronize, "cpu", batch)
+                         for k, r in runners.items()]
+                result = compare_latency(cands, warmup=warmup, seconds=seconds, baseline=1, progress=False,
+                                         description=f"batch {batch}")
+                rows.append({
+                    "batch": batch, "rounds": result.rounds,
+                    "fp32_ms": result.by_label("fp32").p50_ms, "int8_ms": result.by_label("int8").p50_ms,
+                    "speedup": result.ratios_p50["fp32"], "speedup_paired": result.ratios_paired["fp32"],
+                    "max_cv": max(s.cv for s in result.stats),
+                    "stats": [s.to_dict() for s in result.stats],
+                })
+    finally:
+        for r in runners.values():
+            r.close()
+    return rows
+
+
+def run(configs: Sequence[Config], *, quick: bool, batches: Sequence[int], seconds: float, threads: int,
+        exporter: str, log=print) -> dict[str, list[dict]]:
+    accuracy, latency = [], []
+    with tempfile.TemporaryDirectory(prefix="compactify-int8-") as tmp:
+        for i, config in enumerate(configs):
+            folder = Path(tmp) / str(i)
+            folder.mkdir()
+            t = time.perf_counter()
+            ckpt, acc = train_checkpoint(config, folder)
+            log(f"{config.name}: trained {config.epochs} epochs on digits, test accuracy {acc:.4f} "
+                f"({time.perf_counter() - t:.0f} s); quantizing")
+            built = quantize_variants(ckpt, folder, exporter)
+            report = built["report"]
+            for row in built["rows"]:
+                accuracy.append({"model": config.name, "params": report["params_after"], **row})
+            log(f"{config.name}: timing fp32 compact vs int8")
+            for row in time_pair(Path(built["fp32"]), Path(built["paths"]["merged per-channel"]), built["input_shape"],
+                                 batches, seconds=seconds, threads=threads, warmup=5 if quick else 20):
+                latency.append({"model": config.name, **row})
+    return {"accuracy": accuracy, "latency": latency}
+
+
+def _accuracy_columns():
+    from compactify.harness.report import Column
+
+    return [Column("model"), Column("variant"), Column("accuracy_fp32", "fp32 acc", ".4f"),
+            Column("accuracy", "int8 acc", ".4f"), Column("agreement", "top-1 agree w/ fp32", ".4f"),
+            Column("max_rel", "max err / scale", ".3g"), Column("clipped", "outputs clipped", ".2%"),
+            Column("worst_layer", "layer adding most error"),
+            Column("int8_layers", "int8 layers")]
+
+
+def _latency_columns():
+    from compactify.harness.report import Column
+
+    return [Column("model"), Column("batch"), Column("fp32_ms", "fp32 compact p50 ms", ".3f"),
+            Column("int8_ms", "int8 p50 ms", ".3f"), Column("speedup", "fp32 / int8 (p50)", ".2f"),
+            Column("speedup_paired", "fp32 / int8 (paired)", ".2f"), Column("rounds"), Column("max_cv", "max CV", ".0%")]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small nets, 3 epochs, 1.5 s of timing per batch")
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op (and torch) threads (default 1)")
+    parser.add_argument("--seconds", type=float, default=None, help="timing per batch size (default 10; quick 1.5)")
+    parser.add_argument("--batches", default="1,32", help="comma-separated batch sizes")
+    parser.add_argument("--exporter", default=None, choices=["auto", "dynamo", "torchscript"],
+                        help="ONNX exporter of the unmerged network (default auto; quick: torchscript)")
+    parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    args = parser.parse_args(argv)
+    batches = [int(b) for b in args.batches.split(",")]
+    seconds = args.seconds or (1.5 if args.quick else 10.0)
+    exporter = args.exporter or ("torchscript" if args.quick else "auto")
+    configs = QUICK if args.quick else FULL
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    info = machine()
+    print(machine_line(info))
+    t = time.perf_counter()
+    rows = run(configs, quick=args.quick, batches=batches, seconds=seconds, threads=args.threads, exporter=exporter)
+    wall = time.perf_counter() - t
+    print_table(rows["accuracy"], _accuracy_columns(),
+                "INT8 on the 360 held-out digits test images (calibrated on 256 training images, MinMax)")
+    print_table(rows["latency"], _latency_columns(),
+                f"ONNX Runtime CPU, {args.threads} thread(s): fp32 compact vs int8 (merged, per-channel), interleaved")
+    info_after = machine()
+    print(f"load average after: {', '.join(f'{v:.1f}' for v in info_after['loadavg_1_5_15'])}; wall {wall:.0f} s")
+
+    from compactify.harness.report import markdown_table
+
+    settings = {"quick": args.quick, "threads": args.threads, "seconds": seconds, "batches": batches,
+                "exporter": exporter, "configs": [dataclasses.asdict(c) for c in configs]}
+    md = "\n".join([
+        "## INT8 on ONNX Runtime CPU" + (" (--quick)" if args.quick else ""), "", f"Machine: {machine_line(info)}", "",
+        f"Settings: {json.dumps(settings)}", "", markdown_table(rows["accuracy"], _accuracy_columns()), "",
+        markdown_table(rows["latency"], _latency_columns()),
+    ])
+    payload = {"machine": info, "machine_after": info_after, "settings": settings, **rows, "wall_s": wall}
+    written = write_results("int8-quick" if args.quick else "int8", payload, md, args.out or RESULTS)
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
