@@ -213,7 +213,8 @@ def _latency_columns():
 
     return [Column("model"), Column("batch"), Column("fp32_ms", "fp32 compact p50 ms", ".3f"),
             Column("int8_ms", "int8 p50 ms", ".3f"), Column("speedup", "fp32 / int8 (p50)", ".2f"),
-            Column("speedup_paired", "fp32 / int8 (paired)", ".2f"), Column("rounds"), Column("max_cv", "max CV", ".0%")]
+            Column("speedup_paired", "fp32 / int8 (paired)", ".2f"), Column("rounds"),
+            Column("max_cv", "max CV", ".0%")]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

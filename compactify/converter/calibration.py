@@ -88,7 +88,8 @@ def digits_set(input_shape: Sequence[int], meta: Mapping[str, Any] | None) -> Ca
     })
 
 
-def read_npz(path: str | Path, input_shape: Sequence[int], input_name: str = "x") -> tuple[np.ndarray, np.ndarray | None, str]:
+def read_npz(path: str | Path, input_shape: Sequence[int],
+             input_name: str = "x") -> tuple[np.ndarray, np.ndarray | None, str]:
     """The inputs (float32), the labels (int64 or None) and the sha256 of an .npz calibration file."""
     from compactify.converter.sniff import detect
 

@@ -426,7 +426,8 @@ def write_int8(request: Int8Request, fp32_path: str | Path, out_path: str | Path
     report = {
         "artifact": Path(out_path).name,
         "format": "QDQ (onnxruntime.quantization.quantize_static)",
-        "weights": "int8, symmetric, per output channel" + (" (float weights behind Q/DQ pairs)" if request.tensorrt else ""),
+        "weights": "int8, symmetric, per output channel"
+                   + (" (float weights behind Q/DQ pairs)" if request.tensorrt else ""),
         "activations": ("int8, symmetric (zero points 0, as TensorRT needs), per tensor" if request.tensorrt
                         else "int8, asymmetric, per tensor (ONNX Runtime folds a ReLU into the zero point)"),
         "biases": "float (TensorRT rejects int32 DequantizeLinear)" if request.tensorrt else "int32",

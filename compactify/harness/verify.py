@@ -162,7 +162,8 @@ class VerifyResult:
             what = f"{worst.nonfinite} NaN/Inf values" if worst.nonfinite else f"max abs error {worst.max_abs:.3g}"
             parts.append(f"{c.label} {worst.name}: {what} (atol {c.atol:g}, rtol {c.rtol:g})")
         floats = [c for c in self.failures if c.tolerance is None]
-        hint = "; run with --per-region to find the region that introduced it" if self.regions is None and floats else ""
+        hint = "; run with --per-region to find the region that introduced it" if self.regions is None and floats \
+            else ""
         if len(floats) < len(self.failures):
             hint += ("; report.json lists the int8 layers adding the most error (int8.layers): convert with "
                      "--int8-keep LAYER,... to keep them in float")
