@@ -27,7 +27,7 @@ from compactify.runtimes import devices, open_runner
 from compactify.runtimes.devices import tensorrt_missing
 
 from test_int8 import SHAPE, Net, calib
-from test_tensorrt_build import fake_tensorrt
+from test_tensorrt_build import recorded  # noqa: F401  (the stand-in TensorRT, as a fixture)
 
 TRT_MISSING = tensorrt_missing()
 needs_tensorrt = pytest.mark.skipif(TRT_MISSING is not None, reason=TRT_MISSING or "")
@@ -40,15 +40,6 @@ def qdq(tmp_path_factory):
     Q.quantize(folder / "net.onnx", folder / "trt.onnx", calib(), tensorrt=True)
     Q.quantize(folder / "net.onnx", folder / "ort.onnx", calib())
     return folder
-
-
-@pytest.fixture
-def recorded(monkeypatch):
-    record: dict = {}
-    trt = fake_tensorrt(record)
-    monkeypatch.setattr(devices, "_import_tensorrt", lambda: (trt, None))
-    monkeypatch.setattr(devices, "cuda_available", lambda: True)
-    return record
 
 
 def test_qdq_model_builds_strongly_typed_as_it_is(qdq, tmp_path, recorded):
