@@ -55,10 +55,6 @@ class Composition:
     # Why the merged operator holds only at the traced input size; empty: at every size.
     size_notes: list[str] = field(default_factory=list)
 
-    @property
-    def all_sizes(self) -> bool:
-        return not self.size_notes
-
 
 def classify_steps(gm: fx.GraphModule, consts: Constants) -> dict[fx.Node, Step]:
     """The affine steps of the graph, less any that reads or makes a tensor written in place."""
