@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from compactify.harness.latency import DEFAULT_ITERS, DEFAULT_WARMUP
+from compactify.measure.latency import DEFAULT_ITERS, DEFAULT_WARMUP
 from compactify.runtimes.kinds import kinds_table
 
 

@@ -66,7 +66,7 @@ def convert(checkpoint, arch, arch_kwargs, input_shape, out_dir, outputs, allow_
     The file's format is read from its content, whatever its suffix.
     """
     from compactify.converter.convert import ConvertOptions, convert_checkpoint
-    from compactify.converter.ingest import parse_arch_kwargs, parse_input_shape
+    from compactify.converter.load.ingest import parse_arch_kwargs, parse_input_shape
 
     options = ConvertOptions(
         arch=arch,
@@ -93,7 +93,7 @@ def convert(checkpoint, arch, arch_kwargs, input_shape, out_dir, outputs, allow_
         int8_keep=tuple(k for k in (int8_keep or "").split(",") if k.strip()),
         int8_min_agreement=int8_min_agreement,
     )
-    from compactify.converter.resources import memory_budget, parse_size
+    from compactify.converter.load.resources import memory_budget, parse_size
 
     budget = parse_size(max_memory) if max_memory is not None else None
     with warnings.catch_warnings(), memory_budget(budget):
@@ -139,7 +139,7 @@ def _print_summary(report: dict, out_dir: str) -> None:
             line += f", accuracy {100 * t['accuracy_before']:.2f}% -> {100 * t['accuracy_after']:.2f}%"
         console.print(line)
     if report.get("int8") is not None:
-        from compactify.converter.int8 import summary_lines
+        from compactify.converter.export.int8 import summary_lines
 
         for line in summary_lines(report["int8"]):
             console.print(line, highlight=False)

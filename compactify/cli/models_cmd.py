@@ -117,7 +117,7 @@ def expand_cmd(arch: str, mode: str | None, rate: int, layers: str | None, arch_
     """
     import torch
 
-    from compactify.converter.checkpoint import save_checkpoint
+    from compactify.converter.load.checkpoint import save_checkpoint
     from compactify.models import create_model, expand, model_entry
     from compactify.models.metadata import CheckpointMeta
 
@@ -176,7 +176,7 @@ def train_cmd(arch: str, mode: str | None, rate: int, layers: str | None, arch_k
     checkpoint whose metadata lets `compactify convert` rebuild it."""
     import torch
 
-    from compactify.converter.checkpoint import save_checkpoint
+    from compactify.converter.load.checkpoint import save_checkpoint
     from compactify.models import attach_auxiliary, create_model, expand, model_entry
     from compactify.models.metadata import CheckpointMeta
     from compactify.models.data import NUM_CLASSES, load_digits_data

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from compactify.harness.metrics import DEFAULT_ATOL, DEFAULT_RTOL
+from compactify.measure.metrics import DEFAULT_ATOL, DEFAULT_RTOL
 from compactify.runtimes.kinds import kinds_table
 
 
@@ -91,7 +91,7 @@ def verify(outdir, reference, candidate, runtime_a, runtime_b, reference_dtype, 
                                              *(outdir.glob("*") if outdir is not None and outdir.is_dir() else [])],
                           what="--json file")
     if pair:
-        from compactify.converter.ingest import parse_arch_kwargs, parse_input_shape
+        from compactify.converter.load.ingest import parse_arch_kwargs, parse_input_shape
 
         result = verify_models(
             reference, candidate, runtime_a=runtime_a, runtime_b=runtime_b, device=device,

@@ -12,13 +12,15 @@ import torch
 from torch import fx, nn
 
 from compactify import __version__
-from compactify.converter.capture import capture_graph, check_runs, select_outputs
-from compactify.converter.checkpoint import PT2_META_FILE, load_checkpoint
-from compactify.converter.graph_ops import Constants
-from compactify.converter.ingest import Source, build_source
-from compactify.converter.plan import Decision, GraphProfile, count_flops, plan_region, profile_graph
-from compactify.converter.regions import find_regions
-from compactify.converter.rewrite import rewrite
+from compactify.converter.frontends.fx.capture import capture_graph, check_runs, select_outputs
+from compactify.converter.load.checkpoint import PT2_META_FILE, load_checkpoint
+from compactify.converter.backends.fx_layers import attach_modules
+from compactify.converter.backends.fx_rewrite import rewrite
+from compactify.converter.engine.graph import AffineGraph
+from compactify.converter.engine.plan import Decision, plan_graph
+from compactify.converter.frontends.fx.graph import affine_graph
+from compactify.converter.frontends.fx.profile import GraphProfile, count_flops
+from compactify.converter.load.ingest import Source, build_source
 from compactify.errors import BadInputError
 from compactify.outputs import atomic_dir, check_output_folder
 from compactify.tensors import flatten_outputs
@@ -49,7 +51,7 @@ class Contraction:
     # The source's own float32 run against its float64 run on the same inputs: what float32
     # rounding alone costs, against which the compact model's error is judged.
     source_rel_error: float | None = None
-    truncation: dict | None = None  # the --rank report section (compactify.converter.truncate)
+    truncation: dict | None = None  # the --rank report section (compactify.converter.lowrank.truncate)
 
     @property
     def regions(self) -> list[dict]:
@@ -85,6 +87,7 @@ class Plan:
     example: torch.Tensor
     profile: GraphProfile
     decisions: list[Decision]
+    graph: AffineGraph
 
 
 def plan_contraction(model: nn.Module, input_shape: tuple[int, ...], allow_approximate: bool = False,
@@ -93,11 +96,10 @@ def plan_contraction(model: nn.Module, input_shape: tuple[int, ...], allow_appro
     # Batch 2 at least, so that export keeps the batch dimension dynamic instead of specialising on 1.
     example = example_input((max(2, input_shape[0]), *input_shape[1:]))
     gm = capture_graph(model, example, dynamic_spatial=dynamic_hw)
-    regions = find_regions(gm, Constants(gm))
-    profile = profile_graph(gm, example)
-    sizes = {name: p.numel() for name, p in gm.named_parameters()}
-    decisions = [d for r in regions for d in plan_region(r, profile, sizes, allow_approximate, dynamic_hw)]
-    return Plan(gm, example, profile, decisions)
+    graph, profile = affine_graph(gm, example)
+    decisions = plan_graph(graph, allow_approximate, dynamic_hw)
+    attach_modules(decisions)
+    return Plan(gm, example, profile, decisions, graph)
 
 
 def contract(model: nn.Module, input_shape: tuple[int, ...], allow_approximate: bool = False,
@@ -118,7 +120,7 @@ def contract(model: nn.Module, input_shape: tuple[int, ...], allow_approximate: 
     flops_before = sum(profile.flops.values())
     truncation = None
     if rank is not None:
-        from compactify.converter.truncate import truncate_plan
+        from compactify.converter.lowrank.truncate import truncate_plan
 
         truncation = truncate_plan(gm, decisions, profile, rank)
     compact, _ = rewrite(gm, decisions, None if dynamic_hw else tuple(example.shape[2:]))
@@ -160,7 +162,7 @@ def measure_error(model: nn.Module, compact: nn.Module, input_shape, batches: in
 def measure_errors(model: nn.Module, compact: nn.Module, input_shape, batches: int = ERROR_BATCHES):
     """``(max_abs, max_rel)`` of ``compact`` against ``model`` in float64, and the normalised
     relative error of ``model``'s own float32 run on the same inputs, from one float64 run."""
-    from compactify.harness.metrics import compare
+    from compactify.measure.metrics import compare
 
     ref_model = reference_float64(model)
     max_abs, max_rel, source_rel = 0.0, 0.0, 0.0
@@ -200,11 +202,11 @@ class ConvertOptions:
     trt: bool = False
     max_batch: int = 32  # TensorRT optimization profile: batch 1 .. max_batch
     timing_cache: str | None = None
-    rank: str | None = None  # --rank RULE: prune and truncate (compactify.converter.truncate)
+    rank: str | None = None  # --rank RULE: prune and truncate (compactify.converter.lowrank.truncate)
     rank_multiple: int = 1
     cost: str = "flops"  # or "latency": keep a factored layer only if it measures faster
     calibration: str | None = None  # inputs for the truncation error: "random", "digits" (None: auto)
-    int8: bool = False  # also write compact.int8.onnx (compactify.converter.int8)
+    int8: bool = False  # also write compact.int8.onnx (compactify.converter.export.int8)
     int8_calibration: str | None = None  # --calibration FILE.npz (None: digits, for checkpoints trained on them)
     int8_method: str = "minmax"  # --calibration-method: minmax, entropy or percentile
     int8_keep: tuple[str, ...] = ()  # --int8-keep: layers left in float
@@ -225,7 +227,7 @@ def convert_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: Con
             raise BadInputError("--trt builds the engine from the ONNX model; drop --no-onnx")
     if options.fp16 and not options.onnx:
         raise BadInputError("--fp16 writes compact.fp16.onnx; drop --no-onnx")
-    from compactify.converter.int8 import check_options, int8_request
+    from compactify.converter.export.int8 import check_options, int8_request
 
     check_options(options)
     # The folder is claimed (locked, a temporary sibling made) before the work: a second run into the
@@ -237,7 +239,7 @@ def convert_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: Con
             raise BadInputError("the input shape is unknown for this model: pass --input-shape N,C,H,W")
         model = select_outputs(source.model, options.outputs, example_input(source.input_shape))
         int8 = int8_request(options, source, model)  # the calibration inputs are read and checked before the work
-        from compactify.converter.truncate import rank_request
+        from compactify.converter.lowrank.truncate import rank_request
 
         result = contract(model, tuple(source.input_shape), options.allow_approximate, rank_request(options, source),
                           dynamic_hw=options.dynamic_hw)
@@ -255,7 +257,7 @@ def convert_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: Con
 def export_artifacts(result: Contraction, report: dict, options: ConvertOptions, folder: Path, int8=None) -> dict:
     """compact.onnx (+ fp16 copy, + int8 QDQ model with ``int8``, an ``int8.Int8Request``, + TensorRT
     engine); returns the report entries they add."""
-    from compactify.converter.onnx_export import export_onnx, to_fp16
+    from compactify.converter.export.onnx_export import export_onnx, to_fp16
 
     metadata = {
         "compactify.version": __version__,
@@ -285,13 +287,13 @@ def export_artifacts(result: Contraction, report: dict, options: ConvertOptions,
                               "clamped_values": half.clamped_values, "flushed_values": half.flushed_values}
         engine_source = folder / "compact.fp16.onnx"
     if int8 is not None:
-        from compactify.converter.int8 import INT8_FILE, write_int8
+        from compactify.converter.export.int8 import INT8_FILE, write_int8
 
         added["int8"] = write_int8(int8, folder / "compact.onnx", folder / INT8_FILE, report["output_names"])
         artifacts["onnx_int8"] = INT8_FILE
         engine_source = folder / INT8_FILE  # TensorRT builds it with explicit quantization
     if options.trt:
-        from compactify.converter.tensorrt_build import build_engine
+        from compactify.converter.export.tensorrt_build import build_engine
 
         info = build_engine(engine_source, folder / "compact.engine", max_batch=options.max_batch,
                             timing_cache=options.timing_cache, fp16=options.fp16)
@@ -381,11 +383,11 @@ def report_markdown(report: dict) -> str:
             f"{r['params_before']:,} -> {r['params_after']:,} | {r['flops_before']:,} -> {r['flops_after']:,} |"
         )
     if report.get("truncation") is not None:
-        from compactify.converter.truncate import truncation_markdown
+        from compactify.converter.lowrank.truncate import truncation_markdown
 
         lines += truncation_markdown(report["truncation"])
     if report.get("int8") is not None:
-        from compactify.converter.int8 import int8_markdown
+        from compactify.converter.export.int8 import int8_markdown
 
         lines += int8_markdown(report["int8"])
     if report["warnings"]:

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from compactify.errors import BadInputError
-from compactify.harness.latency import (
+from compactify.measure.latency import (
     DEFAULT_WARMUP,
     Candidate,
     InterleavedResult,
@@ -71,7 +71,7 @@ def parse_shape(text: str | Sequence[int] | None) -> tuple[int, ...] | None:
     if text is None:
         return None
     if isinstance(text, str):
-        from compactify.converter.ingest import parse_input_shape
+        from compactify.converter.load.ingest import parse_input_shape
 
         if not text.strip():
             raise BadInputError("--input-shape is empty; give N,C,H,W such as 1,3,32,32")
@@ -159,7 +159,7 @@ def _open(model: BenchModel, device: str, threads: int | None, trust_pickle: boo
 
 def _module_from_checkpoint(path: Path, trust_pickle: bool):
     """Rebuild the network a checkpoint stands for, weights loaded, in eval mode."""
-    from compactify.converter.checkpoint import load_checkpoint
+    from compactify.converter.load.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path, trust_pickle=trust_pickle)
     meta = ckpt.meta or {}

@@ -115,11 +115,11 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None, *, force: bo
              log: Callable[[str], None] = lambda s: None) -> DemoResult:
     import torch
 
-    from compactify.converter.checkpoint import save_checkpoint
+    from compactify.converter.load.checkpoint import save_checkpoint
     from compactify.converter.convert import ConvertOptions, convert_checkpoint
-    from compactify.converter.onnx_export import export_onnx
+    from compactify.converter.export.onnx_export import export_onnx
     from compactify.harness.bench import bench
-    from compactify.harness.latency import pinned_threads
+    from compactify.measure.latency import pinned_threads
     from compactify.harness.report import write_json
     from compactify.harness.verify import verify_conversion
     from compactify.models import create_model

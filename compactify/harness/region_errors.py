@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from compactify.harness.metrics import OutputComparison, compare
+from compactify.measure.metrics import OutputComparison, compare
 
 
 @dataclasses.dataclass
@@ -134,7 +134,7 @@ def _shipped_state(path: str | Path | None, notes: list[str]) -> dict[str, torch
 
 
 def _float64_copy(gm: fx.GraphModule, notes: list[str]) -> tuple[fx.GraphModule, torch.dtype]:
-    from compactify.converter.capture import float64_graph
+    from compactify.converter.frontends.fx.capture import float64_graph
 
     try:
         return float64_graph(gm), torch.float64
@@ -173,7 +173,7 @@ def _deployed_layer(decision, shipped: dict[str, torch.Tensor] | None) -> tuple[
 
 
 def _apply64(op, x: torch.Tensor) -> torch.Tensor:
-    from compactify.converter import algebra as A
+    from compactify.converter.engine import algebra as A
 
     return A.apply(op, x)
 

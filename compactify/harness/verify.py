@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from compactify.errors import BadInputError, CompactifyError, VerificationError
-from compactify.harness.metrics import DEFAULT_ATOL, DEFAULT_RTOL, OutputComparison, compare_all
+from compactify.measure.metrics import DEFAULT_ATOL, DEFAULT_RTOL, OutputComparison, compare_all
 from compactify.harness.report import Column
 
 DEFAULT_BATCHES = 2
@@ -233,7 +233,7 @@ def load_inputs(path: str | Path, names: Sequence[str], shapes: Sequence[Sequenc
     path = Path(path)
     if not path.is_file():
         raise BadInputError(f"inputs file {path} does not exist")
-    from compactify.converter.sniff import detect
+    from compactify.converter.load.sniff import detect
 
     content = detect(path)
     if content.kind != "npz":
@@ -425,8 +425,8 @@ def _compare_int8(candidate: _Model, report: dict, reference: _Model, shape: Seq
                   fixed: tuple[int, str] | None, tol: float, notes: list[str]) -> CandidateResult:
     """An int8 model against the reference, each output within ``tol`` of its largest reference value, on
     ``data`` (the user's --inputs) or else on the held-out inputs the conversion measured it on."""
-    from compactify.converter.calibration import held_out_inputs
-    from compactify.harness.metrics import compare
+    from compactify.converter.export.calibration import held_out_inputs
+    from compactify.measure.metrics import compare
 
     what = "the given inputs"
     rule = f"{tol:g} x max|ref| / 0"
@@ -487,10 +487,10 @@ def load_report(outdir: str | Path) -> dict:
 
 def rebuild_source(report: dict):
     """The source model (eval, float32) exactly as the conversion saw it, and its input shape."""
-    from compactify.converter.capture import select_outputs
-    from compactify.converter.checkpoint import load_checkpoint
+    from compactify.converter.frontends.fx.capture import select_outputs
+    from compactify.converter.load.checkpoint import load_checkpoint
     from compactify.converter.convert import example_input
-    from compactify.converter.ingest import build_source
+    from compactify.converter.load.ingest import build_source
 
     src = report["source"]
     path = Path(src["checkpoint"])
@@ -666,8 +666,8 @@ def _open_model(path: str | Path, runtime: str | None, device: str, dtype: str, 
         if runtime not in (None, "torch"):
             raise BadInputError(f"{path.name} is a checkpoint and runs on --runtime torch, not {runtime}; "
                                 "export it to ONNX first")
-        from compactify.converter.checkpoint import load_checkpoint
-        from compactify.converter.ingest import build_source
+        from compactify.converter.load.checkpoint import load_checkpoint
+        from compactify.converter.load.ingest import build_source
 
         source = build_source(load_checkpoint(path, trust_pickle=trust_pickle), arch, arch_kwargs, input_shape)
         module = source.model

@@ -70,7 +70,7 @@ def kind_of(path: str | Path) -> FileKind:
     if kind is not None:
         return kind
     if path.is_file():
-        from compactify.converter.sniff import detect
+        from compactify.converter.load.sniff import detect
 
         content = detect(path)
         if content.kind in ("pt2", "onnx"):

@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from compactify.converter.capture import program_inputs
+from compactify.converter.frontends.fx.capture import program_inputs
 from compactify.errors import BadInputError, CompactifyError
 from compactify.runtimes.base import Runner, TensorSpec
 from compactify.runtimes.devices import require_cuda

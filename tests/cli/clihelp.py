@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from compactify.cli import main
-from compactify.converter.checkpoint import save_checkpoint
+from compactify.converter.load.checkpoint import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 # A tiny registry net with its metadata: convert needs no --arch, and it contracts in about a second.

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 from torch import nn
 
-from compactify.converter.checkpoint import save_checkpoint
+from compactify.converter.load.checkpoint import save_checkpoint
 
 from clihelp import TINY_META, error_line, run, snapshot, tiny_checkpoint
 

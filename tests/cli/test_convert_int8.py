@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from clihelp import error_line, run, snapshot
-from compactify.converter.checkpoint import save_checkpoint
+from compactify.converter.load.checkpoint import save_checkpoint
 
 import int8_models
 

@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from compactify.cli import main
-from compactify.converter.checkpoint import save_checkpoint
+from compactify.converter.load.checkpoint import save_checkpoint
 
 import user_models
 

@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from compactify.cli import main
-from compactify.converter.checkpoint import load_checkpoint
+from compactify.converter.load.checkpoint import load_checkpoint
 from compactify.models import build_model, create_model
 from compactify.models.data import load_digits_data
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 
 from compactify.cli import main
-from compactify.converter.checkpoint import save_checkpoint
+from compactify.converter.load.checkpoint import save_checkpoint
 from compactify.models import build_model
 
 META = {"arch": "smallnet7", "arch_kwargs": {"input_size": 8, "width": 0.25, "hidden": 8}, "expand": "ck+fc",

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from compactify.converter.convert import contract, reference_float64
-from compactify.converter.size_guard import InputSizeError
+from compactify.converter.backends.size_guard import InputSizeError
 from compactify.tensors import flatten_outputs
 
 
@@ -433,7 +433,7 @@ def test_report_names_the_ops_that_end_each_region():
 
 def test_float64_copy_of_a_graph_that_casts_to_float32():
     # DBB's identity kernels are cast with .to(dtype): the graph then asserts and casts float32.
-    from compactify.converter.capture import capture_graph, float64_graph
+    from compactify.converter.frontends.fx.capture import capture_graph, float64_graph
 
     class Casting(nn.Module):
         def __init__(self):

@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from compactify.converter.convert import contract, reference_float64
-from compactify.converter.size_guard import InputSizeError
+from compactify.converter.backends.size_guard import InputSizeError
 
-from test_constructs import _bn
+from .test_constructs import _bn
 
 C = 4
 EXAMPLES = int(os.environ.get("STRESS", "25"))

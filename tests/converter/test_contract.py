@@ -266,7 +266,7 @@ class WithAuxiliary(nn.Module):
 
 
 def test_declared_outputs_drop_training_only_heads():
-    from compactify.converter.capture import select_outputs
+    from compactify.converter.frontends.fx.capture import select_outputs
 
     model = WithAuxiliary().eval()
     model(torch.randn(1, 3, 8, 8))  # materialise the lazy layer
@@ -294,7 +294,7 @@ def test_smallnet7_expansions_contract_to_the_compact_net(mode):
 
 def test_program_exported_with_core_aten_decompositions():
     """A .pt2 made with run_decompositions: convolution, _native_batch_norm_legit_no_training, addmm."""
-    from compactify.converter.capture import graph_module
+    from compactify.converter.frontends.fx.capture import graph_module
 
     model = _randomize_bn(nn.Sequential(nn.Conv2d(3, 8, 1, padding=1), nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8),
                                         nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 16), nn.Linear(16, 4)))

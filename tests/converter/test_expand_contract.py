@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from compactify.converter.convert import contract, example_input, reference_float64
-from compactify.converter.onnx_export import export_onnx
+from compactify.converter.export.onnx_export import export_onnx
 from compactify.models import applicable_modes, create_model
 
 TINY = {"num_classes": 10, "input_size": 32}

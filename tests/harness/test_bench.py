@@ -198,7 +198,7 @@ def test_bench_cuda_without_device_is_missing_runtime(models):
 
 
 def _checkpoint(tmp_path, suffix):
-    from compactify.converter.checkpoint import save_checkpoint
+    from compactify.converter.load.checkpoint import save_checkpoint
     from compactify.models import build_model
 
     meta = {"arch": "smallnet3", "arch_kwargs": {"width": 0.25, "input_size": 24, "hidden": 8}, "expand": "cl",

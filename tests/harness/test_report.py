@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from compactify.errors import BadInputError
-from compactify.harness.metrics import compare
+from compactify.measure.metrics import compare
 from compactify.harness.report import (
     Column,
     format_cell,

@@ -11,7 +11,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from compactify.converter.checkpoint import save_checkpoint
+from compactify.converter.load.checkpoint import save_checkpoint
 from compactify.converter.convert import ConvertOptions, convert_checkpoint
 from compactify.errors import BadInputError, VerificationError
 from compactify.harness.verify import load_inputs, seeded_inputs, verify_conversion, verify_models
@@ -143,7 +143,7 @@ def test_scaled_or_nan_onnx_initializer_fails(converted, tmp_path):
 
 
 def test_fp16_artifact_is_judged_with_fp16_tolerances(converted, tmp_path):
-    from compactify.converter.onnx_export import to_fp16
+    from compactify.converter.export.onnx_export import to_fp16
 
     out = _copy(converted, tmp_path)
     to_fp16(out / "compact.onnx", out / "compact.fp16.onnx")
@@ -229,7 +229,7 @@ def test_verify_any_two_models(converted, tmp_path):
         verify_models(ckpt, out / "compact.onnx", runtime_b="torch")
 
     # A candidate for another input size does not fit.
-    from compactify.converter.onnx_export import export_onnx
+    from compactify.converter.export.onnx_export import export_onnx
 
     other = build_model({**META, "expand": None, "arch_kwargs": {**KW, "input_size": 16}}).eval()
     export_onnx(other, torch.randn(2, 3, 16, 16), tmp_path / "other.onnx", simplify=False)

@@ -1,0 +1,47 @@
+"""The PyTorch layer that computes a merged operator: ``nn.Linear`` or ``nn.ConvNd`` (behind a
+constant pad for the part of an asymmetric padding a conv cannot do), cast once from float64."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from compactify.converter.engine import algebra as A
+
+
+def to_module(op: A.AffineConv) -> nn.Module:
+    """The standard layer computing ``op``, in float32 (cast once, from float64)."""
+    op = A.trim(op)
+    layer = _linear_layer(op) if op.ndim == 0 else _conv_layer(op)
+    extra = [(b - min(b, a), a - min(b, a)) for b, a in op.padding]
+    if any(b or a for b, a in extra):  # asymmetric padding: convs only pad symmetrically
+        pad_cls = {1: nn.ConstantPad1d, 2: nn.ConstantPad2d, 3: nn.ConstantPad3d}[op.ndim]
+        layer = nn.Sequential(pad_cls(tuple(p for pair in reversed(extra) for p in pair), 0.0), layer)
+    return layer.eval()
+
+
+def attach_modules(decisions) -> None:
+    """Give every merged decision that has none yet the layer computing its operator."""
+    for d in decisions:
+        if d.kind == "dense" and d.module is None and d.operator is not None:
+            d.module = to_module(d.operator)
+
+
+def _linear_layer(op: A.AffineConv) -> nn.Linear:
+    weight = A.dense_weight(op)
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=op.has_bias)
+    layer.weight.data = weight.to(torch.float32)
+    if op.has_bias:
+        layer.bias.data = op.bias.to(torch.float32)
+    return layer
+
+
+def _conv_layer(op: A.AffineConv) -> nn.Module:
+    cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[op.ndim]
+    layer = cls(op.in_channels, op.out_channels, op.kernel, stride=op.stride,
+                padding=tuple(min(b, a) for b, a in op.padding), dilation=op.dilation,
+                groups=op.groups, bias=op.has_bias)
+    layer.weight.data = op.weight.to(torch.float32).contiguous()
+    if op.has_bias:
+        layer.bias.data = op.bias.to(torch.float32)
+    return layer

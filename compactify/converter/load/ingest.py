@@ -1,0 +1,152 @@
+"""From a loaded checkpoint to an eval-mode model: architecture, weights and sanity checks."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from compactify.converter.load.checkpoint import Checkpoint
+from compactify.errors import BadInputError
+
+
+@dataclass
+class Source:
+    model: nn.Module  # eval mode, float32
+    meta: dict = field(default_factory=dict)  # what rebuilds it: arch, arch_kwargs, expand, rate, ...
+    input_shape: tuple[int, ...] | None = None
+
+
+def parse_input_shape(text: str | None, option: str = "--input-shape") -> tuple[int, ...] | None:
+    """``"1,3,32,32"`` (or ``1x3x32x32``) -> ``(1, 3, 32, 32)``: N,C,H,W, the batch first, in every command."""
+    if text is None or text == "":
+        return None
+    try:
+        dims = tuple(int(d) for d in str(text).replace("x", ",").split(","))
+    except ValueError:
+        raise BadInputError(f"{option} {text!r} is not a list of integers such as 1,3,32,32 (N,C,H,W)") from None
+    if len(dims) < 2 or any(d <= 0 for d in dims):
+        raise BadInputError(f"{option} {text!r} needs at least two positive sizes, the batch first, such as "
+                            "1,3,32,32 (N,C,H,W)")
+    return dims
+
+
+def parse_arch_kwargs(text: str | dict | None) -> dict:
+    if text is None or text == "":
+        return {}
+    if isinstance(text, dict):
+        return text
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadInputError(f"--arch-kwargs is not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(value, dict):
+        raise BadInputError("--arch-kwargs must be a JSON object such as '{\"num_classes\": 10}'")
+    return value
+
+
+def build_source(
+    ckpt: Checkpoint,
+    arch: str | None = None,
+    arch_kwargs: dict | None = None,
+    input_shape: tuple[int, ...] | None = None,
+) -> Source:
+    """The eval-mode float32 model a checkpoint stands for, its metadata and its input shape.
+
+    The metadata is checked against the schema, the weights for NaN/Inf and negative BatchNorm
+    variances, and the input shape against the memory budget (``converter.resources``), before
+    the model ever runs."""
+    from compactify.models.metadata import check_shape, validate_meta
+
+    where = f"checkpoint {ckpt.path} metadata"
+    if ckpt.format == "pt2":
+        from compactify.converter.frontends.fx.capture import graph_module, program_inputs
+
+        model = graph_module(ckpt.exported)
+        inputs = program_inputs(ckpt.exported)
+        traced = tuple(1 if d is None else d for d in inputs[0][1]) if inputs else None
+        meta = validate_meta(ckpt.meta, where)
+        shape = input_shape or tuple(meta.get("input_shape") or ()) or traced
+        check_weights(model.state_dict(), ckpt.path)
+        return _checked(Source(model, meta, shape))
+    if ckpt.format == "module":
+        model = ckpt.module.float().eval()
+        check_weights(model.state_dict(), ckpt.path)
+        meta = validate_meta(ckpt.meta, where)
+        shape = input_shape or tuple(meta.get("input_shape") or ()) or None
+        return _checked(Source(model, meta, shape))
+    from compactify.models import build_model, default_input_shape
+
+    meta = dict(ckpt.meta)
+    if arch:
+        meta = {"arch": arch, "arch_kwargs": arch_kwargs or {}}
+        where = "--arch/--arch-kwargs"
+    elif arch_kwargs:
+        meta["arch_kwargs"] = {**(meta.get("arch_kwargs") or {}), **arch_kwargs}
+    meta = validate_meta(meta, where)
+    if not meta.get("arch"):
+        raise BadInputError(
+            f"{ckpt.path} is a bare state_dict: pass --arch NAME (see `compactify models`) "
+            "or --arch package.module:factory"
+        )
+    check_weights(ckpt.state_dict, ckpt.path)
+    model = build_model(meta)
+    load_weights(model, ckpt.state_dict, str(meta["arch"]))
+    shape = input_shape or (tuple(meta["input_shape"]) if meta.get("input_shape") else None)
+    if shape is None:
+        shape = default_input_shape(meta)
+    if shape is not None:
+        shape = tuple(check_shape(list(shape), "the input shape"))
+    return _checked(Source(model.float().eval(), meta, tuple(shape) if shape else None))
+
+
+def _checked(source: Source) -> Source:
+    from compactify.converter.load.resources import check_memory
+
+    if source.input_shape:
+        from compactify.models.metadata import check_shape
+
+        source.input_shape = tuple(check_shape(list(source.input_shape), "the input shape"))
+        check_memory(source.model, source.input_shape)
+    return source
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], arch: str) -> None:
+    """load_state_dict, with every missing, unexpected or mis-shaped key listed in one error."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k} (checkpoint {list(state[k].shape)} vs model {list(v.shape)})"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+        if items:
+            shown = ", ".join(items[:6]) + (f", ... ({len(items) - 6} more)" if len(items) > 6 else "")
+            problems.append(f"{len(items)} {label}: {shown}")
+    if problems:
+        raise BadInputError(f"checkpoint does not fit arch {arch}: " + "; ".join(problems))
+    model.load_state_dict(state, strict=False)
+
+
+def check_weights(state: dict[str, torch.Tensor], path) -> None:
+    """NaN/Inf anywhere, or a negative BatchNorm running variance (no trained BatchNorm has one): bad input."""
+    check_finite(state, path)
+    negative = [f"{k} ({int((v < 0).sum())} of {v.numel()} values < 0)" for k, v in state.items()
+                if k.endswith("running_var") and v.is_floating_point() and bool((v < 0).any())]
+    if negative:
+        shown = ", ".join(negative[:4]) + (f", ... ({len(negative) - 4} more)" if len(negative) > 4 else "")
+        raise BadInputError(f"checkpoint {path} has a negative BatchNorm running variance in {shown}: a variance "
+                            "cannot be negative, so the checkpoint is damaged or was edited; save it again from "
+                            "the trained model")
+
+
+def check_finite(state: dict[str, torch.Tensor], path) -> None:
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        shown = ", ".join(bad[:6]) + (f", ... ({len(bad) - 6} more)" if len(bad) > 6 else "")
+        raise BadInputError(f"checkpoint {path} has NaN or Inf values in {shown}")
