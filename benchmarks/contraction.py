@@ -58,7 +58,7 @@ def build(config: Config, folder: Path, exporter: str = "auto", seed: int = 0) -
     import torch
 
     from compactify.converter.convert import contract
-    from compactify.converter.onnx_export import export_onnx
+    from compactify.converter.export.onnx_export import export_onnx
     from compactify.models import create_model, model_entry
 
     kwargs = dict(config.kwargs)
@@ -108,7 +108,7 @@ def time_models(paths: dict[str, Path], input_shape: Sequence[int], batches: Seq
     """
     import numpy as np
 
-    from compactify.harness.latency import Candidate, compare_latency
+    from compactify.measure.latency import Candidate, compare_latency
     from compactify.runtimes import open_runner
 
     runners = {v: open_runner(paths[v], runtime="ort", intra_op_threads=threads) for v in VARIANTS}

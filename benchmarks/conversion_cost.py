@@ -56,7 +56,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     warnings.simplefilter("ignore")
     torch.set_num_threads(int(spec.get("threads", 1)))
     from compactify.converter import convert as C
-    from compactify.converter.checkpoint import save_checkpoint
+    from compactify.converter.load.checkpoint import save_checkpoint
     from compactify.models import build_model, default_input_shape
 
     def rss_mb() -> float:

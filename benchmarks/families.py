@@ -141,7 +141,7 @@ def build(config: Config, folder: Path, exporter: str = "auto", seed: int = 0) -
     import torch
 
     from compactify.converter.convert import contract, measure_error
-    from compactify.converter.onnx_export import export_onnx
+    from compactify.converter.export.onnx_export import export_onnx
 
     model, deployed, shape = training_and_deploy(config, seed)
     t = time.perf_counter()
@@ -170,7 +170,7 @@ def time_pair(paths: dict[str, Path], input_shape: Sequence[int], batches: Seque
     """Per batch size, one interleaved A/B run of theirs (the baseline) against ours."""
     import numpy as np
 
-    from compactify.harness.latency import Candidate, compare_latency
+    from compactify.measure.latency import Candidate, compare_latency
     from compactify.runtimes import open_runner
 
     runners = {s: open_runner(paths[s], runtime="ort", intra_op_threads=threads, graph_optimization_level="all")

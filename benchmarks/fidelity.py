@@ -56,7 +56,7 @@ def measure(base: str, mode: str | None, kwargs: dict, *, batches: int = BATCHES
     import torch
 
     from compactify.converter.convert import contract, reference_float64
-    from compactify.harness.metrics import compare
+    from compactify.measure.metrics import compare
     from compactify.models import create_model, model_entry
 
     torch.manual_seed(seed)

@@ -73,7 +73,7 @@ def train_checkpoint(config: Config, folder: Path, epochs: int | None = None, se
     """Train the configuration on digits and save it with the metadata `compactify train` writes."""
     import torch
 
-    from compactify.converter.checkpoint import save_checkpoint
+    from compactify.converter.load.checkpoint import save_checkpoint
     from compactify.models import build_model
     from compactify.models.train import train
 
@@ -94,13 +94,13 @@ def quantize_variants(checkpoint: Path, folder: Path, exporter: str = "auto") ->
     import torch
     from onnxruntime.quantization import quant_pre_process
 
-    from compactify.converter import int8 as Q
-    from compactify.converter.calibration import calibration_set
-    from compactify.converter.capture import select_outputs
-    from compactify.converter.checkpoint import load_checkpoint
+    from compactify.converter.export import int8 as Q
+    from compactify.converter.export.calibration import calibration_set
+    from compactify.converter.frontends.fx.capture import select_outputs
+    from compactify.converter.load.checkpoint import load_checkpoint
     from compactify.converter.convert import ConvertOptions, convert_checkpoint, example_input
-    from compactify.converter.ingest import build_source
-    from compactify.converter.onnx_export import export_onnx
+    from compactify.converter.load.ingest import build_source
+    from compactify.converter.export.onnx_export import export_onnx
 
     out = folder / "converted"
     t = time.perf_counter()
@@ -149,7 +149,7 @@ def time_pair(fp32: Path, int8: Path, input_shape: Sequence[int], batches: Seque
     """Per batch size, fp32 compact against int8 on ONNX Runtime CPU, interleaved A/B rounds."""
     import numpy as np
 
-    from compactify.harness.latency import Candidate, compare_latency, pinned_threads
+    from compactify.measure.latency import Candidate, compare_latency, pinned_threads
     from compactify.runtimes import open_runner
 
     runners = {"fp32": open_runner(fp32, runtime="ort", intra_op_threads=threads, inter_op_threads=1),

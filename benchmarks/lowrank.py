@@ -57,7 +57,7 @@ def parse_args(argv=None):
 
 
 def train_checkpoint(path: Path, arch: str, input_size: int, epochs: int, nuclear: float) -> Path:
-    from compactify.converter.checkpoint import save_checkpoint
+    from compactify.converter.load.checkpoint import save_checkpoint
     from compactify.models import create_model
     from compactify.models.data import load_digits_data
     from compactify.models.train import train
@@ -82,11 +82,11 @@ def train_checkpoint(path: Path, arch: str, input_size: int, epochs: int, nuclea
 def sweep(checkpoint: Path, label: str, rules: list[str], batch: int, seconds: float, cost: str, runtime: str,
           threads: int, folder: Path) -> list[dict]:
     """Every rule through contract(); then all truncated networks timed interleaved."""
-    from compactify.converter.checkpoint import load_checkpoint
+    from compactify.converter.load.checkpoint import load_checkpoint
     from compactify.converter.convert import ConvertOptions, contract
-    from compactify.converter.ingest import build_source
-    from compactify.converter.truncate import rank_request
-    from compactify.harness.latency import Candidate, compare_latency
+    from compactify.converter.load.ingest import build_source
+    from compactify.converter.lowrank.truncate import rank_request
+    from compactify.measure.latency import Candidate, compare_latency
     from compactify.models.data import load_digits_data
     from compactify.models.train import evaluate
 
@@ -137,7 +137,7 @@ def torch_call(module, x):
 
 
 def ort_runner(module, x: torch.Tensor, path: Path, threads: int):
-    from compactify.converter.onnx_export import export_onnx
+    from compactify.converter.export.onnx_export import export_onnx
     from compactify.runtimes import open_runner
 
     export_onnx(module, x[:2], path, input_names=["x"], dynamic_batch=True, simplify=True)
