@@ -140,7 +140,7 @@ def build(config: Config, folder: Path, exporter: str = "auto", seed: int = 0) -
     """Contract one model, deploy it the family's way, export both into ``folder``."""
     import torch
 
-    from compactify.converter.convert import contract, measure_error
+    from compactify.converter.contract import contract, measure_error
     from compactify.converter.export.onnx_export import export_onnx
 
     model, deployed, shape = training_and_deploy(config, seed)

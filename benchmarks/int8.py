@@ -98,7 +98,8 @@ def quantize_variants(checkpoint: Path, folder: Path, exporter: str = "auto") ->
     from compactify.converter.export.calibration import calibration_set
     from compactify.converter.frontends.fx.capture import select_outputs
     from compactify.converter.load.checkpoint import load_checkpoint
-    from compactify.converter.convert import ConvertOptions, convert_checkpoint, example_input
+    from compactify.converter.contract import example_input
+    from compactify.converter.convert import ConvertOptions, convert_checkpoint
     from compactify.converter.load.ingest import build_source
     from compactify.converter.export.onnx_export import export_onnx
 

@@ -83,7 +83,8 @@ def sweep(checkpoint: Path, label: str, rules: list[str], batch: int, seconds: f
           threads: int, folder: Path) -> list[dict]:
     """Every rule through contract(); then all truncated networks timed interleaved."""
     from compactify.converter.load.checkpoint import load_checkpoint
-    from compactify.converter.convert import ConvertOptions, contract
+    from compactify.converter.contract import contract
+    from compactify.converter.convert import ConvertOptions
     from compactify.converter.load.ingest import build_source
     from compactify.converter.lowrank.truncate import rank_request
     from compactify.measure.latency import Candidate, compare_latency

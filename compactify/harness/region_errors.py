@@ -75,7 +75,7 @@ def region_errors(
     ``inputs`` are float32 batches of the model's single input. Returns the errors and notes
     (regions whose shipped weights could not be found, a float32 fallback reference, ...).
     """
-    from compactify.converter.convert import plan_contraction
+    from compactify.converter.contract import plan_contraction
 
     notes: list[str] = []
     planned = plan_contraction(model, tuple(int(d) for d in input_shape), allow_approximate)

@@ -26,11 +26,9 @@ import numpy as np
 
 from compactify.errors import BadInputError, CompactifyError, VerificationError
 from compactify.measure.metrics import DEFAULT_ATOL, DEFAULT_RTOL, OutputComparison, compare_all
+from compactify.harness.inputs import DEFAULT_SEED, Inputs, inputs_for
 from compactify.harness.report import Column
 
-DEFAULT_BATCHES = 2
-DEFAULT_BATCH_SIZE = 8
-DEFAULT_SEED = 1234  # away from the converter's own error seeds (0, 1, 2): fresh inputs
 # An fp16 model is judged with fp16-sized tolerances: half precision keeps ~3 decimal digits.
 FP16_ATOL = 1e-2
 FP16_RTOL = 1e-2
@@ -190,125 +188,6 @@ class VerifyResult:
             "regions": [r.to_dict() for r in self.regions] if self.regions is not None else None,
             "warnings": list(self.warnings),
         }
-
-
-# ---------------------------------------------------------------------------------------
-# Inputs
-
-
-@dataclasses.dataclass
-class Inputs:
-    """Batches of feeds (float32 arrays keyed by the reference's input names) and their origin."""
-
-    names: list[str]
-    batches: list[dict[str, np.ndarray]]
-    description: dict[str, Any]
-
-
-def seeded_inputs(names: Sequence[str], shapes: Sequence[Sequence[int]], batches: int, batch_size: int,
-                  seed: int = DEFAULT_SEED) -> Inputs:
-    """``batches`` batches of N(0, 1) inputs; ``shapes`` are the dims after the batch, per input."""
-    import torch
-
-    if batches < 1 or batch_size < 1:
-        raise BadInputError(f"--batches and --batch-size must be >= 1, got {batches} and {batch_size}")
-    out = []
-    for b in range(batches):
-        feeds = {}
-        for i, (name, shape) in enumerate(zip(names, shapes)):
-            gen = torch.Generator().manual_seed(seed + 1000 * b + i)
-            feeds[name] = torch.randn((batch_size, *shape), generator=gen).numpy()
-        out.append(feeds)
-    return Inputs(list(names), out, {"source": "seeded N(0,1)", "seed": seed, "batches": batches,
-                                     "batch_size": batch_size})
-
-
-def load_inputs(path: str | Path, names: Sequence[str], shapes: Sequence[Sequence[int] | None],
-                batch_size: int | None = None, batches: int | None = None) -> Inputs:
-    """Arrays from an .npz file, one per model input, keyed by input name.
-
-    An array with the input's rank is one batch (split into ``batch_size`` chunks if given);
-    an array with one more axis holds several batches along its first axis.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise BadInputError(f"inputs file {path} does not exist")
-    from compactify.converter.load.sniff import detect
-
-    content = detect(path)
-    if content.kind != "npz":
-        raise BadInputError(f"inputs file {path} is {content.what}, not an .npz archive of arrays; save the inputs "
-                            "with np.savez(FILE, x=ARRAY)")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except Exception as exc:  # zip, pickle-refusal and format errors all mean "not our npz"
-        raise BadInputError(f"cannot read {path} as an .npz file of arrays ({type(exc).__name__}: {exc})") from None
-    if sorted(arrays) != sorted(names):
-        raise BadInputError(
-            f"{path.name} holds arrays {sorted(arrays)}, but the model takes input(s) {list(names)}; "
-            f"save them with np.savez(FILE, {', '.join(f'{n}=...' for n in names)})"
-        )
-    per_input: dict[str, list[np.ndarray]] = {}
-    for name, shape in zip(names, shapes):
-        arr = arrays[name]
-        if arr.dtype.kind != "f":
-            raise BadInputError(f"{path.name}: array {name!r} has dtype {arr.dtype}; the model takes floating-point input")
-        arr = arr.astype(np.float32)
-        bad = int(arr.size - np.isfinite(arr).sum())
-        if bad:
-            raise BadInputError(f"{path.name}: array {name!r} holds {bad} NaN or Inf value(s); inputs must be finite "
-                                "numbers")
-        if shape is None:
-            raise BadInputError(f"the rank of input {name!r} is unknown; pass --input-shape")
-        rank = len(shape) + 1
-        want = "x".join(str(d) for d in shape)
-        if arr.ndim == rank + 1:
-            chunks = list(arr)
-        elif arr.ndim == rank:
-            chunks = [arr] if not batch_size else [arr[i:i + batch_size] for i in range(0, len(arr), batch_size)]
-        else:
-            raise BadInputError(
-                f"{path.name}: array {name!r} has shape {tuple(arr.shape)}; expected (N, {want.replace('x', ', ')}) "
-                f"for one batch or (B, N, {want.replace('x', ', ')}) for B batches"
-            )
-        for chunk in chunks:
-            if tuple(chunk.shape[1:]) != tuple(shape) or len(chunk) == 0:
-                raise BadInputError(
-                    f"{path.name}: array {name!r} has batches of shape {tuple(chunk.shape)}; the model takes "
-                    f"(N, {want.replace('x', ', ')})"
-                )
-        per_input[name] = chunks
-    counts = {n: len(v) for n, v in per_input.items()}
-    if len(set(counts.values())) > 1:
-        raise BadInputError(f"{path.name}: the inputs hold different numbers of batches: {counts}")
-    n = next(iter(counts.values()))
-    if batches is not None:
-        n = min(n, batches)
-    out = [{name: per_input[name][b] for name in names} for b in range(n)]
-    sizes = sorted({len(next(iter(f.values()))) for f in out})
-    return Inputs(list(names), out, {"source": str(path), "batches": n, "batch_sizes": sizes})
-
-
-def _inputs(names, shapes, *, inputs_file, batches, batch_size, seed, fixed_batch) -> Inputs:
-    for option, value in (("--batches", batches), ("--batch-size", batch_size)):
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise BadInputError(f"{option} must be a whole number >= 1, got {value!r}")
-    if fixed_batch is not None and batch_size is not None and batch_size != fixed_batch:
-        raise BadInputError(f"{fixed_batch[1]} has a fixed batch of {fixed_batch[0]}; use --batch-size {fixed_batch[0]}")
-    size = batch_size or (fixed_batch[0] if fixed_batch else None)
-    if inputs_file is not None:
-        result = load_inputs(inputs_file, names, shapes, size, batches)
-        if fixed_batch is not None:
-            bad = [s for s in result.description["batch_sizes"] if s != fixed_batch[0]]
-            if bad:
-                raise BadInputError(
-                    f"{fixed_batch[1]} has a fixed batch of {fixed_batch[0]}, but {Path(inputs_file).name} "
-                    f"has batches of {bad[0]}; pass --batch-size {fixed_batch[0]} or re-export with a dynamic batch"
-                )
-        return result
-    return seeded_inputs(names, shapes, DEFAULT_BATCHES if batches is None else batches,
-                         DEFAULT_BATCH_SIZE if size is None else size, seed)
 
 
 # ---------------------------------------------------------------------------------------
@@ -489,7 +368,7 @@ def rebuild_source(report: dict):
     """The source model (eval, float32) exactly as the conversion saw it, and its input shape."""
     from compactify.converter.frontends.fx.capture import select_outputs
     from compactify.converter.load.checkpoint import load_checkpoint
-    from compactify.converter.convert import example_input
+    from compactify.converter.contract import example_input
     from compactify.converter.load.ingest import build_source
 
     src = report["source"]
@@ -526,7 +405,7 @@ def verify_conversion(
     int8_tol: float = INT8_TOL,
 ) -> VerifyResult:
     """Verify every artifact in a `compactify convert` folder against the float64 source."""
-    from compactify.converter.convert import reference_float64
+    from compactify.converter.contract import reference_float64
     from compactify.runtimes import open_runner
     from compactify.runtimes.devices import tensorrt_missing
 
@@ -586,7 +465,7 @@ def verify_conversion(
             if m.input_specs is not None and len(m.input_specs) != len(names):
                 raise BadInputError(f"{m.label} takes {len(m.input_specs)} inputs, the source takes {len(names)}")
         fixed = _fixed_batch(runnable)
-        data = _inputs(names, [shape[1:]], inputs_file=inputs, batches=batches, batch_size=batch_size,
+        data = inputs_for(names, [shape[1:]], inputs_file=inputs, batches=batches, batch_size=batch_size,
                        seed=seed, fixed_batch=fixed)
         ref_out = _run_all(reference, data, report["output_names"])
         results = [_compare(baseline, data, ref_out, atol, rtol, baseline=True)]
@@ -672,7 +551,7 @@ def _open_model(path: str | Path, runtime: str | None, device: str, dtype: str, 
         source = build_source(load_checkpoint(path, trust_pickle=trust_pickle), arch, arch_kwargs, input_shape)
         module = source.model
         if dtype == "float64":
-            from compactify.converter.convert import reference_float64
+            from compactify.converter.contract import reference_float64
 
             double = reference_float64(module)
             if double is None:
@@ -759,7 +638,7 @@ def verify_models(
         if any(c != 1 for c in counts.values()):
             raise BadInputError(f"verify compares single-input models; input counts: {counts}")
         fixed = _fixed_batch([ref, cand])
-        data = _inputs(["x"], [shape[1:]], inputs_file=inputs, batches=batches, batch_size=batch_size, seed=seed,
+        data = inputs_for(["x"], [shape[1:]], inputs_file=inputs, batches=batches, batch_size=batch_size, seed=seed,
                        fixed_batch=fixed)
         per_batch = [ref.run([f["x"]]) for f in data.batches]
         out_names = [f"output{i}" for i in range(len(per_batch[0]))]

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from compactify.converter.convert import contract, reference_float64
+from compactify.converter.contract import contract, reference_float64
 from compactify.converter.backends.size_guard import InputSizeError
 from compactify.tensors import flatten_outputs
 

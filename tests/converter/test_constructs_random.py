@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from compactify.converter.convert import contract, reference_float64
+from compactify.converter.contract import contract, reference_float64
 from compactify.converter.backends.size_guard import InputSizeError
 
 from .test_constructs import _bn

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from compactify.converter.convert import contract, example_input, reference_float64
+from compactify.converter.contract import contract, example_input, reference_float64
 from compactify.converter.export.onnx_export import export_onnx
 from compactify.models import applicable_modes, create_model
 

@@ -14,7 +14,8 @@ from onnx import numpy_helper
 from compactify.converter.load.checkpoint import save_checkpoint
 from compactify.converter.convert import ConvertOptions, convert_checkpoint
 from compactify.errors import BadInputError, VerificationError
-from compactify.harness.verify import load_inputs, seeded_inputs, verify_conversion, verify_models
+from compactify.harness.inputs import load_inputs, seeded_inputs
+from compactify.harness.verify import verify_conversion, verify_models
 from compactify.models import build_model
 from compactify.runtimes.devices import tensorrt_missing
 
@@ -143,7 +144,7 @@ def test_scaled_or_nan_onnx_initializer_fails(converted, tmp_path):
 
 
 def test_fp16_artifact_is_judged_with_fp16_tolerances(converted, tmp_path):
-    from compactify.converter.export.onnx_export import to_fp16
+    from compactify.converter.export.fp16 import to_fp16
 
     out = _copy(converted, tmp_path)
     to_fp16(out / "compact.onnx", out / "compact.fp16.onnx")

@@ -263,7 +263,7 @@ def run_onnx(session, x: np.ndarray, fixed: int | None, batch: int = EVAL_BATCH)
 def _reference(module, x: np.ndarray) -> tuple[list[np.ndarray], str]:
     import torch
 
-    from compactify.converter.convert import reference_float64
+    from compactify.converter.contract import reference_float64
     from compactify.tensors import flatten_outputs
 
     ref = reference_float64(module)

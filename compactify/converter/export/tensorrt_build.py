@@ -6,7 +6,7 @@ Choices that matter for a fair comparison with PyTorch:
 - Precision comes from the graph. TensorRT 11 removed the FP16/INT8 builder flags and
   always builds strongly typed networks; TensorRT 10 gets the STRONGLY_TYPED flag for the
   same behaviour. ``fp16=True`` therefore builds from an fp16 ONNX graph (converted here
-  with ``onnx_export.to_fp16`` when the given file is fp32), and sets the FP16 builder flag
+  with ``fp16.to_fp16`` when the given file is fp32), and sets the FP16 builder flag
   only on a TensorRT old enough to have neither strong typing nor the graph's say.
 - An int8 QDQ model (``convert --int8 --trt``) is built as it is: explicit quantization, the
   precision of every layer taken from the graph's QuantizeLinear/DequantizeLinear nodes in a
@@ -107,7 +107,7 @@ def build_engine(
     with tempfile.TemporaryDirectory(prefix="compactify-trt-") as tmp:
         source = onnx_path
         if fp16 and not _has_fp16(onnx_path):
-            from compactify.converter.export.onnx_export import to_fp16
+            from compactify.converter.export.fp16 import to_fp16
 
             source = Path(tmp) / "fp16.onnx"
             to_fp16(onnx_path, source, keep_io_types=True)

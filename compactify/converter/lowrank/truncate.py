@@ -47,9 +47,12 @@ from compactify.converter.lowrank import factor as L
 from compactify.converter.engine.algebra import AffineConv
 from compactify.converter.engine.plan import Decision
 from compactify.converter.frontends.fx.profile import GraphProfile
+from compactify.converter.lowrank.layers import Layer, conv_layers
+from compactify.converter.lowrank.pruning import PRUNING_LIMITS, prune_dead_units
+from compactify.converter.lowrank.truncation_report import prune_text, report_row
 from compactify.converter.lowrank.rank_rules import RankChoice, RankRule, choose_ranks, parse_rank_rule
 from compactify.converter.engine.regions import Region
-from compactify.errors import BadInputError, NotContractibleError
+from compactify.errors import BadInputError
 
 COSTS = ("flops", "latency")
 CALIBRATIONS = ("random", "digits")
@@ -58,30 +61,6 @@ CALIBRATION_SEED = 1234
 # Time per layer and form when --cost latency compares them (interleaved, after a warm-up).
 LATENCY_SECONDS = 0.3
 LATENCY_WARMUP = 5
-
-aten = torch.ops.aten
-
-# Elementwise ops a removed unit's constant goes through (evaluated on the constant).
-_ACTIVATIONS = {
-    aten.relu.default, aten.relu_.default, aten.leaky_relu.default, aten.leaky_relu_.default,
-    aten.gelu.default, aten.silu.default, aten.silu_.default, aten.sigmoid.default, aten.tanh.default,
-    aten.hardtanh.default, aten.hardtanh_.default, aten.relu6.default, aten.elu.default,
-    aten.hardswish.default, aten.hardswish_.default, aten.hardsigmoid.default, aten.mish.default,
-    aten.clone.default, aten.alias.default, aten.contiguous.default, aten.detach.default,
-    aten.dropout.default,
-}
-# Per-channel ops that map a constant channel to the same constant.
-_CONSTANT_KEEPING = {
-    aten.max_pool1d.default, aten.max_pool2d.default, aten.max_pool3d.default,
-    aten.adaptive_avg_pool1d.default, aten.adaptive_avg_pool2d.default, aten.adaptive_avg_pool3d.default,
-}
-PRUNING_LIMITS = (
-    "units are removed only along conv/linear -> activations / max-pool / adaptive-avg-pool / "
-    "spatial mean / flatten(1) -> conv/linear paths whose tensors have no other reader (a sum "
-    "inside the next merged region is fine; a concat, a reshape or a second consumer is not), "
-    "and only while neither layer gets more expensive; a removed unit's constant goes into the "
-    "next layer's bias only when that layer pads nothing"
-)
 
 
 @dataclass
@@ -142,65 +121,6 @@ def rank_request(options, source) -> RankRequest | None:
 
 def random_calibration(input_shape: Sequence[int], samples: int = CALIBRATION_SAMPLES) -> torch.Tensor:
     return torch.randn((samples, *input_shape[1:]), generator=torch.Generator().manual_seed(CALIBRATION_SEED))
-
-
-# ---------------------------------------------------------------------------------------
-# Which decisions are conv/linear layers
-
-
-@dataclass
-class _Layer:
-    index: int  # position in the decision list
-    decision: Decision
-    op: AffineConv  # after pruning
-    entry_shape: tuple[int, ...]
-    units_removed: list[int] = dataclasses.field(default_factory=list)
-    inputs_removed: int = 0
-    pruned_reason: str = ""
-
-    @property
-    def key(self) -> str:
-        return self.decision.region.exit.name  # node names are unique; layer paths need not be
-
-    @property
-    def in_spatial(self) -> tuple[int, ...]:
-        # conv: [N, C, *S] -> S; linear on [N, *T, C] -> T (the leading token dims)
-        return self.entry_shape[2:] if self.op.ndim else self.entry_shape[1:-1]
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        """The entry shape with as many channels as the (pruned) operator reads."""
-        s = list(self.entry_shape)
-        s[1 if self.op.ndim else -1] = self.op.in_channels
-        return tuple(s)
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.units_removed or self.inputs_removed)
-
-
-def _is_layer(d: Decision) -> bool:
-    comp = d.composition
-    if comp is None or not isinstance(comp.value, AffineConv):
-        return False
-    kinds = {d.region.steps[n].kind for n in d.region.nodes if n in d.region.steps}
-    if not kinds & {"conv", "linear"}:
-        return False  # a folded BatchNorm or pad on its own: nothing to factor
-    if d.kind == "dense":
-        return True
-    return d.kind == "keep" and len(d.region.nodes) == 1 and comp.exact
-
-
-def _layers(decisions: list[Decision], profile: GraphProfile) -> list[_Layer]:
-    out = []
-    for i, d in enumerate(decisions):
-        if not _is_layer(d):
-            continue
-        shape = profile.shapes.get(d.region.entry)
-        if shape is None:
-            continue
-        out.append(_Layer(i, d, d.composition.value, tuple(int(s) for s in shape)))
-    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -270,119 +190,6 @@ def _params(module: nn.Module) -> int:
 
 
 # ---------------------------------------------------------------------------------------
-# Pruning
-
-
-def _single_user(node: fx.Node) -> fx.Node | None:
-    users = list(node.users)
-    return users[0] if len(users) == 1 else None
-
-
-def _follow(start: fx.Node, family: tuple[int, int] | None, profile: GraphProfile):
-    """From a layer's output to the next tensor that is not a pass-through op: returns
-    ``(node, family, repeat, fns, path)``, where ``repeat`` is how many features each channel
-    became (flatten) and ``fns`` map a channel's constant along the way; None when the path
-    holds an op this pass cannot follow or a tensor with another user."""
-    node, repeat, fns, path = start, 1, [], []
-    while True:
-        user = _single_user(node)
-        if user is None or user.op != "call_function" or user.args[0] is not node:
-            return node, family, repeat, fns, path
-        if any(isinstance(a, fx.Node) for a in list(user.args[1:]) + list(user.kwargs.values())):
-            return node, family, repeat, fns, path
-        target = user.target
-        if target in _ACTIVATIONS:
-            if target is aten.dropout.default and (len(user.args) < 3 or user.args[2]):
-                return node, family, repeat, fns, path
-            rest, kwargs = tuple(user.args[1:]), dict(user.kwargs)
-            fns.append(lambda t, f=target, a=rest, k=kwargs: f(t, *a, **k))
-        elif target in _CONSTANT_KEEPING:
-            if family is None or family[1] != 1:
-                return node, family, repeat, fns, path
-        elif target is aten.mean.dim:
-            shape = profile.shapes.get(node)
-            dims = user.args[1] if len(user.args) > 1 else None
-            keep = user.args[2] if len(user.args) > 2 else user.kwargs.get("keepdim", False)
-            if family is None or family[1] != 1 or shape is None or not dims:
-                return node, family, repeat, fns, path
-            dims = {d % len(shape) for d in dims}
-            if dims != set(range(2, len(shape))):
-                return node, family, repeat, fns, path
-            family = family if keep else (0, 1)
-        elif target is aten.flatten.using_ints:
-            shape = profile.shapes.get(node)
-            start_dim = user.args[1] if len(user.args) > 1 else 0
-            end_dim = user.args[2] if len(user.args) > 2 else -1
-            if family is None or family[1] != 1 or shape is None or start_dim != 1 or end_dim % len(shape) != len(shape) - 1:
-                return node, family, repeat, fns, path
-            repeat *= math.prod(shape[2:])
-            family = (0, 1)
-        else:
-            return node, family, repeat, fns, path
-        path.append(str(getattr(target, "__name__", target)).split(".")[0])
-        node = user
-
-
-def _prune(layers: list[_Layer], profile: GraphProfile) -> list[dict]:
-    """Remove dead units along the paths :func:`_follow` accepts; updates ``layers`` in place."""
-    by_entry: dict[fx.Node, _Layer] = {}
-    for layer in layers:
-        by_entry.setdefault(layer.decision.region.entry, layer)
-    notes = []
-    for producer in layers:
-        p_op = producer.op
-        dead = L.zero_units(p_op, 0.0, ignore_bias=True)
-        if not bool(dead.any()):
-            continue
-        found = _follow(producer.decision.region.exit, producer.decision.composition.family, profile)
-        end, family, repeat, fns, path = found
-        consumer = by_entry.get(end)
-        note = {"producer": producer.decision.region.name, "dead_units": int(dead.sum()), "removed": 0,
-                "consumer": consumer.decision.region.name if consumer else None, "through": path}
-        notes.append(note)
-        if consumer is None or consumer is producer:
-            note["why_not"] = "the next layer is not reached through ops this pass can follow"
-            continue
-        region = consumer.decision.region
-        if any(u not in region.nodes for u in end.users):
-            note["why_not"] = "the next layer's input is also used elsewhere"
-            continue
-        if consumer.decision.composition.family != family or consumer.op.in_channels != p_op.out_channels * repeat:
-            note["why_not"] = "the channel layout between the two layers is not one this pass follows"
-            continue
-        const = p_op.bias.clone()
-        with torch.no_grad():
-            for fn in fns:
-                const = fn(const)
-        const = torch.as_tensor(const, dtype=torch.float64)
-        padded = any(b or a for b, a in consumer.op.padding)
-        removable = dead & ((const == 0) | (not padded))
-        if not bool(removable.any()):
-            note["why_not"] = "the dead units send a non-zero constant into a zero-padded layer"
-            continue
-        keep = ~removable
-        try:
-            new_p = L.drop_outputs(p_op, keep)
-            fill = torch.where(removable, const, torch.zeros_like(const)).repeat_interleave(repeat)
-            new_c = L.drop_inputs(consumer.op, keep.repeat_interleave(repeat), fill=fill)
-        except NotContractibleError as exc:
-            note["why_not"] = str(exc)
-            continue
-        if (L.dense_flops(new_p, producer.in_spatial) > L.dense_flops(p_op, producer.in_spatial)
-                or L.dense_flops(new_c, consumer.in_spatial) > L.dense_flops(consumer.op, consumer.in_spatial)):
-            note["why_not"] = "removing them would break the group structure and cost more"
-            continue
-        units = removable.nonzero().flatten().tolist()
-        producer.op, consumer.op = new_p, new_c
-        producer.units_removed += units
-        consumer.inputs_removed += len(units) * repeat
-        note["removed"] = len(units)
-        if len(units) < int(dead.sum()):
-            note["why_not"] = "the other dead units send a non-zero constant into a zero-padded layer"
-    return notes
-
-
-# ---------------------------------------------------------------------------------------
 # Latency
 
 
@@ -432,11 +239,11 @@ def apply_rank_rule(
     if calibration is None:
         calibration = random_calibration(example.shape)
         calibration_source = f"{len(calibration)} seeded N(0,1) inputs"
-    layers = _layers(decisions, profile)
-    pruning = _prune(layers, profile) if prune else []
+    layers = conv_layers(decisions, profile)
+    pruning = prune_dead_units(layers, profile) if prune else []
     builder = _Builder(gm, decisions, example)
 
-    def modules(choose: Callable[[_Layer], nn.Module | None]) -> dict[int, nn.Module | None]:
+    def modules(choose: Callable[[Layer], nn.Module | None]) -> dict[int, nn.Module | None]:
         return {layer.index: choose(layer) for layer in layers}
 
     # The contracted plan as it was before --rank, in float32 (FLOPs, accuracy) and in float64
@@ -497,24 +304,24 @@ def apply_rank_rule(
         choice = choices.get(layer.key)
         before_params = d.params_after
         before_flops = d.flops_after
-        prune_text = _prune_text(layer)
+        pruned_text = prune_text(layer)
         if choice is not None and choice.factored:
             module = _factored_module(layer.op, choice.rank_after, choice.form)
             final64[layer.index] = _factored_module(layer.op, choice.rank_after, choice.form, dtype)
             d.kind = "factored"
             d.exact = d.exact and choice.rank_after >= choice.rank_before
-            d.reason = f"{d.reason}; {prune_text}factored: {choice.reason}"
+            d.reason = f"{d.reason}; {pruned_text}factored: {choice.reason}"
         elif layer.changed:
             module = _module(layer.op)
             d.kind = "dense"
-            d.reason = f"{d.reason}; {prune_text.rstrip('; ')}"
+            d.reason = f"{d.reason}; {pruned_text.rstrip('; ')}"
         else:
             module = None
         if module is not None:
             d.module = module
             d.params_after = _params(module)
             d.flops_after = L.module_flops(module, layer.input_shape)
-        rows.append(_row(layer, choice, before_params, before_flops, timings.get(layer.key)))
+        rows.append(report_row(layer, choice, before_params, before_flops, timings.get(layer.key)))
 
     truncated = builder.build(modules(lambda la: la.decision.module))
     max_abs, max_rel = truncated_error(final64)
@@ -584,39 +391,6 @@ def _accuracy(evaluate: Callable[[nn.Module], float], model: nn.Module) -> float
         return None
 
 
-def _prune_text(layer: _Layer) -> str:
-    parts = []
-    if layer.units_removed:
-        parts.append(f"{len(layer.units_removed)} all-zero units removed")
-    if layer.inputs_removed:
-        parts.append(f"{layer.inputs_removed} inputs of removed units dropped")
-    return "; ".join(parts) + "; " if parts else ""
-
-
-def _row(layer: _Layer, choice: RankChoice | None, params_before: int, flops_before: int,
-         timing: tuple[float, float] | None) -> dict:
-    d = layer.decision
-    row = {
-        "region": d.region.name,
-        "layers": d.region.layers,
-        "form": choice.form if choice else "dense",
-        "rank_before": choice.rank_before if choice else None,
-        "full_rank": choice.full_rank if choice else None,
-        "rank_after": choice.rank_after if choice else None,
-        "energy_kept": choice.energy_kept if choice else 1.0,
-        "params_before": params_before,
-        "params_after": d.params_after,
-        "flops_before": flops_before,
-        "flops_after": d.flops_after,
-        "units_removed": len(layer.units_removed),
-        "inputs_removed": layer.inputs_removed,
-        "reason": _prune_text(layer) + (choice.reason if choice else "no rank rule applies"),
-    }
-    if timing is not None:
-        row["latency_dense_ms"], row["latency_factored_ms"] = timing
-    return row
-
-
 def truncate_plan(gm: fx.GraphModule, decisions: list[Decision], profile: GraphProfile, request: RankRequest) -> dict:
     """:func:`apply_rank_rule` with the arguments of a :class:`RankRequest`."""
     return apply_rank_rule(
@@ -624,54 +398,3 @@ def truncate_plan(gm: fx.GraphModule, decisions: list[Decision], profile: GraphP
         calibration=request.calibration, calibration_source=request.calibration_source,
         evaluate=request.evaluate, evaluate_on=request.evaluate_on, batch=request.batch, prune=request.prune,
     )
-
-
-def truncation_markdown(section: dict) -> list[str]:
-    """The report.md lines of the truncation section."""
-    err = section["output_error"]
-    lines = [
-        "",
-        f"## Rank truncation: `{section['rule']}`"
-        + (f", ranks rounded up to multiples of {section['multiple']}" if section["multiple"] != 1 else "")
-        + f", cost: {section['cost']}",
-        "",
-        f"- FLOPs: {section['flops_untruncated']:,} -> {section['flops_truncated']:,} "
-        f"({100 * section['flops_ratio']:.1f}% of the plan without --rank"
-        + (f"; {section['flops_pruned']:,} after removing all-zero units, which flops: budgets count from)"
-           if section["flops_pruned"] != section["flops_untruncated"] else ")"),
-        f"- parameters: {section['params_untruncated']:,} -> {section['params_truncated']:,}"
-        + (f" ({section['params_pruned']:,} after removing all-zero units)"
-           if section["params_pruned"] != section["params_untruncated"] else ""),
-        f"- output error vs the plan without --rank ({err['dtype']}, {err['inputs']}): "
-        f"max abs {err['max_abs']:.3g}, max rel {err['max_rel']:.3g}",
-    ]
-    if "accuracy_before" in section:
-        def pct(a):
-            return "n/a" if a is None else f"{100 * a:.2f}%"
-
-        lines.append(f"- accuracy on the {section['accuracy_on']}: {pct(section['accuracy_before'])} -> "
-                     f"{pct(section['accuracy_after'])}")
-    lines += [
-        "",
-        "| region | form | rank | energy kept | params | FLOPs | why |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in section["layers"]:
-        rank = "-" if r["rank_before"] is None else f"{r['rank_before']} -> {r['rank_after']} (of {r['full_rank']})"
-        lines.append(
-            f"| {r['region']} | {r['form']} | {rank} | {100 * r['energy_kept']:.2f}% | "
-            f"{r['params_before']:,} -> {r['params_after']:,} | {r['flops_before']:,} -> {r['flops_after']:,} | "
-            f"{r['reason']} |"
-        )
-    pruned = [p for p in section["pruning"] if p["dead_units"]]
-    if pruned:
-        lines += ["", "Group-lasso units (all weights zero):", ""]
-        for p in pruned:
-            text = f"- {p['producer']}: {p['dead_units']} dead, {p['removed']} removed"
-            if p["consumer"]:
-                text += f" with the matching inputs of {p['consumer']}"
-            if p.get("why_not"):
-                text += f" ({p['why_not']})"
-            lines.append(text)
-        lines.append(f"- limits: {section['pruning_limits']}")
-    return lines

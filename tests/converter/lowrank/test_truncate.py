@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from compactify.converter.engine import algebra as A
 from compactify.converter.lowrank import factor as L
-from compactify.converter.convert import contract, example_input, reference_float64
+from compactify.converter.contract import contract, example_input, reference_float64
 from compactify.converter.lowrank.rank_rules import parse_rank_rule
 from compactify.converter.lowrank.truncate import RankRequest, random_calibration
 

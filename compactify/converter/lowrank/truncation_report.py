@@ -1,0 +1,90 @@
+"""The truncation section of a conversion report: one row per layer, and its report.md lines."""
+
+from __future__ import annotations
+
+from compactify.converter.lowrank.layers import Layer
+from compactify.converter.lowrank.rank_rules import RankChoice
+
+
+def prune_text(layer: Layer) -> str:
+    parts = []
+    if layer.units_removed:
+        parts.append(f"{len(layer.units_removed)} all-zero units removed")
+    if layer.inputs_removed:
+        parts.append(f"{layer.inputs_removed} inputs of removed units dropped")
+    return "; ".join(parts) + "; " if parts else ""
+
+
+def report_row(layer: Layer, choice: RankChoice | None, params_before: int, flops_before: int,
+         timing: tuple[float, float] | None) -> dict:
+    d = layer.decision
+    row = {
+        "region": d.region.name,
+        "layers": d.region.layers,
+        "form": choice.form if choice else "dense",
+        "rank_before": choice.rank_before if choice else None,
+        "full_rank": choice.full_rank if choice else None,
+        "rank_after": choice.rank_after if choice else None,
+        "energy_kept": choice.energy_kept if choice else 1.0,
+        "params_before": params_before,
+        "params_after": d.params_after,
+        "flops_before": flops_before,
+        "flops_after": d.flops_after,
+        "units_removed": len(layer.units_removed),
+        "inputs_removed": layer.inputs_removed,
+        "reason": prune_text(layer) + (choice.reason if choice else "no rank rule applies"),
+    }
+    if timing is not None:
+        row["latency_dense_ms"], row["latency_factored_ms"] = timing
+    return row
+
+
+def truncation_markdown(section: dict) -> list[str]:
+    """The report.md lines of the truncation section."""
+    err = section["output_error"]
+    lines = [
+        "",
+        f"## Rank truncation: `{section['rule']}`"
+        + (f", ranks rounded up to multiples of {section['multiple']}" if section["multiple"] != 1 else "")
+        + f", cost: {section['cost']}",
+        "",
+        f"- FLOPs: {section['flops_untruncated']:,} -> {section['flops_truncated']:,} "
+        f"({100 * section['flops_ratio']:.1f}% of the plan without --rank"
+        + (f"; {section['flops_pruned']:,} after removing all-zero units, which flops: budgets count from)"
+           if section["flops_pruned"] != section["flops_untruncated"] else ")"),
+        f"- parameters: {section['params_untruncated']:,} -> {section['params_truncated']:,}"
+        + (f" ({section['params_pruned']:,} after removing all-zero units)"
+           if section["params_pruned"] != section["params_untruncated"] else ""),
+        f"- output error vs the plan without --rank ({err['dtype']}, {err['inputs']}): "
+        f"max abs {err['max_abs']:.3g}, max rel {err['max_rel']:.3g}",
+    ]
+    if "accuracy_before" in section:
+        def pct(a):
+            return "n/a" if a is None else f"{100 * a:.2f}%"
+
+        lines.append(f"- accuracy on the {section['accuracy_on']}: {pct(section['accuracy_before'])} -> "
+                     f"{pct(section['accuracy_after'])}")
+    lines += [
+        "",
+        "| region | form | rank | energy kept | params | FLOPs | why |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in section["layers"]:
+        rank = "-" if r["rank_before"] is None else f"{r['rank_before']} -> {r['rank_after']} (of {r['full_rank']})"
+        lines.append(
+            f"| {r['region']} | {r['form']} | {rank} | {100 * r['energy_kept']:.2f}% | "
+            f"{r['params_before']:,} -> {r['params_after']:,} | {r['flops_before']:,} -> {r['flops_after']:,} | "
+            f"{r['reason']} |"
+        )
+    pruned = [p for p in section["pruning"] if p["dead_units"]]
+    if pruned:
+        lines += ["", "Group-lasso units (all weights zero):", ""]
+        for p in pruned:
+            text = f"- {p['producer']}: {p['dead_units']} dead, {p['removed']} removed"
+            if p["consumer"]:
+                text += f" with the matching inputs of {p['consumer']}"
+            if p.get("why_not"):
+                text += f" ({p['why_not']})"
+            lines.append(text)
+        lines.append(f"- limits: {section['pruning_limits']}")
+    return lines
