@@ -16,6 +16,7 @@ import torch
 from torch import fx
 
 from compactify.converter.engine import algebra as A
+from compactify.converter.engine.op_semantics import INT_MAX, NotAffine, keeps_rows, need, scale_shift, slice_op
 from compactify.converter.engine.steps import Scalar, Step
 
 aten = torch.ops.aten
@@ -120,9 +121,6 @@ _LAYOUT_COPIES = {aten.clone.default, aten.contiguous.default}
 # Linear -> flatten -> BatchNorm1d -> reshape back).
 _RESHAPES = {aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.flatten.using_ints,
              aten.unflatten.int, aten.reshape_as.default, aten.view_as.default}
-INT_MAX = 2**63 - 1
-
-
 def classify(node: fx.Node, consts: Constants) -> Step | None:
     """The affine step this node computes, or None when it is not one we can fold."""
     if node.op != "call_function" or node in consts:
@@ -161,18 +159,9 @@ def classify(node: fx.Node, consts: Constants) -> Step | None:
                       aten.add.Tensor, aten.add.Scalar, aten.sub.Tensor, aten.sub.Scalar, aten.neg.default,
                       operator.mul, operator.add, operator.sub, operator.truediv, operator.neg):
             return _elementwise(node, data, consts)
-    except _NotAffine:
+    except NotAffine:
         return None
     return None
-
-
-class _NotAffine(Exception):
-    pass
-
-
-def _need(cond: bool) -> None:
-    if not cond:
-        raise _NotAffine
 
 
 def _arg(node: fx.Node, index: int, name: str, default):
@@ -182,19 +171,19 @@ def _arg(node: fx.Node, index: int, name: str, default):
 
 
 def _conv(node, data, consts) -> Step:
-    _need(len(data) == 1 and node.args[0] is data[0])
+    need(len(data) == 1 and node.args[0] is data[0])
     x = data[0]
     in_shape = shape_of(x)
-    _need(in_shape is not None)
+    need(in_shape is not None)
     weight = consts.tensor(node.args[1])
-    _need(weight is not None and weight.is_floating_point())
+    need(weight is not None and weight.is_floating_point())
     bias_arg = _arg(node, 2, "bias", None)
     bias = None if bias_arg is None else consts.tensor(bias_arg)
-    _need(bias_arg is None or bias is not None)
+    need(bias_arg is None or bias is not None)
     nd = weight.dim() - 2
     if node.target is aten.convolution.default:
         stride, padding, dilation, transposed, _, groups = node.args[3:9]
-        _need(not transposed)
+        need(not transposed)
     else:
         stride = _arg(node, 3, "stride", 1)
         padding = _arg(node, 4, "padding", 0)
@@ -206,7 +195,7 @@ def _conv(node, data, consts) -> Step:
     else:
         padding = A._pads(padding, nd)
     op = A.conv(weight, bias, stride, padding, dilation, groups)
-    _need(len(in_shape) == nd + 2)
+    need(len(in_shape) == nd + 2)
     return Step(node, "conv", (x,), op, (nd, 1), params=consts.params_of(node.args[1:3]))
 
 
@@ -219,40 +208,40 @@ def _string_padding(mode: str, kernel, dilation) -> A.Pads:
 
 def _linear(node, data, consts) -> Step:
     target = node.target
-    _need(len(data) == 1)
+    need(len(data) == 1)
     x = data[0]
     in_shape = shape_of(x)
-    _need(in_shape is not None and len(in_shape) >= 2)
+    need(in_shape is not None and len(in_shape) >= 2)
     if target is aten.linear.default:
-        _need(node.args[0] is x)
+        need(node.args[0] is x)
         weight = consts.tensor(node.args[1])
         bias_arg = _arg(node, 2, "bias", None)
         bias = None if bias_arg is None else consts.tensor(bias_arg)
-        _need(weight is not None and (bias_arg is None or bias is not None))
+        need(weight is not None and (bias_arg is None or bias is not None))
         params = consts.params_of(node.args[1:3])
     elif target is aten.addmm.default:
-        _need(node.args[1] is x and len(node.args) == 3 and not node.kwargs)
+        need(node.args[1] is x and len(node.args) == 3 and not node.kwargs)
         right = consts.tensor(node.args[2])
         bias = consts.tensor(node.args[0])
-        _need(right is not None and bias is not None and right.dim() == 2)
+        need(right is not None and bias is not None and right.dim() == 2)
         weight = right.t()
-        _need(bias.numel() in (1, weight.shape[0]))
+        need(bias.numel() in (1, weight.shape[0]))
         bias = bias.reshape(-1).expand(weight.shape[0])
         params = consts.params_of(node.args)
     else:  # x @ W with a constant right-hand side
-        _need(node.args[0] is x)
+        need(node.args[0] is x)
         right = consts.tensor(node.args[1])
-        _need(right is not None and right.dim() == 2)
+        need(right is not None and right.dim() == 2)
         weight, bias = right.t(), None
         params = consts.params_of(node.args[1:2])
-    _need(weight.dim() == 2 and weight.is_floating_point())
+    need(weight.dim() == 2 and weight.is_floating_point())
     rank = len(in_shape)
     return Step(node, "linear", (x,), A.linear(weight, bias), (0, rank - 1), params=params)
 
 
 def _batchnorm(node, data, consts) -> Step:
     x, weight, bias, mean, var, training, _momentum, eps = node.args[:8]
-    _need(not training and len(data) == 1 and x is data[0])
+    need(not training and len(data) == 1 and x is data[0])
     return _bn_step(node, x, (weight, bias, mean, var), eps, consts)
 
 
@@ -266,43 +255,43 @@ def _decomposed_batchnorm(node, consts) -> Step:
     """``getitem(_native_batch_norm_legit_no_training(x, w, b, mean, var, momentum, eps), 0)``,
     the form BatchNorm takes in programs exported with core-ATen decompositions."""
     x, weight, bias, mean, var, _momentum, eps = node.args[0].args[:7]
-    _need(isinstance(x, fx.Node) and x not in consts)
+    need(isinstance(x, fx.Node) and x not in consts)
     return _bn_step(node, x, (weight, bias, mean, var), eps, consts)
 
 
 def _bn_step(node, x, args, eps, consts) -> Step:
     in_shape = shape_of(x)
-    _need(in_shape is not None and len(in_shape) >= 2)
+    need(in_shape is not None and len(in_shape) >= 2)
     tensors = [None if a is None else consts.tensor(a) for a in args]
-    _need(all(t is not None for t, a in zip(tensors, args) if a is not None))
+    need(all(t is not None for t, a in zip(tensors, args) if a is not None))
     weight, bias, mean, var = tensors
-    _need(mean is not None and var is not None)
+    need(mean is not None and var is not None)
     nd = len(in_shape) - 2
     op = A.batchnorm(mean, var, weight, bias, float(eps), nd)
     return Step(node, "batchnorm", (x,), op, (nd, 1), params=consts.params_of(args[:2]))
 
 
 def _pad(node, data, consts) -> Step:
-    _need(len(data) == 1 and node.args[0] is data[0])
+    need(len(data) == 1 and node.args[0] is data[0])
     x = data[0]
     in_shape = shape_of(x)
-    _need(in_shape is not None)
+    need(in_shape is not None)
     pads = list(node.args[1])
     if node.target is aten.pad.default:
         mode = _arg(node, 2, "mode", "constant")
         value = _arg(node, 3, "value", None)
-        _need(mode == "constant")
+        need(mode == "constant")
     else:
         value = _arg(node, 2, "value", 0)
     value = 0.0 if value is None else value
-    _need(isinstance(value, (int, float)) and not isinstance(value, bool))
-    _need(all(isinstance(p, int) and p >= 0 for p in pads) and len(pads) % 2 == 0)
+    need(isinstance(value, (int, float)) and not isinstance(value, bool))
+    need(all(isinstance(p, int) and p >= 0 for p in pads) and len(pads) % 2 == 0)
     nd = len(in_shape) - 2
-    _need(0 < len(pads) // 2 <= nd)
+    need(0 < len(pads) // 2 <= nd)
     pairs = [(pads[2 * i], pads[2 * i + 1]) for i in range(len(pads) // 2)][::-1]
     pairs = [(0, 0)] * (nd - len(pairs)) + pairs  # F.pad lists the last dimension first
     channels = static(in_shape[1])
-    _need(channels is not None)
+    need(channels is not None)
     fill, absorbs, size_specific = _border_fill(node, x, tuple(pairs), channels, consts)
     if fill is not None:
         value = fill
@@ -323,7 +312,7 @@ def _border_fill(node, x, pairs, channels, consts):
             continue
         slices, copy = chain
         value = _constant_source(copy.args[1], consts)
-        _need(value is not None)
+        need(value is not None)
         writes.append((slices, value))
         absorbed += slices + [copy]
     if not writes:
@@ -331,17 +320,17 @@ def _border_fill(node, x, pairs, channels, consts):
     order = {n: i for i, n in enumerate(node.graph.nodes)}
     last_write = max(order[n] for n in absorbed)
     readers = [u for u in node.users if u not in absorbed]
-    _need(all(order[u] > last_write for u in readers))
+    need(all(order[u] > last_write for u in readers))
     vectors = [_per_channel(value, channels, len(shape_of(x))) for _, value in writes]
-    _need(all(v is not None for v in vectors))
-    _need(all(A._same_values(vectors[0], v) for v in vectors[1:]))
+    need(all(v is not None for v in vectors))
+    need(all(A._same_values(vectors[0], v) for v in vectors[1:]))
     in_size = [static(d) for d in shape_of(x)[2:]]
     if None in in_size:  # symbolic sizes (--dynamic-hw): the writes must cover the border at every size
         widest = max(max(b, a) for b, a in pairs)
         sizes = [[2 * widest + 1 + k] * len(in_size) for k in range(6)]
-        _need(all(_fills_border(writes, size, pairs) for size in sizes))
+        need(all(_fills_border(writes, size, pairs) for size in sizes))
         return vectors[0], tuple(absorbed), None
-    _need(_fills_border(writes, in_size, pairs))
+    need(_fills_border(writes, in_size, pairs))
     size_specific = None
     if not all(_fills_border(writes, [n + k for n in in_size], pairs) for k in (1, 2, 3)):
         size_specific = f"{describe(node)}: the values written into the border depend on the input size"
@@ -413,42 +402,42 @@ def _fills_border(writes, in_size, pairs) -> bool:
 
 def _avg_pool(node, data) -> Step:
     nd = _AVG[node.target]
-    _need(len(data) == 1 and node.args[0] is data[0])
+    need(len(data) == 1 and node.args[0] is data[0])
     x = data[0]
     in_shape = shape_of(x)
-    _need(in_shape is not None and len(in_shape) == nd + 2)
+    need(in_shape is not None and len(in_shape) == nd + 2)
     kernel = A._tuple(node.args[1], nd)
     stride = _arg(node, 2, "stride", None) or kernel
     padding = A._tuple(_arg(node, 3, "padding", 0), nd)
     ceil_mode = _arg(node, 4, "ceil_mode", False)
     include_pad = _arg(node, 5, "count_include_pad", True)
     divisor = _arg(node, 6, "divisor_override", None) if nd > 1 else None
-    _need(divisor is None and (include_pad or not any(padding)))
+    need(divisor is None and (include_pad or not any(padding)))
     channels = static(in_shape[1])
-    _need(channels is not None)
+    need(channels is not None)
     op = A.avg_pool(channels, kernel, A._tuple(stride, nd), padding)
     if ceil_mode:  # harmless only where it adds no partial window
         out = shape_of(node)
-        _need(op.output_size([static(d) for d in in_shape[2:]]) == tuple(static(d) for d in out[2:]))
+        need(op.output_size([static(d) for d in in_shape[2:]]) == tuple(static(d) for d in out[2:]))
     return Step(node, "avgpool", (x,), op, (nd, 1))
 
 
 def _identity(node, data) -> Step:
-    _need(len(data) == 1 and node.args[0] is data[0])
+    need(len(data) == 1 and node.args[0] is data[0])
     if node.target in (aten.dropout.default, aten.feature_dropout.default, aten.alpha_dropout.default):
-        _need(not _arg(node, 2, "train", True))
+        need(not _arg(node, 2, "train", True))
     return Step(node, "identity", (data[0],), Scalar())
 
 
 def _layout_copy(node, data) -> Step:
     """``contiguous``/``clone`` is an identity only where it copies a contiguous tensor: after a
     transpose it makes the layout a later ``view`` relies on, and removing it would break that."""
-    _need(len(data) == 1 and node.args[0] is data[0])
+    need(len(data) == 1 and node.args[0] is data[0])
     val = data[0].meta.get("val")
-    _need(isinstance(val, torch.Tensor))
+    need(isinstance(val, torch.Tensor))
     fmt = node.kwargs.get("memory_format", None if node.target is aten.clone.default else torch.contiguous_format)
-    _need(fmt in (None, torch.preserve_format, torch.contiguous_format))
-    _need(fmt is None or fmt is torch.preserve_format or val.is_contiguous())
+    need(fmt in (None, torch.preserve_format, torch.contiguous_format))
+    need(fmt is None or fmt is torch.preserve_format or val.is_contiguous())
     return Step(node, "identity", (data[0],), Scalar())
 
 
@@ -456,80 +445,38 @@ def _reshape(node, data) -> Step:
     """A reshape that keeps the last axis: on the linear layout (features last) it regroups
     rows and leaves every row as it is, so it sits inside a linear region."""
     x = node.args[0]
-    _need(isinstance(x, fx.Node) and x in data)
+    need(isinstance(x, fx.Node) and x in data)
     others = [d for d in data if d is not x]
-    _need(node.target in (aten.reshape_as.default, aten.view_as.default) or not others)
+    need(node.target in (aten.reshape_as.default, aten.view_as.default) or not others)
     in_shape, out_shape = shape_of(x), shape_of(node)
-    _need(in_shape is not None and out_shape is not None and len(in_shape) >= 2 and len(out_shape) >= 2)
-    _need(static(in_shape[-1]) is not None and static(in_shape[-1]) == static(out_shape[-1]))
-    _need(sum(static(d) is None for d in out_shape) <= 1)  # the rewrite can say it with one -1
-    return Step(node, "reshape", (x,), Scalar(), (0, len(out_shape) - 1))
+    family = keeps_rows(None if in_shape is None else engine_dims(in_shape), None if out_shape is None else engine_dims(out_shape))
+    return Step(node, "reshape", (x,), Scalar(), family)
 
 
 def _slice(node, data) -> Step:
-    """``x[..., a:b:s]``: an identity over the whole axis, a channel selection on the channel
-    axis, a crop (strided delta kernel) on a spatial axis."""
-    _need(len(data) == 1 and node.args[0] is data[0])
+    """``x[..., a:b:s]``: see ``op_semantics.slice_op``."""
+    need(len(data) == 1 and node.args[0] is data[0])
     x = data[0]
     shape = shape_of(x)
-    _need(shape is not None)
-    rank = len(shape)
-    dim = _arg(node, 1, "dim", 0) % rank
+    need(shape is not None)
+    dim = _arg(node, 1, "dim", 0)
     start, end, step = _arg(node, 2, "start", None), _arg(node, 3, "end", None), _arg(node, 4, "step", 1)
-    _need(all(v is None or isinstance(v, int) for v in (start, end)) and isinstance(step, int) and step >= 1)
-    n = static(shape[dim])
-    if start in (None, 0) and (end is None or end >= INT_MAX or (n is not None and end >= n)) and step == 1:
-        return Step(node, "identity", (x,), Scalar())
-    _need(dim >= 1)
-    conv_layout = rank > 2
-    if n is None:  # a symbolic spatial size: only a crop counted from both ends reads the same
-        _need(conv_layout and dim >= 2 and (start is None or start >= 0) and (end is None or end < 0 or end >= INT_MAX))
-        off_end = -end if end is not None and end < 0 else 0
-        n = (start or 0) + off_end + 1  # a stand-in size with the same offsets from both ends
-    a = _clamp(0 if start is None else start, n)
-    e = _clamp(n if end is None else end, n)
-    _need(e > a)
-    if dim == 1 or (not conv_layout and dim == rank - 1):
-        channels = A.select_channels(n, range(a, e, step), rank - 2 if conv_layout else 0)
-        family = (rank - 2, 1) if conv_layout else (0, rank - 1)
-        return Step(node, "select", (x,), channels, family)
-    _need(conv_layout)
-    channels = static(shape[1])
-    _need(channels is not None)
-    from_end = end is None or end >= n or end < 0  # the same number of pixels off the end at any size
-    if (start is None or start >= 0) and from_end:
-        kernel_len = a + (n - e) + 1
-        size_specific = None
-    else:
-        m = -(-(e - a) // step)
-        kernel_len = n - (m - 1) * step
-        size_specific = f"{describe(node)}: a crop measured from the start of the axis depends on the input size"
-    nd = rank - 2
-    axis = dim - 2
-    starts, kernel, stride = [0] * nd, [1] * nd, [1] * nd
-    starts[axis], kernel[axis], stride[axis] = a, kernel_len, step
-    op = A.crop(channels, starts, kernel, stride)
-    return Step(node, "crop", (x,), op, (nd, 1), size_specific=size_specific)
-
-
-def _clamp(index: int, n: int) -> int:
-    if index < 0:
-        index += n
-    return max(0, min(index, n))
+    kind, op, family, size_specific = slice_op(engine_dims(shape), dim, start, end, step, describe(node))
+    return Step(node, kind, (x,), op, family, size_specific=size_specific)
 
 
 def _stacked_sum(node, consts) -> Step:
     """``torch.stack([...]).sum(0)`` (or ``.mean(0)``): a sum of all the stacked tensors."""
     stack = node.args[0]
-    _need(isinstance(stack, fx.Node) and stack.target is aten.stack.default and len(stack.users) == 1)
+    need(isinstance(stack, fx.Node) and stack.target is aten.stack.default and len(stack.users) == 1)
     tensors = list(stack.args[0])
     dim = stack.args[1] if len(stack.args) > 1 else stack.kwargs.get("dim", 0)
     dims = _arg(node, 1, "dim", None)
     keepdim = _arg(node, 2, "keepdim", False)
-    _need(not keepdim and not node.kwargs.get("dtype") and isinstance(dims, (list, tuple)) and len(dims) == 1)
+    need(not keepdim and not node.kwargs.get("dtype") and isinstance(dims, (list, tuple)) and len(dims) == 1)
     out_rank = len(shape_of(stack))
-    _need(dims[0] % out_rank == dim % out_rank)
-    _need(all(isinstance(t, fx.Node) and t not in consts and shape_of(t) == shape_of(node) for t in tensors))
+    need(dims[0] % out_rank == dim % out_rank)
+    need(all(isinstance(t, fx.Node) and t not in consts and shape_of(t) == shape_of(node) for t in tensors))
     coeff = 1.0 if node.target is aten.sum.dim_IntList else 1.0 / len(tensors)
     return Step(node, "sum", tuple(tensors), None, None, coeffs=(coeff,) * len(tensors), absorbs=(stack,))
 
@@ -541,8 +488,8 @@ def _concat(node, consts) -> Step:
     shape = shape_of(node)
     rank = len(shape)
     dim %= rank
-    _need(len(tensors) >= 2 and all(isinstance(t, fx.Node) and t not in consts for t in tensors))
-    _need((rank > 2 and dim == 1) or (rank == 2 and dim == 1))
+    need(len(tensors) >= 2 and all(isinstance(t, fx.Node) and t not in consts for t in tensors))
+    need((rank > 2 and dim == 1) or (rank == 2 and dim == 1))
     family = (rank - 2, 1) if rank > 2 else (0, 1)
     return Step(node, "concat", tuple(tensors), None, family)
 
@@ -552,46 +499,46 @@ def _elementwise(node, data, consts) -> Step:
     name = getattr(target, "__name__", str(target))
     args = list(node.args)
     if "neg" in name:
-        _need(len(data) == 1)
+        need(len(data) == 1)
         return Step(node, "scale", (data[0],), Scalar(-1.0, 0.0))
-    _need(len(args) >= 2)
+    need(len(args) >= 2)
     alpha = node.kwargs.get("alpha", 1)
-    _need(isinstance(alpha, (int, float)))
+    need(isinstance(alpha, (int, float)))
     is_add = "add" in name
     is_sub = "sub" in name
     is_mul = "mul" in name
     is_div = "div" in name or "truediv" in name
-    _need(not (is_div and node.kwargs.get("rounding_mode")))
+    need(not (is_div and node.kwargs.get("rounding_mode")))
     if len(data) == 1 and (is_add or is_sub) and len(args) >= 2 and args[0] is args[1] is data[0]:
         factor = 1.0 + float(alpha) * (-1.0 if is_sub else 1.0)
         return Step(node, "scale", (data[0],), Scalar(factor, 0.0))
     if len(data) == 2 and (is_add or is_sub):
-        _need(all(isinstance(a, fx.Node) for a in args[:2]))
+        need(all(isinstance(a, fx.Node) for a in args[:2]))
         coeff = float(alpha) * (-1.0 if is_sub else 1.0)
-        _need(shape_of(args[0]) == shape_of(args[1]) == shape_of(node))
+        need(shape_of(args[0]) == shape_of(args[1]) == shape_of(node))
         return Step(node, "sum", (args[0], args[1]), None, None, coeffs=(1.0, coeff))
-    _need(len(data) == 1)
+    need(len(data) == 1)
     x = data[0]
     x_pos = 0 if args[0] is x else 1
-    _need(args[x_pos] is x)
+    need(args[x_pos] is x)
     other = args[1 - x_pos]
     if isinstance(other, fx.Node):
         value = consts.tensor(other)
-        _need(value is not None)
+        need(value is not None)
     else:
-        _need(isinstance(other, (int, float)) and not isinstance(other, bool))
+        need(isinstance(other, (int, float)) and not isinstance(other, bool))
         value = torch.tensor(float(other), dtype=torch.float64)
-    _need(value.is_floating_point() or value.dtype in (torch.int64, torch.int32))
+    need(value.is_floating_point() or value.dtype in (torch.int64, torch.int32))
     value = value.to(torch.float64)
-    _need(shape_of(node) == shape_of(x))  # the constant must not broadcast x
+    need(shape_of(node) == shape_of(x))  # the constant must not broadcast x
     if is_mul:
         scale, shift = value, None
     elif is_div:
-        _need(x_pos == 0 and bool(torch.all(value != 0)))
+        need(x_pos == 0 and bool(torch.all(value != 0)))
         scale, shift = 1.0 / value, None
     elif is_add:
         scale, shift = None, value * float(alpha) if x_pos == 0 else value
-        _need(x_pos == 0 or alpha == 1)
+        need(x_pos == 0 or alpha == 1)
     else:  # sub
         if x_pos == 0:
             scale, shift = None, -value * float(alpha)
@@ -601,32 +548,13 @@ def _elementwise(node, data, consts) -> Step:
 
 
 def _scale_shift_step(node, x, scale, shift, consts) -> Step:
-    params = consts.params_of(node.args)
-    tensors = [t for t in (scale, shift) if t is not None]
-    if all(t.numel() == 1 for t in tensors):
-        a = float(scale) if scale is not None else 1.0
-        b = float(shift) if shift is not None else 0.0
-        return Step(node, "scale", (x,), Scalar(a, b), params=params)
-    shape = shape_of(x)
-    rank = len(shape)
-    axis = None
-    for t in tensors:
-        _need(t.dim() <= rank)
-        padded = (1,) * (rank - t.dim()) + tuple(t.shape)
-        big = [i for i, s in enumerate(padded) if s != 1]
-        if len(big) == 1:
-            _need(axis in (None, big[0]))
-            axis = big[0]
-        else:
-            _need(not big)
-    _need(axis is not None and axis >= 1 and (axis == 1 or axis == rank - 1))
-    channels = static(shape[axis])
-    _need(channels is not None)
-    vec = lambda t: None if t is None else t.reshape(-1).expand(channels).clone()  # noqa: E731
-    family = (rank - 2, 1) if axis == 1 and rank > 2 else (0, rank - 1)
-    scale_vec = vec(scale) if scale is not None else torch.ones(channels, dtype=torch.float64)
-    op = A.channel_affine(scale_vec, vec(shift), family[0])
-    return Step(node, "scale", (x,), op, family, params=params)
+    op, family = scale_shift(scale, shift, engine_dims(shape_of(x)))
+    return Step(node, "scale", (x,), op, family, params=consts.params_of(node.args))
+
+
+def engine_dims(shape) -> tuple:
+    """A shape as the engine states it: ints, and names for symbolic dims."""
+    return tuple(static(d) if static(d) is not None else str(d) for d in shape)
 
 
 def describe(node: fx.Node) -> str:

@@ -7,7 +7,7 @@ from torch import fx
 
 from compactify.converter.engine.graph import AffineGraph
 from compactify.converter.engine.steps import Step
-from compactify.converter.frontends.fx.classify import Constants, classify, describe, shape_of, static
+from compactify.converter.frontends.fx.classify import Constants, classify, describe, engine_dims, shape_of
 from compactify.converter.frontends.fx.functionalize import mutated_aliases
 from compactify.converter.frontends.fx.profile import GraphProfile, profile_graph
 
@@ -35,7 +35,7 @@ def affine_graph(gm: fx.GraphModule, example: torch.Tensor) -> tuple[AffineGraph
     for node in nodes:
         shape = shape_of(node)
         if shape is not None:
-            shapes[node] = tuple(static(d) if static(d) is not None else str(d) for d in shape)
+            shapes[node] = engine_dims(shape)
     graph = AffineGraph(
         nodes=nodes,
         users={n: list(n.users) for n in nodes},
