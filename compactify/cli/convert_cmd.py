@@ -64,6 +64,10 @@ def convert(checkpoint, arch, arch_kwargs, input_shape, out_dir, outputs, allow_
     appears until everything is complete. An existing OUTDIR is replaced (with --force)
     only if it is a previous compactify output holding nothing else and no input.
     The file's format is read from its content, whatever its suffix.
+
+    CHECKPOINT may also be an ONNX model (from any exporter): then no --arch or source code is
+    needed, and OUTDIR gets compact.onnx (+ fp16, TensorRT) and the report, checked against the
+    source graph evaluated in float64.
     """
     from compactify.converter.convert import ConvertOptions, convert_checkpoint
     from compactify.converter.load.ingest import parse_arch_kwargs, parse_input_shape

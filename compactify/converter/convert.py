@@ -62,6 +62,8 @@ def convert_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: Con
             raise BadInputError("--trt builds the engine from the ONNX model; drop --no-onnx")
     if options.fp16 and not options.onnx:
         raise BadInputError("--fp16 writes compact.fp16.onnx; drop --no-onnx")
+    if _is_onnx(checkpoint):
+        return _convert_onnx(checkpoint, out_dir, options, inputs)
     from compactify.converter.export.int8 import check_options, int8_request
 
     check_options(options)
@@ -147,3 +149,25 @@ def save_program(module: nn.Module, example: torch.Tensor, path: Path, report: d
                                                                             if d != 1},), strict=False)
     meta = {"source": report["source"], "input_shape": report["input_shape"], "compactify_version": __version__}
     torch.export.save(program, str(path), extra_files={PT2_META_FILE: json.dumps(meta)})
+
+
+def _is_onnx(path: str | Path) -> bool:
+    """An ONNX model by its content, or by its name when its content is too damaged to tell (so
+    that a truncated model.onnx is reported as a broken ONNX file, not as a bad checkpoint)."""
+    from compactify.converter.load.sniff import detect
+
+    path = Path(path)
+    if not path.is_file():
+        return path.suffix.lower() == ".onnx"
+    return detect(path).kind == "onnx" or path.suffix.lower() == ".onnx"
+
+
+def _convert_onnx(path: str | Path, out_dir: Path, options: ConvertOptions, inputs) -> dict:
+    from compactify.converter.convert_onnx import check_onnx_options, convert_onnx_file
+    from compactify.converter.report import write_report
+
+    check_onnx_options(options)
+    with atomic_dir(out_dir, force=options.force, inputs=inputs) as tmp:
+        report = convert_onnx_file(path, tmp, options)
+        write_report(report, tmp)
+    return report

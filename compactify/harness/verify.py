@@ -412,6 +412,12 @@ def verify_conversion(
     _check_tolerances(atol, rtol, fp16_atol, fp16_rtol, int8_tol)
     outdir = Path(outdir)
     report = load_report(outdir)
+    if report["source"].get("format") == "onnx":
+        from compactify.harness.verify_onnx import verify_onnx_conversion
+
+        return verify_onnx_conversion(outdir, report, inputs=inputs, batches=batches, batch_size=batch_size, seed=seed,
+                                      atol=atol, rtol=rtol, fp16_atol=fp16_atol, fp16_rtol=fp16_rtol, device=device,
+                                      per_region=per_region)
     artifacts = report.get("artifacts") or {}
     if not artifacts:
         raise BadInputError(f"{outdir / 'report.json'} lists no artifacts (compact.pt2, compact.onnx): nothing to "

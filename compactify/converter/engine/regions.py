@@ -144,7 +144,7 @@ def _collect(graph, exit_node, steps, entry, materialized) -> Region:
     while stack:
         node = stack.pop()
         for d in steps[node].data:
-            if d in steps and d not in materialized and d not in members and entry[d] is start:
+            if d in steps and d not in materialized and d not in members and entry[d] == start:
                 members.add(d)
                 stack.append(d)
     order = [n for n in graph.nodes if n in members]
