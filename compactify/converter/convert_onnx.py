@@ -42,7 +42,8 @@ _NOT_FOR_ONNX = {
     "arch_kwargs": "--arch-kwargs (the graph is in the file)",
     "trust_pickle": "--trust-pickle (an ONNX file runs no code when loaded)",
     "dynamic_hw": "--dynamic-hw (a symbolic H and W in the file already mean every size)",
-    "rank": "--rank (rank truncation of an ONNX source is not implemented yet; convert the PyTorch checkpoint)",
+    "rank_data": "--data (judging --rank on labelled data is done for PyTorch sources)",
+    "max_accuracy_drop": "--max-accuracy-drop (judging --rank on labelled data is done for PyTorch sources)",
     "int8": "--int8 (INT8 quantization of an ONNX source is not implemented yet; convert the PyTorch checkpoint)",
 }
 
@@ -62,6 +63,7 @@ class OnnxContraction:
     max_rel_error: float | None = None
     source_rel_error: float | None = None
     every_size: bool = False  # planned for a symbolic spatial size: exact at every size
+    truncation: dict | None = None  # the --rank report section
     check_feeds: dict = field(default_factory=dict)  # the inputs the check ran on
 
     @property
@@ -76,7 +78,7 @@ class OnnxContraction:
         return {
             "regions": len(self.decisions),
             "merged": sum(d.kind == "dense" for d in self.decisions),
-            "factored": 0,
+            "factored": sum(d.kind == "factored" for d in self.decisions),
             "params_before": self.params_before,
             "params_after": self.params_after,
             "flops_before": self.flops_before,
@@ -86,8 +88,9 @@ class OnnxContraction:
 
 def contract_onnx(model: onnx.ModelProto, *, allow_approximate: bool = False,
                   input_shape: Sequence[int] | None = None, outputs: str | Sequence[str] | None = None,
-                  check: bool = True) -> OnnxContraction:
-    """Contract every linear region of ``model`` that merges exactly (and pays)."""
+                  rank: str | None = None, rank_multiple: int = 1, check: bool = True) -> OnnxContraction:
+    """Contract every linear region of ``model`` that merges exactly (and pays); with ``rank``
+    (a ``--rank`` rule) also factor the plan's conv/linear layers at the ranks it chooses."""
     check_model(model, "the ONNX model")
     source = onnx.ModelProto()
     source.CopyFrom(model)
@@ -104,12 +107,19 @@ def contract_onnx(model: onnx.ModelProto, *, allow_approximate: bool = False,
                             "N,C,H,W to plan at (merges are kept only where they hold at every size)")
     graph, onnx_graph = affine_graph(prepared, symbolic, concrete_shapes(prepared, shapes))
     decisions = plan_graph(graph, allow_approximate, dynamic_hw=every_size)
+    untruncated = None
+    if rank is not None:
+        from compactify.converter.lowrank.rank_plan import rank_plan
+
+        ranked = rank_plan(decisions, graph.example_shapes, rank, rank_multiple)
+        untruncated, _ = rewrite_onnx(onnx_graph, graph, decisions)
+        decisions = ranked.decisions
     compact, _ = rewrite_onnx(onnx_graph, graph, decisions)
     try:
         check_onnx(compact, "compact")
     except CompactifyError as exc:
         raise CompactifyError(f"{exc} (a bug: please report it with the source model)") from exc
-    merged = [d for d in decisions if d.kind in ("dense", "removed")]
+    merged = [d for d in decisions if d.kind in ("dense", "removed", "factored")]
     flops_before = int(sum(graph.flops.values()))
     result = OnnxContraction(
         model=compact, decisions=decisions, input_shapes=shapes,
@@ -121,12 +131,54 @@ def contract_onnx(model: onnx.ModelProto, *, allow_approximate: bool = False,
         result.check_feeds = check_feeds(specs, shapes)
         result.max_abs_error, result.max_rel_error, result.source_rel_error = measure_onnx_errors(
             source, compact, result.check_feeds)
+    if rank is not None:
+        result.truncation = truncation_section(ranked, rank, rank_multiple, untruncated, compact,
+                                               result.check_feeds or check_feeds(specs, shapes))
+    elif check:
         if result.max_rel_error > max(EXACT_REL, SOURCE_ERROR_FACTOR * result.source_rel_error):
             result.warnings.append(
                 f"the compact model's error ({result.max_rel_error:.2e} of the output scale) is more than "
                 f"{SOURCE_ERROR_FACTOR:g}x the source's own float32 error ({result.source_rel_error:.2e}) and above "
                 f"{EXACT_REL:g}: check report.json's regions for approximate merges")
     return result
+
+
+def truncation_section(ranked, rule: str, multiple: int, untruncated: onnx.ModelProto, truncated: onnx.ModelProto,
+                       feeds: dict[str, np.ndarray]) -> dict:
+    """The --rank report section, in the PyTorch path's schema: per layer the ranks and costs, and
+    the truncated model (ONNX Runtime) against the untruncated compact model in float64."""
+    from compactify.converter.export.onnx_io import run_ort
+    from compactify.converter.lowrank.rank_rules import parse_rank_rule
+    from compactify.measure.metrics import compare
+    from compactify.measure.onnx_float64 import Float64Reference
+
+    reference = Float64Reference(untruncated).run(feeds)
+    max_abs = max_rel = 0.0
+    for i, (g, r) in enumerate(zip(run_ort(truncated, feeds), reference)):
+        c = compare(g, r, name=f"output{i}")
+        max_abs, max_rel = max(max_abs, c.max_abs), max(max_rel, c.scale_rel)
+    return {
+        "rule": parse_rank_rule(rule).text,
+        "multiple": multiple,
+        "cost": "flops",
+        "layers": ranked.rows,
+        "pruning": [],
+        "pruning_limits": "all-zero units are not removed from ONNX sources (pruning runs on PyTorch sources)",
+        "params_untruncated": ranked.params_untruncated,
+        "params_pruned": ranked.params_untruncated,
+        "params_truncated": ranked.params_truncated,
+        "flops_untruncated": ranked.flops_untruncated,
+        "flops_pruned": ranked.flops_untruncated,
+        "flops_truncated": ranked.flops_truncated,
+        "flops_ratio": ranked.flops_truncated / ranked.flops_untruncated if ranked.flops_untruncated else 1.0,
+        "flops_ratio_of_pruned": ranked.flops_truncated / ranked.flops_untruncated if ranked.flops_untruncated else 1.0,
+        "output_error": {
+            "max_abs": max_abs, "max_rel": max_rel, "inputs": f"{len(feeds)} seeded N(0,1) input(s)",
+            "dtype": "float32 (ONNX Runtime) vs float64 (onnx.reference)",
+            "definition": "compact.onnx with --rank vs the contracted model without it, on the check inputs; "
+                          "max_rel = max|truncated - untruncated| / max|untruncated|",
+        },
+    }
 
 
 def check_feeds(specs: list[InputSpec], shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
@@ -212,6 +264,9 @@ def check_onnx_options(options) -> None:
     for name, what in _NOT_FOR_ONNX.items():
         if getattr(options, name, None):
             raise BadInputError(f"{what} does not apply to an ONNX source")
+    if options.rank and options.cost != "flops":
+        raise BadInputError("--cost latency times factored layers in PyTorch, for PyTorch sources only; an ONNX "
+                            "source is factored by FLOPs (--cost flops)")
     if not options.onnx:
         raise BadInputError("--no-onnx: an ONNX source converts to compact.onnx; drop --no-onnx")
     if options.static:
@@ -223,7 +278,7 @@ def convert_onnx_file(path: str | Path, folder: Path, options) -> dict:
     path = Path(path)
     model = read_onnx(path)
     result = contract_onnx(model, allow_approximate=options.allow_approximate, input_shape=options.input_shape,
-                           outputs=options.outputs)
+                           outputs=options.outputs, rank=options.rank, rank_multiple=options.rank_multiple)
     for w in result.warnings:
         warnings.warn(w, stacklevel=2)
     report = onnx_report(path, model, options, result)
@@ -319,4 +374,5 @@ def onnx_report(path: Path, model: onnx.ModelProto, options, result: OnnxContrac
         "error_definition": "compact model on ONNX Runtime (float32) vs the source ONNX graph evaluated in float64 "
         "with onnx.reference, on seeded N(0,1) inputs; max_rel_error = max|compact - ref| / max|ref| per output",
         "warnings": result.warnings,
+        **({"truncation": result.truncation} if result.truncation is not None else {}),
     }

@@ -32,10 +32,19 @@ def rewrite_onnx(source: OnnxGraph, graph: AffineGraph, decisions: list[Decision
         region = d.region
         absorbed = {n for step in region.steps.values() for n in step.absorbs}
         entry = rename.get(region.entry, region.entry)
+        dtype = _dtype(source.model, region.entry)
+        shapes = graph.shape(region.entry), graph.shape(region.exit)
         if d.kind == "dense":
-            nodes, inits = _layer(d.operator, entry, region.exit, graph, _dtype(source.model, region.entry), taken)
+            nodes, inits = _layer(d.operator, entry, region.exit, *shapes, dtype, taken)
             written[region.exit] = nodes
             new_inits += inits
+        elif d.kind == "factored" and d.factors is not None:
+            first, second = d.factors
+            middle = _fresh(f"{region.exit}/factor", taken)
+            nodes, inits = _layer(first, entry, middle, shapes[0], shapes[0], dtype, taken)
+            more, more_inits = _layer(second, middle, region.exit, *shapes, dtype, taken)
+            written[region.exit] = nodes + more
+            new_inits += inits + more_inits
         elif d.kind == "removed":
             if region.exit in outputs:
                 written[region.exit] = [helper.make_node("Identity", [entry], [region.exit],
@@ -65,9 +74,10 @@ def rewrite_onnx(source: OnnxGraph, graph: AffineGraph, decisions: list[Decision
     return model, changed
 
 
-def _layer(op: A.AffineConv, entry: str, exit: str, graph: AffineGraph, dtype: np.dtype,
+def _layer(op: A.AffineConv, entry: str, exit: str, entry_shape, exit_shape, dtype: np.dtype,
            taken: set[str]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """The nodes computing ``op`` from ``entry`` into ``exit``, and their initializers."""
+    """The nodes computing ``op`` from ``entry`` (of ``entry_shape``) into ``exit`` (whose shape
+    is ``exit_shape``), and their initializers."""
     base = f"{exit}/merged"
     weight_name, bias_name = _fresh(f"{base}.weight", taken), _fresh(f"{base}.bias", taken)
     inits = []
@@ -82,7 +92,6 @@ def _layer(op: A.AffineConv, entry: str, exit: str, graph: AffineGraph, dtype: n
             pads=[b for b, _ in op.padding] + [a for _, a in op.padding], dilations=list(op.dilation), group=op.groups)
         return [node], inits
     weight = A.dense_weight(op).numpy()  # [out, in]
-    entry_shape, exit_shape = graph.shape(entry), graph.shape(exit)
     reshaped = entry_shape is not None and exit_shape is not None and \
         [str(d) for d in entry_shape[:-1]] != [str(d) for d in exit_shape[:-1]]
     target = exit if not reshaped else _fresh(f"{base}.rows", taken)

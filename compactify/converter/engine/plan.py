@@ -38,6 +38,8 @@ class Decision:
     composition: Composition | None = None
     # The merged operator (trimmed of all-zero edge taps), for a back-end to write as one layer.
     operator: A.AffineConv | None = None
+    # For kind "factored" (rank truncation): the two operators a back-end writes in its place.
+    factors: tuple[A.AffineConv, A.AffineConv] | None = None
     # The layer as a back-end wrote it (an nn.Module on the PyTorch path); low-rank truncation
     # replaces it with its factored form.
     module: Any = None
@@ -149,8 +151,8 @@ def decide(
     if flops_after == flops_before and params_after > params_before:
         return keep("merging would add parameters at equal FLOPs", "not cheaper", comp, comp.exact)
     reason = "merged exactly" if comp.exact else "merged approximately (--allow-approximate)"
-    return Decision(region, "dense", reason, comp.exact, comp, operator, None, params_before, params_after,
-                    flops_before, flops_after, warnings)
+    return Decision(region, "dense", reason, comp.exact, comp, operator=operator, params_before=params_before,
+                    params_after=params_after, flops_before=flops_before, flops_after=flops_after, warnings=warnings)
 
 
 def _same_shape(graph: AffineGraph, a: Hashable, b: Hashable) -> bool:

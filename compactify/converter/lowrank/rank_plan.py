@@ -1,0 +1,111 @@
+"""``--rank`` on a plan, from the operators alone: which conv/linear layers of the plan to factor
+at which rank, returned as a new plan. No graph format and no model runs: the spectra come from
+the merged operators, the costs from their shapes, and the rules that need nothing measured
+(``energy``, ``nuclear``, ``threshold``, ``rank``, ``flops``) decide. The ONNX path uses it; the
+PyTorch path's ``truncate`` adds pruning, measured rules and latency on top of the same pieces.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from compactify.converter.engine.algebra import AffineConv
+from compactify.converter.engine.cost import operator_flops, operator_params
+from compactify.converter.engine.plan import Decision
+from compactify.converter.lowrank import factor as L
+from compactify.converter.lowrank.rank_rules import RankChoice, RankRule, choose_ranks, parse_rank_rule
+from compactify.errors import BadInputError
+
+MEASURED_RULES = ("error",)
+
+
+@dataclass
+class RankPlan:
+    decisions: list[Decision]  # a new list: factored layers have kind "factored" and their factors
+    rows: list[dict]  # one per layer considered, as report.json's truncation.layers
+    params_untruncated: int
+    params_truncated: int
+    flops_untruncated: int  # of the layers considered, at the example input
+    flops_truncated: int
+
+
+def layer_operator(d: Decision) -> AffineConv | None:
+    """The conv/linear operator a decision computes, when it is one layer of the final plan: a
+    merged region, or a single conv or linear layer left as it is."""
+    comp = d.composition
+    if comp is None or not isinstance(comp.value, AffineConv):
+        return None
+    kinds = {d.region.steps[n].kind for n in d.region.nodes if n in d.region.steps}
+    if not kinds & {"conv", "linear"}:
+        return None  # a folded BatchNorm or pad on its own: nothing to factor
+    if d.kind == "dense":
+        return d.operator
+    if d.kind == "keep" and len(d.region.nodes) == 1 and comp.exact and not comp.value.pads_nonzero:
+        return comp.value
+    return None
+
+
+def rank_plan(decisions: list[Decision], example_shapes: dict, rule: RankRule | str, multiple: int = 1) -> RankPlan:
+    rule = parse_rank_rule(rule) if isinstance(rule, str) else rule
+    if rule.kind in MEASURED_RULES:
+        raise BadInputError(f"--rank {rule.text} measures the output error of each cut, which is done for PyTorch "
+                            "sources only; use energy:, nuclear:, threshold:, rank: or flops: here")
+    layers = []
+    for i, d in enumerate(decisions):
+        op = layer_operator(d)
+        shape = example_shapes.get(d.region.entry)
+        if op is None or shape is None:
+            continue
+        spatial = tuple(shape[2:]) if op.ndim else tuple(shape[1:-1])
+        layers.append((i, f"{d.region.name}#{i}", op, spatial, tuple(shape)))
+    candidates = [L.candidate(key, op, form, spatial) for _, key, op, spatial, _ in layers for form in L.forms_for(op)]
+    batch = max([s[0] for *_, s in layers] or [1])
+    per_sample = {c.name: c.dense_flops for c in candidates}
+    fixed = max(0, round(sum(d.flops_after for d in decisions) / batch) - sum(per_sample.values()))
+    choices: dict[str, RankChoice] = choose_ranks(candidates, rule, multiple=multiple, fixed_flops=fixed) \
+        if candidates else {}
+    new = list(decisions)
+    rows = []
+    for i, key, op, spatial, shape in layers:
+        d = decisions[i]
+        choice = choices.get(key)
+        before_params, before_flops = d.params_after, d.flops_after
+        if choice is not None and choice.factored:
+            first, second = L.factor(op, choice.rank_after, choice.form)
+            flops = operator_flops(first, shape) + operator_flops(second, _after(first, shape))
+            exact = d.exact and choice.rank_after >= choice.rank_before
+            new[i] = dataclasses.replace(
+                d, kind="factored", exact=exact, factors=(first, second), module=None,
+                reason=f"{d.reason}; factored: {choice.reason}",
+                params_after=operator_params(first) + operator_params(second), flops_after=flops)
+        rows.append(_row(new[i], choice, before_params, before_flops))
+    return RankPlan(new, rows, sum(r["params_before"] for r in rows), sum(r["params_after"] for r in rows),
+                    sum(r["flops_before"] for r in rows), sum(r["flops_after"] for r in rows))
+
+
+def _after(op: AffineConv, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The output shape of ``op`` on an input of ``shape``."""
+    if op.ndim == 0:
+        return (*shape[:-1], op.out_channels)
+    return (shape[0], op.out_channels, *op.output_size(shape[2:]))
+
+
+def _row(d: Decision, choice: RankChoice | None, params_before: int, flops_before: int) -> dict:
+    return {
+        "region": d.region.name,
+        "layers": d.region.layers,
+        "form": choice.form if choice else "dense",
+        "rank_before": choice.rank_before if choice else None,
+        "full_rank": choice.full_rank if choice else None,
+        "rank_after": choice.rank_after if choice else None,
+        "energy_kept": choice.energy_kept if choice else 1.0,
+        "params_before": params_before,
+        "params_after": d.params_after,
+        "flops_before": flops_before,
+        "flops_after": d.flops_after,
+        "units_removed": 0,
+        "inputs_removed": 0,
+        "reason": choice.reason if choice else "no rank rule applies",
+    }
+
