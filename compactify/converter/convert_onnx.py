@@ -95,7 +95,9 @@ def contract_onnx(model: onnx.ModelProto, *, allow_approximate: bool = False,
     source = onnx.ModelProto()
     source.CopyFrom(model)
     _select_outputs(source, outputs)
-    prepared, cancelled = cancel_transposes(source)
+    prepared = onnx.ModelProto()
+    prepared.CopyFrom(source)  # the check runs the source as given, transposes and all
+    prepared, cancelled = cancel_transposes(prepared)
     specs = graph_inputs(prepared)
     if not specs:
         raise BadInputError("the ONNX graph has no inputs to feed")
