@@ -571,6 +571,11 @@ def _open_model(path: str | Path, runtime: str | None, device: str, dtype: str, 
     native = guess_runtime(path)
     if chosen != native:
         raise BadInputError(f"{path.name} runs on --runtime {native}, not --runtime {chosen}")
+    if chosen == "ort" and dtype == "float64":  # an ONNX reference: the graph itself, evaluated in float64
+        from compactify.harness.verify_onnx import onnx_float64_model
+
+        model, shape = onnx_float64_model(path)
+        return model, shape, {}
     opts: dict[str, Any] = {}
     if chosen == "torch":
         opts["dtype"] = dtype

@@ -108,3 +108,30 @@ def _truncation_effect(source: _Model, truncated_out: dict, data, report: dict) 
             "accuracy_source": None, "accuracy_truncated": None,
             "note": text + " (what --rank changed on purpose; not an export error)"}
 
+
+def onnx_float64_model(path: Path) -> tuple[_Model, tuple[int, ...] | None]:
+    """An ONNX file as a float64 reference (onnx.reference), and its input shape when the file
+    states every dim after the batch."""
+    from compactify.converter.frontends.onnx.read import read_onnx
+    from compactify.converter.frontends.onnx.shapes import graph_inputs
+    from compactify.measure.onnx_float64 import Float64Reference
+
+    model = read_onnx(path)
+    specs = graph_inputs(model)
+    names = [s.name for s in specs]
+    evaluator = Float64Reference(model)
+
+    def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
+        if len(arrays) != len(names):
+            raise BadInputError(f"{path.name} takes {len(names)} input(s) {names}, got {len(arrays)}")
+        return evaluator.run(dict(zip(names, arrays)))
+
+    shape = None
+    if len(specs) == 1 and all(isinstance(d, int) for d in specs[0].dims[1:]):
+        first = specs[0].dims[0]
+        shape = (first if isinstance(first, int) else 1, *specs[0].dims[1:])
+    from compactify.runtimes.base import TensorSpec
+
+    tensor_specs = [TensorSpec(s.name, tuple(d if isinstance(d, int) else None for d in s.dims), "float64")
+                    for s in specs]
+    return _Model(f"{path.name} (onnx.reference float64)", "onnx.reference", str(path), run, tensor_specs), shape
