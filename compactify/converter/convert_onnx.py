@@ -29,11 +29,13 @@ from compactify.converter.export.onnx_io import check_onnx, short_error
 from compactify.converter.frontends.onnx.graph import affine_graph
 from compactify.converter.frontends.onnx.read import check_model, read_onnx
 from compactify.converter.frontends.onnx.shapes import (InputSpec, concrete_shapes, example_shapes, graph_inputs,
-                                                        symbolic_shapes)
+                                                        has_unknown, settle_unknown, symbolic_shapes)
 from compactify.converter.frontends.onnx.transposes import cancel_transposes
 from compactify.errors import BadInputError, CompactifyError
 
-CHECK_BATCH = 2  # the batch the compact model is checked at when the source's batch is symbolic
+# The batch a symbolic batch is planned, costed and checked at (2, as the PyTorch path traces:
+# a graph exported at batch 1 may have folded the batch into its reshapes).
+CHECK_BATCH = 2
 CHECK_SEED = 1  # the seed of the check inputs, as the PyTorch path uses
 # Options of `compactify convert` that have no meaning for an ONNX source (they choose how Python
 # code is built or captured) or that this path does not do yet.
@@ -101,13 +103,22 @@ def contract_onnx(model: onnx.ModelProto, *, allow_approximate: bool = False,
     specs = graph_inputs(prepared)
     if not specs:
         raise BadInputError("the ONNX graph has no inputs to feed")
-    shapes = example_shapes(specs, tuple(input_shape) if input_shape else None, batch=1)
+    shapes = example_shapes(specs, tuple(input_shape) if input_shape else None, batch=CHECK_BATCH)
     symbolic = symbolic_shapes(prepared)
+    concrete = concrete_shapes(prepared, shapes)
+    if has_unknown(symbolic):  # e.g. flatten written as Reshape(x, Concat(Shape(x)[0], -1))
+        other = {s.name: (shapes[s.name][0] + 1, *shapes[s.name][1:]) if not isinstance(s.dims[0], int)
+                 else shapes[s.name] for s in specs}
+        if other != shapes:
+            first = specs[0]
+            batch = (first.dims[0], shapes[first.name][0], other[first.name][0]) if isinstance(first.dims[0], str) \
+                else None
+            symbolic = settle_unknown(symbolic, concrete, concrete_shapes(prepared, other), batch)
     every_size = any(not isinstance(d, int) for s in specs for d in s.dims[2:])
     if every_size and input_shape is None:
         raise BadInputError(f"input {specs[0].name!r} has a symbolic size {list(specs[0].dims)}; pass --input-shape "
                             "N,C,H,W to plan at (merges are kept only where they hold at every size)")
-    graph, onnx_graph = affine_graph(prepared, symbolic, concrete_shapes(prepared, shapes))
+    graph, onnx_graph = affine_graph(prepared, symbolic, concrete)
     decisions = plan_graph(graph, allow_approximate, dynamic_hw=every_size)
     untruncated = None
     if rank is not None:

@@ -92,6 +92,40 @@ def concrete_shapes(model: onnx.ModelProto, inputs: dict[str, tuple[int, ...]]) 
     return shapes
 
 
+def settle_unknown(symbolic: dict[str, tuple[Dim, ...]], at_a: dict[str, tuple[int, ...]],
+                   at_b: dict[str, tuple[int, ...]], batch: tuple[str, int, int] | None = None) -> dict[str, tuple[Dim, ...]]:
+    """Symbolic shapes with each dim shape inference left unknown (a reshape to a computed shape)
+    fixed where it is the same at two different batch sizes, named as the batch where it follows
+    the batch (``batch`` = its name and its two sizes), and left open otherwise."""
+    def settle(d, x, y):
+        if not unknown(d) or x is None:
+            return d
+        if x == y:
+            return x
+        return batch[0] if batch is not None and (x, y) == batch[1:] else d
+
+    out = {}
+    for name, dims in symbolic.items():
+        a, b = at_a.get(name), at_b.get(name)
+        if a is None or b is None or len(a) != len(dims) or len(b) != len(dims):
+            out[name] = dims
+            continue
+        out[name] = tuple(settle(d, x, y) for d, x, y in zip(dims, a, b))
+    for name, a in at_a.items():  # tensors shape inference said nothing about
+        if name not in out and name in at_b and len(a) == len(at_b[name]):
+            out[name] = tuple(settle(f"?{name}:{i}", x, y) for i, (x, y) in enumerate(zip(a, at_b[name])))
+    return out
+
+
+def unknown(dim: Dim) -> bool:
+    """A dim no one named: left open by the file, or named by onnx shape inference (``unk__3``)."""
+    return isinstance(dim, str) and (dim.startswith("?") or dim.startswith("unk__"))
+
+
+def has_unknown(symbolic: dict[str, tuple[Dim, ...]]) -> bool:
+    return any(unknown(d) for dims in symbolic.values() for d in dims)
+
+
 def _run_shapes(model: onnx.ModelProto, inputs: dict[str, tuple[int, ...]], names: list[str]) -> dict[str, tuple]:
     import onnxruntime as ort
 
@@ -101,7 +135,7 @@ def _run_shapes(model: onnx.ModelProto, inputs: dict[str, tuple[int, ...]], name
         if name not in present:
             probe.graph.output.append(helper.make_value_info(name, onnx.TypeProto()))
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # a graph that only runs at its traced batch is expected here
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
