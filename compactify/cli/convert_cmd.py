@@ -50,12 +50,19 @@ import click
 @click.option("--int8-min-agreement", type=float, metavar="A",
               help="Fail (exit 1, nothing written) when the int8 model's top-1 agreement with the fp32 compact model "
                    "on the held-out inputs is below A (e.g. 0.99).")
+@click.option("--data", "rank_data", type=click.Path(dir_okay=False, path_type=str), metavar="FILE.npz",
+              help="--rank: held-out inputs x and their labels on which the accuracy before and after truncation is "
+                   "measured (default for checkpoints trained on digits: the digits test split).")
+@click.option("--max-accuracy-drop", type=float, metavar="D",
+              help="--rank: fail (exit 1, nothing written) when truncation lowers the held-out accuracy by more than "
+                   "D percentage points (without it, more than 1 point is a warning).")
 @click.option("--max-memory", metavar="SIZE",
               help="Refuse, before any allocation, an input shape whose estimated activations exceed SIZE "
                    "(e.g. 8GB; default: the memory available).")
 def convert(checkpoint, arch, arch_kwargs, input_shape, out_dir, outputs, allow_approximate, dynamic_hw, force, trust_pickle,
             no_onnx, static, no_simplify, fp16, trt, max_batch, timing_cache, rank_rule, rank_multiple, cost,
-            int8, calibration, calibration_method, int8_keep, int8_min_agreement, max_memory):
+            int8, calibration, calibration_method, int8_keep, int8_min_agreement, rank_data, max_accuracy_drop,
+            max_memory):
     """Contract CHECKPOINT into its compact network.
 
     Writes OUTDIR/compact.pt2, compact.onnx, report.json and report.md (plus
@@ -96,6 +103,8 @@ def convert(checkpoint, arch, arch_kwargs, input_shape, out_dir, outputs, allow_
         int8_method=calibration_method,
         int8_keep=tuple(k for k in (int8_keep or "").split(",") if k.strip()),
         int8_min_agreement=int8_min_agreement,
+        rank_data=rank_data,
+        max_accuracy_drop=max_accuracy_drop,
     )
     from compactify.converter.load.resources import memory_budget, parse_size
 

@@ -46,13 +46,16 @@ class ConvertOptions:
     int8_method: str = "minmax"  # --calibration-method: minmax, entropy or percentile
     int8_keep: tuple[str, ...] = ()  # --int8-keep: layers left in float
     int8_min_agreement: float | None = None  # --int8-min-agreement: fail below this top-1 agreement with fp32
+    rank_data: str | None = None  # --data FILE.npz: held-out inputs and labels on which --rank's accuracy is judged
+    max_accuracy_drop: float | None = None  # --max-accuracy-drop D: fail (nothing written) when --rank loses more
 
 
 def convert_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: ConvertOptions | None = None) -> dict:
     """Convert a checkpoint into ``out_dir`` (compact.pt2, report.json, report.md); returns the report."""
     options = options or ConvertOptions()
     out_dir = Path(out_dir)
-    inputs = [checkpoint, options.timing_cache, options.int8_calibration]  # a folder holding one is never replaced
+    inputs = [checkpoint, options.timing_cache, options.int8_calibration,
+              options.rank_data]  # a folder holding one is never replaced
     check_output_folder(out_dir, options.force, inputs)
     if options.trt:  # before any work, so that nothing is half-written
         from compactify.runtimes.devices import require_tensorrt
@@ -80,6 +83,10 @@ def convert_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: Con
 
         result = contract(model, tuple(source.input_shape), options.allow_approximate, rank_request(options, source),
                           dynamic_hw=options.dynamic_hw)
+        if result.truncation is not None:  # raises when --rank lost more than --max-accuracy-drop
+            from compactify.converter.lowrank.truncation_report import judge_accuracy
+
+            result.warnings.extend(judge_accuracy(result.truncation, options.max_accuracy_drop))
         for w in result.warnings:
             warnings.warn(w, stacklevel=2)
         report = build_report(ckpt, source, options, result)

@@ -85,10 +85,17 @@ def rank_request(options, source) -> RankRequest | None:
     multiple = getattr(options, "rank_multiple", 1)
     cost = getattr(options, "cost", "flops")
     calibration = getattr(options, "calibration", None)
+    rank_data = getattr(options, "rank_data", None)
+    max_drop = getattr(options, "max_accuracy_drop", None)
     if not rule_text:
         if multiple != 1 or cost != "flops":
             raise BadInputError("--rank-multiple and --cost choose how ranks are cut; add --rank RULE, e.g. --rank energy:0.99")
+        if rank_data is not None or max_drop is not None:
+            raise BadInputError("--data and --max-accuracy-drop judge what --rank costs; add --rank RULE, e.g. "
+                                "--rank flops:0.5")
         return None
+    if max_drop is not None and not (isinstance(max_drop, (int, float)) and math.isfinite(max_drop) and max_drop >= 0):
+        raise BadInputError(f"--max-accuracy-drop must be a number of percentage points >= 0, got {max_drop!r}")
     rule = parse_rank_rule(rule_text)
     if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
         raise BadInputError(f"--rank-multiple must be a whole number >= 1, got {multiple!r}")
@@ -111,12 +118,37 @@ def rank_request(options, source) -> RankRequest | None:
     else:
         request.calibration = random_calibration(shape)
         request.calibration_source = f"{CALIBRATION_SAMPLES} seeded N(0,1) inputs"
-    if on_digits:
+    if rank_data is not None:
+        request.evaluate, request.evaluate_on = held_out_accuracy(rank_data, shape)
+    elif on_digits:
         from compactify.models.train import evaluate
 
         request.evaluate = lambda model: evaluate(model, data)
         request.evaluate_on = f"digits test split ({len(data.y_test)} images)"
+    if max_drop is not None and request.evaluate is None:
+        raise BadInputError("--max-accuracy-drop needs held-out labels: a checkpoint trained on the built-in digits, "
+                            "or --data FILE.npz with arrays x and labels")
     return request
+
+
+def held_out_accuracy(path: str, shape: Sequence[int]) -> tuple[Callable[[nn.Module], float], str]:
+    """The accuracy of a model on a --data file's inputs and labels, and what to call them."""
+    from pathlib import Path
+
+    from compactify.converter.export.calibration import read_npz
+
+    x, labels, _ = read_npz(path, shape)
+    if labels is None:
+        raise BadInputError(f"--data {Path(path).name} has no 'labels' array: accuracy needs the true class of each "
+                            "input (np.savez(FILE, x=INPUTS, labels=CLASSES))")
+    inputs, truth = torch.from_numpy(x), torch.from_numpy(labels)
+
+    def accuracy(model: nn.Module) -> float:
+        from compactify.models.train import predict
+
+        return float((predict(model, inputs) == truth).float().mean())
+
+    return accuracy, f"{Path(path).name} ({len(labels)} held-out inputs)"
 
 
 def random_calibration(input_shape: Sequence[int], samples: int = CALIBRATION_SAMPLES) -> torch.Tensor:

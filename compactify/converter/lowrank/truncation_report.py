@@ -5,6 +5,37 @@ from __future__ import annotations
 from compactify.converter.lowrank.layers import Layer
 from compactify.converter.lowrank.rank_rules import RankChoice
 
+# --rank warns when it costs more accuracy than this (percentage points), --max-accuracy-drop or not.
+ACCURACY_WARN_POINTS = 1.0
+
+
+def accuracy_drop(section: dict) -> float | None:
+    """Percentage points of accuracy --rank lost on the held-out labels (None when unknown)."""
+    before, after = section.get("accuracy_before"), section.get("accuracy_after")
+    if before is None or after is None:
+        return None
+    return 100.0 * (before - after)
+
+
+def judge_accuracy(section: dict, max_drop: float | None) -> list[str]:
+    """The warnings about what truncation cost in accuracy; raises VerificationError when it lost more
+    than ``max_drop`` points (the conversion then writes nothing)."""
+    from compactify.errors import VerificationError
+
+    drop = accuracy_drop(section)
+    if drop is None:
+        return []
+    what = (f"--rank {section['rule']} lowered the accuracy on the {section['accuracy_on']} from "
+            f"{100 * section['accuracy_before']:.2f}% to {100 * section['accuracy_after']:.2f}% ({drop:.2f} points)")
+    if max_drop is not None and drop > max_drop:
+        raise VerificationError(f"{what}, more than --max-accuracy-drop {max_drop:g}: nothing written; keep more rank "
+                                "(a larger flops: or energy: budget), or train with --nuclear (compactify sweep shows "
+                                "the budgets side by side)")
+    if drop > ACCURACY_WARN_POINTS:
+        return [f"{what}, more than {ACCURACY_WARN_POINTS:g} point; pass --max-accuracy-drop D to refuse such a "
+                "conversion"]
+    return []
+
 
 def prune_text(layer: Layer) -> str:
     parts = []
