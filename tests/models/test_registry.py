@@ -19,7 +19,8 @@ from compactify.models import (
 
 from .tiny import TINY_KWARGS
 
-NAMES = ["mobilenetv1", "mobilenetv2", "repvgg", "resnet18", "shufflenetv2", "smallnet3", "smallnet7"]
+NAMES = ["mobilenetv1", "mobilenetv2", "repvgg", "resnet18", "shufflenetv2", "smallnet3", "smallnet7",
+         "widevgg"]
 
 
 def n_params(model: nn.Module) -> int:

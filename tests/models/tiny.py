@@ -10,4 +10,5 @@ TINY_KWARGS: dict[str, dict] = {
     "shufflenetv2": {"repeats": (1, 1, 1), "num_classes": 10, "input_size": 32},
     "resnet18": {"width": 0.125, "num_classes": 10, "input_size": 32},
     "repvgg": {"width": 0.25, "num_blocks": (1, 1, 1, 1), "num_classes": 10, "input_size": 32},
+    "widevgg": {"width": 8, "blocks": (1, 1), "num_classes": 10, "input_size": 8},
 }

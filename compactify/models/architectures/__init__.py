@@ -1,3 +1,3 @@
 """Compact architectures; importing this package registers them."""
 
-from compactify.models.architectures import mobilenet, repvgg, resnet, shufflenet, smallnet  # noqa: F401
+from compactify.models.architectures import mobilenet, repvgg, resnet, shufflenet, smallnet, widevgg  # noqa: F401
