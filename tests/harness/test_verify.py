@@ -269,14 +269,17 @@ def test_per_region_finds_the_approximate_merge(tmp_path):
     assert rest and all(r.exact and r.deployed.passed for r in rest)
 
 
-def test_truncated_conversion_fails_and_per_region_lists_truncated_regions_first(converted, tmp_path):
+def test_truncated_conversion_verifies_its_export_and_per_region_lists_truncated_regions_first(converted, tmp_path):
     ckpt, _ = converted
     out = tmp_path / "rank"
     report = convert_checkpoint(ckpt, out, ConvertOptions(rank="rank:1", onnx=False))
     truncated = {row["region"] for row in report["truncation"]["layers"] if row["rank_after"] != row["full_rank"]}
     assert truncated
     result = verify_conversion(out, batches=1, per_region=True)
-    assert not result.passed  # rank 1 everywhere is far from the source
+    # The artifacts are judged against the truncated network: its export is exact. Rank 1 everywhere is
+    # far from the source, which is reported apart, not as a failed export.
+    assert result.passed and result.reference.startswith("truncated compact.pt2 float64")
+    assert result.truncation["max_rel"] > 0.1
     marked = [r for r in result.regions if r.truncation]
     merged = {r.name for r in result.regions}
     assert marked and {r.name for r in marked} == truncated & merged
