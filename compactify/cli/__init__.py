@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "engine": "compactify.cli.engine_cmd:engine",
     "expand": "compactify.cli.models_cmd:expand_cmd",
     "models": "compactify.cli.models_cmd:models",
+    "sweep": "compactify.cli.sweep_cmd:sweep",
     "train": "compactify.cli.models_cmd:train_cmd",
     "verify": "compactify.cli.verify_cmd:verify",
 }

@@ -1,0 +1,104 @@
+"""The grid of a sweep: which conversions to run and which points they give.
+
+A *job* is one conversion: (checkpoint, rank budget) with every requested precision exported
+from it (``convert --fp16 --int8`` writes all of them from one contraction). Each precision of a
+job is a *point* of the frontier. Every checkpoint also gets the budget ``none`` (no ``--rank``):
+the untruncated network is the reference for top-1 agreement and for the speedups.
+
+A job's id names the checkpoint's content (sha256), the budget and everything else that changes
+its result, so a resumed sweep finds exactly the jobs it already finished, and a checkpoint that
+changed on disk gets new ids instead of stale results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+from compactify.errors import BadInputError
+
+UNTRUNCATED = "none"  # the budget of the untruncated conversion
+PRECISIONS = ("fp32", "fp16", "int8")
+RUNTIMES = ("ort", "torch")
+
+
+def parse_budgets(text: str | Sequence[str]) -> list[str]:
+    """``"flops:0.3,flops:0.5,energy:0.99"`` -> the rules, each checked; ``none`` is always added first."""
+    from compactify.converter.lowrank.rank_rules import parse_rank_rule
+
+    parts = [p.strip() for p in (text.split(",") if isinstance(text, str) else text)]
+    if not parts or any(not p for p in parts):
+        raise BadInputError(f"--rank must list rules separated by commas, like flops:0.3,flops:0.5,energy:0.99; "
+                            f"got {text!r}")
+    rules = []
+    for p in parts:
+        if p.lower() == UNTRUNCATED:
+            continue
+        rules.append(parse_rank_rule(p).text)
+    if len(set(rules)) != len(rules):
+        raise BadInputError(f"--rank lists a rule twice: {text!r}")
+    return [UNTRUNCATED, *rules]
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """One checkpoint of the sweep as the driver read it: what the workers need to rebuild it."""
+
+    path: Path
+    label: str  # unique among the sweep's checkpoints (the file name, or more of the path)
+    sha256: str
+    input_shape: tuple[int, ...]
+    on_digits: bool  # trained on the built-in digits (its metadata says so)
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One conversion of the grid."""
+
+    checkpoint: Checkpoint
+    budget: str
+    precisions: tuple[str, ...]
+    settings_key: str  # a digest of the settings that change every result (data, arch options)
+
+    @property
+    def id(self) -> str:
+        key = json.dumps([self.checkpoint.sha256, self.budget, list(self.precisions), self.settings_key])
+        digest = hashlib.sha256(key.encode()).hexdigest()[:10]
+        return f"{_slug(Path(self.checkpoint.label).stem)}-{_slug(self.budget)}-{digest}"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_")[:40] or "x"
+
+
+def settings_key(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def make_jobs(checkpoints: Sequence[Checkpoint], budgets: Sequence[str], precisions: Sequence[str],
+              key: str) -> list[Job]:
+    return [Job(c, b, tuple(precisions), key) for c in checkpoints for b in budgets]
+
+
+def check_precisions(precisions: Sequence[str], runtime: str) -> tuple[str, ...]:
+    if runtime not in RUNTIMES:
+        raise BadInputError(f"--runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    extra = [p for p in precisions if p != "fp32"]
+    if runtime == "torch" and extra:
+        raise BadInputError(f"--{extra[0]} writes an ONNX model, which runs on ONNX Runtime: use --runtime ort")
+    return ("fp32", *[p for p in PRECISIONS[1:] if p in precisions])
+
+
+def unique_labels(paths: Sequence[Path]) -> list[str]:
+    """File names when distinct, else the paths as given."""
+    names = [p.name for p in paths]
+    if len(set(names)) == len(names):
+        return names
+    full = [str(p) for p in paths]
+    if len(set(full)) != len(full):
+        raise BadInputError("a checkpoint is listed twice")
+    return full

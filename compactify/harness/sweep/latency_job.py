@@ -1,0 +1,61 @@
+"""The latency of every point of one target, timed in one process on one node.
+
+Latencies measured in different processes, at different times or on different nodes are not
+comparable (another job's load, another CPU); so the sweep times all its points of a target
+together, after the conversions are done: per batch size one interleaved round-robin over all
+artifacts (``measure.latency.compare_latency``), ONNX Runtime and torch threads pinned.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+DEFAULT_WARMUP = 10
+
+
+def time_points(artifacts: Sequence[tuple[str, str, str, bytes, Sequence[int]]], runtime: str, batches: Sequence[int],
+                threads: int = 1, seconds: float | None = None, iters: int | None = None,
+                warmup: int = DEFAULT_WARMUP) -> dict[str, Any]:
+    """``artifacts``: (point key, its label, file name, file bytes, input shape N,C,H,W) per point. Returns
+    per batch size each point's latency statistics (ms) by key, and the machine they were measured on."""
+    import contextlib
+
+    from compactify.harness.bench import make_feeds
+    from compactify.harness.machine import machine_info
+    from compactify.measure.latency import Candidate, compare_latency, pinned_threads
+    from compactify.runtimes import open_runner
+
+    opts = {"intra_op_threads": threads} if runtime == "ort" else {}
+    by_batch: dict[str, dict[str, dict]] = {}
+    noisy: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="compactify-sweep-bench-") as tmp, contextlib.ExitStack() as stack, \
+            pinned_threads(threads):
+        runners = []
+        for i, (key, label, name, data, shape) in enumerate(artifacts):
+            path = Path(tmp) / f"{i}-{name}"
+            path.write_bytes(data)
+            runner = open_runner(path, runtime=runtime, **opts)
+            stack.callback(runner.close)
+            runners.append((key, label, runner, tuple(int(d) for d in shape[1:])))
+        machine = machine_info()
+        for batch in batches:
+            candidates = [Candidate(label, runner.bind(make_feeds(runner.inputs, batch, shape, label)),
+                                    runner.synchronize, "cpu", batch) for _, label, runner, shape in runners]
+            result = compare_latency(candidates, warmup=warmup, seconds=seconds, iters=iters, progress=False,
+                                     description=f"batch {batch}")
+            by_batch[str(batch)] = {key: s.to_dict() for (key, *_), s in zip(runners, result.stats)}
+            noisy.extend(f"{s.label} b{batch} ({s.cv:.0%})" for s in result.stats if s.high_cv)
+    return {"runtime": runtime, "threads": threads, "batches": list(batches), "seconds": seconds, "iters": iters,
+            "warmup": warmup, "latency": by_batch, "machine": machine, "warnings": _noise_warning(noisy)}
+
+
+def _noise_warning(noisy: Sequence[str]) -> list[str]:
+    from compactify.measure.latency import HIGH_CV
+
+    if not noisy:
+        return []
+    shown = ", ".join(noisy[:4]) + (f" and {len(noisy) - 4} more" if len(noisy) > 4 else "")
+    return [f"{len(noisy)} timing(s) have a coefficient of variation above {HIGH_CV:.0%} ({shown}): the machine was "
+            "noisy; compare ratios only, or time longer (--seconds) on a quiet node"]
