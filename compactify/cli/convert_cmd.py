@@ -59,10 +59,13 @@ import click
 @click.option("--max-memory", metavar="SIZE",
               help="Refuse, before any allocation, an input shape whose estimated activations exceed SIZE "
                    "(e.g. 8GB; default: the memory available).")
+@click.option("--progress/--no-progress", default=None,
+              help="A line per stage (load, capture, regions, plan, check, export) on stderr once the conversion has "
+                   "taken a few seconds (default: when stderr is a terminal).")
 def convert(checkpoint, arch, arch_kwargs, input_shape, out_dir, outputs, allow_approximate, dynamic_hw, force, trust_pickle,
             no_onnx, static, no_simplify, fp16, trt, max_batch, timing_cache, rank_rule, rank_multiple, cost,
             int8, calibration, calibration_method, int8_keep, int8_min_agreement, rank_data, max_accuracy_drop,
-            max_memory):
+            max_memory, progress):
     """Contract CHECKPOINT into its compact network.
 
     Writes OUTDIR/compact.pt2, compact.onnx, report.json and report.md (plus
@@ -105,6 +108,7 @@ def convert(checkpoint, arch, arch_kwargs, input_shape, out_dir, outputs, allow_
         int8_min_agreement=int8_min_agreement,
         rank_data=rank_data,
         max_accuracy_drop=max_accuracy_drop,
+        progress=click.get_text_stream("stderr").isatty() if progress is None else progress,
     )
     from compactify.converter.load.resources import memory_budget, parse_size
 

@@ -1,5 +1,10 @@
 """The contraction pipeline on a PyTorch model: capture -> regions -> plan -> compact module, and
-the check of the compact module against the source in float64."""
+the check of the compact module against the source in float64 (``converter.check``).
+
+Each step runs once: the source is captured once (the eager run that names a shape the model
+rejects happens only when the capture fails), the FLOPs after are added up from the capture's
+profile and the plan's decisions instead of running the compact graph again, and the check runs
+the regions and the network as ``converter.check`` says."""
 
 from __future__ import annotations
 
@@ -15,16 +20,16 @@ from compactify.converter.engine.graph import AffineGraph
 from compactify.converter.engine.plan import Decision, plan_graph
 from compactify.converter.frontends.fx.capture import capture_graph, check_runs
 from compactify.converter.frontends.fx.graph import affine_graph
-from compactify.converter.frontends.fx.profile import GraphProfile, count_flops
-from compactify.tensors import flatten_outputs
+from compactify.converter.check import (EXACT_REL, SOURCE_ERROR_FACTOR, check_network, check_regions, check_section,
+                                        example_input, float64_forward, within)
+from compactify.converter.frontends.fx.profile import GraphProfile, compact_flops, count_flops
+from compactify.converter.stages import Stages, silent
+from compactify.errors import BadInputError
 
-ERROR_SEED = 0
+__all__ = ["Contraction", "Plan", "contract", "plan_contraction", "example_input", "reference_float64",
+           "measure_error", "measure_errors", "EXACT_REL", "SOURCE_ERROR_FACTOR"]
+
 ERROR_BATCHES = 1
-# A conversion is called exact when its float32 error is within EXACT_REL of the output scale,
-# or within SOURCE_ERROR_FACTOR times the source's own float32 error (deep nets whose float32
-# run is already further off than EXACT_REL, ill-conditioned batch statistics).
-EXACT_REL = 1e-6
-SOURCE_ERROR_FACTOR = 4.0
 
 
 @dataclass
@@ -45,6 +50,7 @@ class Contraction:
     # rounding alone costs, against which the compact model's error is judged.
     source_rel_error: float | None = None
     truncation: dict | None = None  # the --rank report section (compactify.converter.lowrank.truncate)
+    check: dict | None = None  # what was checked and how it came out (converter.check.check_section)
 
     @property
     def regions(self) -> list[dict]:
@@ -68,10 +74,6 @@ class Contraction:
         }
 
 
-def example_input(shape: tuple[int, ...], seed: int = ERROR_SEED) -> torch.Tensor:
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
-
-
 @dataclass
 class Plan:
     """The captured graph of a model and the decision for each of its linear regions."""
@@ -84,19 +86,23 @@ class Plan:
 
 
 def plan_contraction(model: nn.Module, input_shape: tuple[int, ...], allow_approximate: bool = False,
-                     dynamic_hw: bool = False) -> Plan:
+                     dynamic_hw: bool = False, stages: Stages | None = None) -> Plan:
+    stages = stages or silent()
     model = model.eval()
     # Batch 2 at least, so that export keeps the batch dimension dynamic instead of specialising on 1.
     example = example_input((max(2, input_shape[0]), *input_shape[1:]))
-    gm = capture_graph(model, example, dynamic_spatial=dynamic_hw)
-    graph, profile = affine_graph(gm, example)
-    decisions = plan_graph(graph, allow_approximate, dynamic_hw)
-    attach_modules(decisions)
+    with stages("capture"):
+        gm = capture_graph(model, example, dynamic_spatial=dynamic_hw)
+    with stages("regions"):
+        graph, profile = affine_graph(gm, example)
+    with stages("plan"):
+        decisions = plan_graph(graph, allow_approximate, dynamic_hw)
+        attach_modules(decisions)
     return Plan(gm, example, profile, decisions, graph)
 
 
 def contract(model: nn.Module, input_shape: tuple[int, ...], allow_approximate: bool = False,
-             rank=None, dynamic_hw: bool = False) -> Contraction:
+             rank=None, dynamic_hw: bool = False, stages: Stages | None = None) -> Contraction:
     """Contract every linear region of ``model`` that can be merged exactly (and pays); with
     ``rank`` (a ``truncate.RankRequest``) also prune and truncate the plan's conv/linear layers.
 
@@ -104,10 +110,15 @@ def contract(model: nn.Module, input_shape: tuple[int, ...], allow_approximate: 
     compact module refuses other sizes (and says which merges hold only at this size: padding
     after a strided layer, a crop measured from the start of an axis). With ``dynamic_hw``
     the graph is captured with symbolic spatial sizes, only what is exact at every size is
-    merged, and the compact module takes any size the source takes."""
+    merged, and the compact module takes any size the source takes. ``stages`` times (and, for
+    a long conversion, announces) capture, regions, plan and check."""
+    stages = stages or silent()
     model = model.eval()
-    check_runs(model, example_input(tuple(input_shape)))
-    plan = plan_contraction(model, input_shape, allow_approximate, dynamic_hw)
+    try:
+        plan = plan_contraction(model, input_shape, allow_approximate, dynamic_hw, stages)
+    except BadInputError:
+        check_runs(model, example_input(tuple(input_shape)))  # a shape the model rejects is reported as such
+        raise
     gm, example, profile, decisions = plan.gm, plan.example, plan.profile, plan.decisions
     params_before = sum(p.numel() for p in model.parameters())
     flops_before = sum(profile.flops.values())
@@ -115,9 +126,17 @@ def contract(model: nn.Module, input_shape: tuple[int, ...], allow_approximate: 
     if rank is not None:
         from compactify.converter.lowrank.truncate import truncate_plan
 
-        truncation = truncate_plan(gm, decisions, profile, rank)
-    compact, _ = rewrite(gm, decisions, None if dynamic_hw else tuple(example.shape[2:]))
-    compact.eval()
+        with stages("plan"):
+            truncation = truncate_plan(gm, decisions, profile, rank)
+    with stages("check"):  # before the rewrite, which erases the regions' layers from the graph
+        regions = check_regions(gm, decisions, profile, truncated=rank is not None)
+    with stages("rewrite"):
+        compact, _ = rewrite(gm, decisions, None if dynamic_hw else tuple(example.shape[2:]))
+        compact.eval()
+        merged = {id(d.module): d.flops_after for d in decisions if d.module is not None}
+        flops_after = compact_flops(compact, profile, merged) if rank is None else None
+        if flops_after is None:  # --rank prunes units of the layers around a region: count them
+            flops_after = count_flops(compact, example)
     result = Contraction(
         compact=compact,
         decisions=decisions,
@@ -125,21 +144,40 @@ def contract(model: nn.Module, input_shape: tuple[int, ...], allow_approximate: 
         params_before=params_before,
         params_after=sum(p.numel() for p in compact.parameters()),
         flops_before=int(flops_before),
-        flops_after=count_flops(compact, example),
+        flops_after=int(flops_after),
         warnings=[w for d in decisions for w in d.warnings],
         truncation=truncation,
     )
-    result.max_abs_error, result.max_rel_error, result.source_rel_error = measure_errors(model, compact, input_shape)
-    if rank is None and result.max_rel_error > max(EXACT_REL, SOURCE_ERROR_FACTOR * result.source_rel_error):
-        result.warnings.append(
-            f"the compact model's error ({result.max_rel_error:.2e} of the output scale) is more than "
-            f"{SOURCE_ERROR_FACTOR:g}x the source's own float32 error ({result.source_rel_error:.2e}) and above "
-            f"{EXACT_REL:g}: check report.json's regions for approximate merges")
+    with stages("check"):
+        network = check_network(model, compact, input_shape)
+    result.max_abs_error, result.max_rel_error, result.source_rel_error = network.max_abs, network.max_rel, network.source_rel
+    result.check = check_section(regions, network)
+    if rank is None:
+        result.warnings += _check_warnings(regions, network)
     return result
 
 
+def _check_warnings(regions, network) -> list[str]:
+    out = []
+    for r in regions:
+        if r.exact_claimed and not r.passed:
+            out.append(f"region {r.name}'s merged layer is {r.max_rel:.2e} (of its output scale) off its own layers in "
+                       f"float64, more than {SOURCE_ERROR_FACTOR:g}x their float32 error ({r.layers_float32_rel:.2e}) "
+                       f"and above {EXACT_REL:g}")
+    if not within(network.max_rel, network.source_rel):
+        out.append(
+            f"the compact model's error ({network.max_rel:.2e} of the output scale) is more than "
+            f"{SOURCE_ERROR_FACTOR:g}x the source's own float32 error ({network.source_rel:.2e}) and above "
+            f"{EXACT_REL:g}: check report.json's regions for approximate merges")
+    elif network.float32_max_rel > 2 * max(EXACT_REL, SOURCE_ERROR_FACTOR * network.source_rel):
+        out.append(f"the compact model differs from the source by {network.float32_max_rel:.2e} of the output scale "
+                   f"in float32 on a batch of {network.batch}, more than their float32 rounding explains")
+    return out
+
+
 def reference_float64(model: nn.Module) -> nn.Module | None:
-    """A float64 copy of the model, or None when it cannot run in float64."""
+    """A float64 copy of the model, or None when it cannot run in float64 (tests and tools that want
+    a float64 twin; the conversion's own check casts weights as it goes, ``converter.check``)."""
     try:
         return copy.deepcopy(model).double().eval()
     except Exception:  # e.g. a captured graph holding float32 constants
@@ -154,21 +192,21 @@ def measure_error(model: nn.Module, compact: nn.Module, input_shape, batches: in
 
 def measure_errors(model: nn.Module, compact: nn.Module, input_shape, batches: int = ERROR_BATCHES):
     """``(max_abs, max_rel)`` of ``compact`` against ``model`` in float64, and the normalised
-    relative error of ``model``'s own float32 run on the same inputs, from one float64 run."""
-    from compactify.measure.metrics import compare
+    relative error of ``model``'s own float32 run on the same inputs (``batches`` seeded batches of
+    ``input_shape``, the model's weights cast to float64 one module at a time)."""
+    from compactify.converter.check import ERROR_SEED, scale_error
+    from compactify.tensors import flatten_outputs
 
-    ref_model = reference_float64(model)
     max_abs, max_rel, source_rel = 0.0, 0.0, 0.0
     with torch.no_grad():
         for b in range(batches):
             x = example_input(tuple(input_shape), seed=ERROR_SEED + 1 + b)
-            ref = flatten_outputs(ref_model(x.double()) if ref_model is not None else model(x))
+            ref, _ = float64_forward(model, x)
             for candidate in (compact, model):
-                got = flatten_outputs(candidate(x))
-                for i, (g, r) in enumerate(zip(got, ref)):
-                    c = compare(g.numpy(), r.numpy(), name=f"output{i}")
+                for g, r in zip(flatten_outputs(candidate(x)), ref):
+                    a, rel = scale_error(g, r)
                     if candidate is compact:
-                        max_abs, max_rel = max(max_abs, c.max_abs), max(max_rel, c.scale_rel)
+                        max_abs, max_rel = max(max_abs, a), max(max_rel, rel)
                     else:
-                        source_rel = max(source_rel, c.scale_rel)
+                        source_rel = max(source_rel, rel)
     return max_abs, max_rel, source_rel

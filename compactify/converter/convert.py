@@ -16,6 +16,8 @@ from compactify.converter.frontends.fx.capture import select_outputs
 from compactify.converter.load.checkpoint import PT2_META_FILE, load_checkpoint
 from compactify.converter.load.ingest import build_source
 from compactify.converter.report import build_report, write_report
+from compactify.converter.stages import Stages
+from compactify.converter.threads import conversion_thread_limit
 from compactify.errors import BadInputError
 from compactify.outputs import atomic_dir, check_output_folder
 
@@ -46,6 +48,7 @@ class ConvertOptions:
     int8_method: str = "minmax"  # --calibration-method: minmax, entropy or percentile
     int8_keep: tuple[str, ...] = ()  # --int8-keep: layers left in float
     int8_min_agreement: float | None = None  # --int8-min-agreement: fail below this top-1 agreement with fp32
+    progress: bool = False  # a line per stage on stderr once a conversion has taken a few seconds
     rank_data: str | None = None  # --data FILE.npz: held-out inputs and labels on which --rank's accuracy is judged
     max_accuracy_drop: float | None = None  # --max-accuracy-drop D: fail (nothing written) when --rank loses more
 
@@ -72,17 +75,19 @@ def convert_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: Con
     check_options(options)
     # The folder is claimed (locked, a temporary sibling made) before the work: a second run into the
     # same target, or an unwritable parent, is refused at once, and any failure leaves nothing behind.
-    with atomic_dir(out_dir, force=options.force, inputs=inputs) as tmp:
-        ckpt = load_checkpoint(checkpoint, trust_pickle=options.trust_pickle)
-        source = build_source(ckpt, options.arch, options.arch_kwargs, options.input_shape)
-        if not source.input_shape:
-            raise BadInputError("the input shape is unknown for this model: pass --input-shape N,C,H,W")
-        model = select_outputs(source.model, options.outputs, example_input(source.input_shape))
-        int8 = int8_request(options, source, model)  # the calibration inputs are read and checked before the work
+    stages = Stages(progress=options.progress)
+    with atomic_dir(out_dir, force=options.force, inputs=inputs) as tmp, conversion_thread_limit():
+        with stages("load"):
+            ckpt = load_checkpoint(checkpoint, trust_pickle=options.trust_pickle)
+            source = build_source(ckpt, options.arch, options.arch_kwargs, options.input_shape)
+            if not source.input_shape:
+                raise BadInputError("the input shape is unknown for this model: pass --input-shape N,C,H,W")
+            model = select_outputs(source.model, options.outputs, example_input(source.input_shape))
+            int8 = int8_request(options, source, model)  # the calibration inputs are read and checked before the work
         from compactify.converter.lowrank.truncate import rank_request
 
         result = contract(model, tuple(source.input_shape), options.allow_approximate, rank_request(options, source),
-                          dynamic_hw=options.dynamic_hw)
+                          dynamic_hw=options.dynamic_hw, stages=stages)
         if result.truncation is not None:  # raises when --rank lost more than --max-accuracy-drop
             from compactify.converter.lowrank.truncation_report import judge_accuracy
 
@@ -90,10 +95,13 @@ def convert_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: Con
         for w in result.warnings:
             warnings.warn(w, stacklevel=2)
         report = build_report(ckpt, source, options, result)
-        save_program(result.compact, result.example, tmp / "compact.pt2", report)
-        report["artifacts"] = {"pt2": "compact.pt2"}
-        if options.onnx:
-            report.update(export_artifacts(result, report, options, tmp, int8=int8))
+        report["check"] = result.check
+        with stages("export"):
+            save_program(result.compact, result.example, tmp / "compact.pt2", report)
+            report["artifacts"] = {"pt2": "compact.pt2"}
+            if options.onnx:
+                report.update(export_artifacts(result, report, options, tmp, int8=int8))
+        report["stages"] = stages.rounded()
         write_report(report, tmp)
     return report
 

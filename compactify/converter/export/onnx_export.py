@@ -31,11 +31,11 @@ import torch
 from onnx import helper
 
 from compactify.errors import BadInputError, CompactifyError, MissingRuntimeError, VerificationError
-from compactify.converter.export.onnx_io import check_onnx, run_ort, save_onnx, short_error
+from compactify.converter.export.onnx_io import check_onnx, run_ort_feeds, save_onnx, short_error
 from compactify.tensors import flatten_outputs
 
 MIN_OPSET = 18
-EXPORTERS = ("auto", "dynamo", "torchscript")
+EXPORTERS = ("auto", "fx", "dynamo", "torchscript")
 BATCH_DIM_NAME = "batch"
 _PROTOBUF_LIMIT = 2**31 - 1
 # Loggers that print pages of progress or tracebacks of attempts the exporter itself recovers from.
@@ -45,14 +45,14 @@ _NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx.exper
 @dataclass
 class OnnxExportResult:
     path: Path
-    exporter: str  # "dynamo" (torch.export-based) or "torchscript"
+    exporter: str  # "fx" (export.fx_onnx, the graph written op by op), "dynamo" (torch.export-based) or "torchscript"
     fallback_reason: str | None  # why the preferred exporter did not run, None when it did
     opset: int
     input_names: list[str]
     output_names: list[str]
     dynamic_batch: bool
     simplified: bool
-    simplify_max_abs_diff: float | None  # ORT outputs before vs after onnxsim
+    simplify_max_abs_diff: float | None  # ORT outputs before vs after onnxsim (None: only the final file was run)
     nodes_before: int  # nodes as exported
     nodes_after: int  # nodes in the written file
     max_abs_diff: float  # ORT vs the PyTorch model on the check inputs
@@ -109,9 +109,14 @@ def export_onnx(
     module = _exportable(model)
     device = _module_device(module)
     args = tuple(a.to(device) for a in args)
+    # The PyTorch outputs the file is checked against; the first feed is the example itself, whose
+    # outputs also say how many there are.
+    feeds = _check_feeds(args, input_names, dynamic_batch)
     with _eval_mode(module), torch.no_grad():
-        reference_out = flatten_outputs(module(*args), "ONNX export")
-    output_names = _output_names(output_names, len(reference_out), input_names)
+        torch_outs = [flatten_outputs(module(*(torch.from_numpy(f[n]).to(device) for n in input_names)), "ONNX export")
+                      for f in feeds]
+    torch_np = [[t.detach().cpu().numpy() for t in outs] for outs in torch_outs]
+    output_names = _output_names(output_names, len(torch_np[0]), input_names)
     notes: list[str] = []
 
     trace_args = _trace_args(args) if dynamic_batch else args
@@ -119,7 +124,9 @@ def export_onnx(
         proto, used, fallback_reason = _export_with_fallback(
             module, trace_args, input_names, output_names, opset, dynamic_batch, exporter
         )
-    if fallback_reason:
+    if fallback_reason and "exporter failed" in fallback_reason:
+        # The fx writer leaving an op to torch.onnx.export is the ordinary path for such graphs
+        # (report.json's onnx.exporter and fallback_reason say it); a torch exporter failing is news.
         msg = f"ONNX export used the {used} exporter because {fallback_reason}"
         warnings.warn(msg, stacklevel=2)
         notes.append(msg)
@@ -128,35 +135,34 @@ def export_onnx(
         raise CompactifyError(f"the {used} exporter wrote opset {actual_opset}, older than the {MIN_OPSET} asked for")
     check_onnx(proto, "exported")
 
-    feeds = _check_feeds(args, input_names, dynamic_batch)
-    with _eval_mode(module), torch.no_grad():
-        torch_outs = [flatten_outputs(module(*(torch.from_numpy(f[n]).to(device) for n in input_names)), "ONNX export")
-                      for f in feeds]
-    torch_np = [[t.detach().cpu().numpy() for t in outs] for outs in torch_outs]
-    ort_np = [run_ort(proto, f) for f in feeds]
-    max_abs, max_rel, ok = _compare_runs(ort_np, torch_np, check_atol, check_rtol)
-    if not ok:
-        raise VerificationError(
-            f"ONNX Runtime disagrees with PyTorch on the {used}-exported model: max abs diff {max_abs:.3g}, "
-            f"max rel diff {max_rel:.3g} (atol {check_atol:g}, rtol {check_rtol:g})"
-            + ("" if exporter != "auto" else f"; export_onnx(..., exporter=\"{'torchscript' if used == 'dynamo' else 'dynamo'}\") "
-               "tries the other exporter, and `compactify convert --no-onnx` skips ONNX")
-        )
-
+    # Checked once: the file that will be written, against PyTorch. Only when that fails does the
+    # unsimplified model run too, to say whether the exporter or onnxsim is at fault.
     nodes_before = len(proto.graph.node)
-    simplify_diff: float | None = None
+    exported = proto
     if simplify:
-        simplified = _simplify(proto)
-        check_onnx(simplified, "simplified")
-        simp_np = [run_ort(simplified, f) for f in feeds]
-        simplify_diff, simp_rel, ok = _compare_runs(simp_np, ort_np, check_atol, check_rtol)
-        if not ok:
+        proto = _simplify(exported)
+        check_onnx(proto, "simplified")
+    ort_np = run_ort_feeds(proto, feeds)
+    max_abs, max_rel, ok = _compare_runs(ort_np, torch_np, check_atol, check_rtol)
+    simplify_diff: float | None = None
+    if not ok and simplify:
+        plain_np = run_ort_feeds(exported, feeds)
+        plain_abs, plain_rel, plain_ok = _compare_runs(plain_np, torch_np, check_atol, check_rtol)
+        if plain_ok:
+            simplify_diff, simp_rel, _ = _compare_runs(ort_np, plain_np, check_atol, check_rtol)
             raise VerificationError(
                 f"onnxsim changed the model's outputs (max abs diff {simplify_diff:.3g}, max rel diff {simp_rel:.3g}); "
                 "export again with --no-simplify"
             )
-        proto = simplified
-        max_abs, max_rel, _ = _compare_runs(simp_np, torch_np, check_atol, check_rtol)
+        max_abs, max_rel = plain_abs, plain_rel
+    if not ok:
+        other = {"fx": "dynamo", "dynamo": "torchscript"}.get(used, "dynamo")
+        raise VerificationError(
+            f"ONNX Runtime disagrees with PyTorch on the {used}-exported model: max abs diff {max_abs:.3g}, "
+            f"max rel diff {max_rel:.3g} (atol {check_atol:g}, rtol {check_rtol:g})"
+            + ("" if exporter != "auto" else f"; export_onnx(..., exporter=\"{other}\") "
+               "tries another exporter, and `compactify convert --no-onnx` skips ONNX")
+        )
 
     props = {"compactify.exporter": used, "compactify.dynamic_batch": str(bool(dynamic_batch)).lower()}
     props.update(_string_props(metadata or {}))
@@ -192,16 +198,38 @@ def _export_with_fallback(
     dynamic_batch: bool,
     exporter: str,
 ) -> tuple[onnx.ModelProto, str, str | None]:
-    """The one place that picks the exporter: torch.export-based first, TorchScript as fallback.
+    """The one place that picks the exporter: the fx writer, then torch.export-based, then TorchScript.
 
-    The dynamo exporter reads the graph torch.export captures, which is what the converter
-    hands us, so it goes first; the TorchScript tracer still handles models torch.export
-    refuses (data-dependent Python control flow that is constant in practice). An exporter
-    that "succeeds" but pins a batch dimension we asked to be dynamic counts as failed.
+    The converter hands us a captured fx graph of a few kinds of ops, which ``fx_onnx`` writes
+    directly in a fraction of the time torch.onnx.export takes to re-export and decompose it;
+    a graph with an op it does not write (or a plain nn.Module) goes to the dynamo exporter,
+    which reads what torch.export captures; the TorchScript tracer still handles models
+    torch.export refuses (data-dependent Python control flow that is constant in practice). An
+    exporter that "succeeds" but pins a batch dimension we asked to be dynamic counts as failed.
     """
-    order = {"auto": ("dynamo", "torchscript"), "dynamo": ("dynamo",), "torchscript": ("torchscript",)}[exporter]
+    order = {"auto": ("fx", "dynamo", "torchscript"), "fx": ("fx",), "dynamo": ("dynamo",),
+             "torchscript": ("torchscript",)}[exporter]
     failures: list[str] = []
     for name in order:
+        if name == "fx":
+            from compactify.converter.export import fx_onnx
+
+            if not isinstance(module, torch.fx.GraphModule):
+                if exporter == "fx":
+                    raise BadInputError("the fx exporter writes torch.fx GraphModules; this is a "
+                                        f"{type(module).__name__}")
+                continue  # an eager module has no graph to write: not a fallback
+            try:
+                proto = fx_onnx.to_onnx(module, args, input_names, output_names, opset, dynamic_batch)
+                if dynamic_batch:
+                    _require_symbolic_batch(proto)
+                return proto, name, ("; ".join(failures) or None)
+            except fx_onnx.Unsupported as exc:
+                failures.append(f"the fx writer does not write {exc}")
+                continue
+            except Exception as exc:  # a fault of the writer: torch.onnx.export may still manage, and the warning says so
+                failures.append(f"the fx exporter failed: {short_error(exc)}")
+                continue
         try:
             with tempfile.TemporaryDirectory(prefix="compactify-onnx-") as tmp:
                 target = Path(tmp) / f"{name}.onnx"

@@ -31,13 +31,18 @@ def check_onnx(proto: onnx.ModelProto, what: str) -> None:
 
 
 def run_ort(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return run_ort_feeds(proto, [feeds])[0]
+
+
+def run_ort_feeds(proto: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
+    """Each feed through one session (making a session costs more than running these small feeds)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = 1  # check inputs are tiny; extra threads only spin on a busy machine
     session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)
+    return [session.run(None, f) for f in feeds]
 
 
 def save_onnx(proto: onnx.ModelProto, path: Path, force: bool) -> None:

@@ -163,7 +163,10 @@ def test_graph_module_export_matches_pytorch(exported, name, n):
 
 def test_export_records_what_ran(exported):
     _, _, result = exported["convbn"]
-    assert result.exporter == "dynamo" and result.fallback_reason is None
+    # Captured at batch 1, the graph holds that batch: the fx writer leaves a dynamic-batch export to
+    # torch.onnx.export and says why (test_fx_onnx.py covers graphs it writes).
+    assert result.exporter == "dynamo" and "static batch" in result.fallback_reason
+    assert not result.warnings  # an fx op left to torch.onnx.export is the ordinary path, not a warning
     assert result.opset >= 18 and result.dynamic_batch
     assert result.input_names == ["x"] and result.output_names == ["y"]
     assert result.nodes_after <= result.nodes_before
@@ -193,7 +196,8 @@ def test_metadata_present(exported):
 
 def test_onnxsim_leaves_outputs_unchanged(exported, tmp_path):
     model, gm, simplified = exported["convbn"]
-    assert simplified.simplified and simplified.simplify_max_abs_diff is not None
+    # Checked once: the simplified file against PyTorch; the unsimplified one runs only to blame a failure.
+    assert simplified.simplified and simplified.simplify_max_abs_diff is None
     plain = export_onnx(gm, torch.randn(SHAPE), tmp_path / "plain.onnx", simplify=False)
     assert not plain.simplified
     x = batch(7, seed=5)
@@ -424,7 +428,7 @@ def test_registry_model_contracted(tmp_path, name):
     shape = (1, 3, TINY["input_size"], TINY["input_size"])
     compact = contract(expanded, shape).compact
     result = export_onnx(compact, torch.randn(shape), tmp_path / "c.onnx", simplify=True)
-    assert result.exporter == "dynamo"
+    assert result.exporter == "fx" and result.fallback_reason is None  # written op by op (export.fx_onnx)
     reference = reference_float64(expanded)
     for n in (1, 7):
         x = batch(n, seed=n, shape=shape)

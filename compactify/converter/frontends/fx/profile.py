@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import fx, nn
@@ -11,15 +11,19 @@ from torch.utils.flop_counter import FlopCounterMode
 
 @dataclass
 class GraphProfile:
-    """Per-node FLOPs and concrete shapes from one run of the captured graph."""
+    """Per-node FLOPs and concrete shapes from one run of the captured graph, and the values of
+    the nodes that compute a number rather than a tensor (``sym_size`` of the batch, ...), which
+    a part of the graph run on its own needs when it reads them from outside."""
 
     flops: dict[fx.Node, int]
     shapes: dict[fx.Node, tuple[int, ...]]
+    scalars: dict[fx.Node, int | float | bool] = field(default_factory=dict)
 
 
 def profile_graph(gm: fx.GraphModule, example: torch.Tensor) -> GraphProfile:
     flops: dict[fx.Node, int] = {}
     shapes: dict[fx.Node, tuple[int, ...]] = {}
+    scalars: dict[fx.Node, int | float | bool] = {}
     mode = FlopCounterMode(display=False)
 
     class _Recorder(fx.Interpreter):
@@ -29,11 +33,13 @@ def profile_graph(gm: fx.GraphModule, example: torch.Tensor) -> GraphProfile:
             flops[node] = mode.get_total_flops() - before
             if isinstance(out, torch.Tensor):
                 shapes[node] = tuple(out.shape)
+            elif isinstance(out, (bool, int, float)):
+                scalars[node] = out
             return out
 
     with torch.no_grad(), mode:
         _Recorder(gm).run(example)
-    return GraphProfile(flops, shapes)
+    return GraphProfile(flops, shapes, scalars)
 
 
 def count_flops(module: nn.Module, example: torch.Tensor) -> int:
@@ -41,3 +47,27 @@ def count_flops(module: nn.Module, example: torch.Tensor) -> int:
     with torch.no_grad(), mode:
         module(example)
     return int(mode.get_total_flops())
+
+
+# Ops the fx rewrite adds that compute no FLOPs: the input-size guard and the reshape that gives a
+# merged linear layer's output its exit's shape back.
+_FREE_TARGETS = ("check_spatial_size", "reshape")
+
+
+def compact_flops(compact: fx.GraphModule, profile: GraphProfile, merged: dict[int, int]) -> int | None:
+    """FLOPs of the rewritten graph at the example input without running it: a node the rewrite kept
+    costs what it cost in ``profile`` (the rewrite edits the captured graph in place, so the nodes are
+    the same objects), a merged layer what its decision counted (``merged``: id of the layer module ->
+    its FLOPs). None when the graph holds a node that neither accounts for."""
+    total = 0
+    for node in compact.graph.nodes:
+        if node in profile.flops:
+            total += profile.flops[node]
+        elif node.op == "call_module":
+            layer = merged.get(id(compact.get_submodule(node.target)))
+            if layer is None:
+                return None
+            total += layer
+        elif node.op == "call_function" and not any(t in str(node.target) for t in _FREE_TARGETS):
+            return None
+    return int(total)

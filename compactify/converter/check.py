@@ -1,0 +1,275 @@
+"""The check every conversion does, cheap enough to run on each one and as strong as a full float64 run.
+
+- **Regions**: each merged layer (float32, as it ships) against the layers it replaced, run in
+  float64 on a random input of the region's own entry shape: that is what exactness means, and
+  an input of its own (not the activations the network happens to feed it) exercises the whole
+  linear map. The region's layers also run in float32 on the same input, so each merge is judged
+  against what float32 rounding alone costs there.
+- **Network**: the compact model against the source model on one seeded batch, float32 against
+  float32, and the first sample of it against the source run in float64 (the conversion's
+  ``max_rel_error``), whose weights are cast to float64 one module at a time while it runs: no
+  float64 copy of the whole model is ever held.
+
+The full multi-batch float64 proof on every artifact is ``compactify verify``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+from torch import fx, nn
+
+from compactify.converter.frontends.fx.float64 import NotIsolated, part_nodes, run_graph, run_part
+from compactify.tensors import flatten_outputs
+
+ERROR_SEED = 0
+REGION_SEED = 1000
+# A result is called exact when its float32 error is within EXACT_REL of the output scale, or
+# within SOURCE_ERROR_FACTOR times the float32 error of what it replaces (deep nets whose float32
+# run is already further off than EXACT_REL, ill-conditioned batch statistics).
+EXACT_REL = 1e-6
+SOURCE_ERROR_FACTOR = 4.0
+
+
+def example_input(shape: tuple[int, ...], seed: int = ERROR_SEED) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def scale_error(got: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    """``(max |got - ref|, that / max |ref|)`` in float64; inf where a value is not finite."""
+    diff = (got.double() - ref.double()).abs()
+    if diff.numel() == 0:
+        return 0.0, 0.0
+    if not bool(torch.isfinite(diff).all()):
+        return float("inf"), float("inf")
+    max_abs = float(diff.max())
+    scale = float(ref.double().abs().max())
+    return max_abs, (max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf")))
+
+
+def within(error: float, own_float32_error: float) -> bool:
+    return error <= max(EXACT_REL, SOURCE_ERROR_FACTOR * own_float32_error)
+
+
+# --------------------------------------------------------------------------- regions
+
+
+@dataclass
+class RegionCheck:
+    name: str
+    decision: str
+    input_shape: list[int]
+    max_abs: float | None = None
+    max_rel: float | None = None  # merged float32 layer vs its layers in float64, of the output scale
+    layers_float32_rel: float | None = None  # its layers in float32 vs float64: rounding alone
+    exact_claimed: bool = True
+    skipped: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.skipped is not None or within(self.max_rel, self.layers_float32_rel)
+
+    def as_dict(self) -> dict:
+        out = {"region": self.name, "decision": self.decision, "input_shape": self.input_shape}
+        if self.skipped is not None:
+            out["skipped"] = self.skipped
+        else:
+            out.update(max_abs=self.max_abs, max_rel=self.max_rel, layers_float32_rel=self.layers_float32_rel,
+                       passed=self.passed)
+        return out
+
+
+def check_regions(gm: fx.GraphModule, decisions, profile, truncated: bool = False) -> list[RegionCheck]:
+    """Each merged (or removed) region of the captured graph ``gm`` against its own layers. Runs
+    before the rewrite, which erases those layers from ``gm``. With ``truncated`` (``--rank``) a
+    layer whose units were pruned no longer takes or gives the region's shapes, and is skipped."""
+    out = []
+    for i, d in enumerate(decisions):
+        if d.kind not in ("dense", "factored", "removed"):
+            continue
+        region = d.region
+        shape = profile.shapes.get(region.entry)
+        row = RegionCheck(region.name, d.kind, list(shape or ()), exact_claimed=d.exact)
+        out.append(row)
+        if shape is None or not shape:
+            row.skipped = "the region's input shape is unknown"
+            continue
+        try:
+            _, outside = part_nodes(region.entry, region.exit, profile.scalars)
+        except NotIsolated as exc:
+            row.skipped = f"not isolated: {exc}"
+            continue
+        # Batch 1 is enough for a linear map; a part that takes a size from outside (a reshape to
+        # the graph's batch), or holds the captured batch as a constant (a program exported with a
+        # static batch), runs at the profiled shape instead.
+        shapes = [tuple(shape)] if outside or shape[0] == 1 else [(1, *shape[1:]), tuple(shape)]
+        for j, trial in enumerate(shapes):
+            x = example_input(trial, seed=REGION_SEED + i)  # float32 values, exact in float64 too
+            try:
+                ref = run_part(gm, region.entry, region.exit, x, torch.float64, profile.scalars)
+                break
+            except RuntimeError:
+                if j == len(shapes) - 1:
+                    raise
+        row.input_shape = list(x.shape)
+        own = run_part(gm, region.entry, region.exit, x, torch.float32, profile.scalars)
+        layer = d.module if d.kind != "removed" else nn.Identity()
+        try:
+            with torch.no_grad():
+                got = layer(x)
+        except RuntimeError:
+            if not truncated:
+                raise
+            row.skipped = "its layer takes fewer input channels than the region (pruned units)"
+            continue
+        if got.shape != ref.shape and got.numel() == ref.numel():
+            got = got.reshape(ref.shape)  # a merged linear layer across a reshape (fx rewrite restores it)
+        if got.shape != ref.shape and truncated:  # --rank removed units: the layer computes fewer outputs by design
+            row.skipped = f"its layer's output {list(got.shape)} differs from the region's {list(ref.shape)} (pruned units)"
+            continue
+        row.max_abs, row.max_rel = scale_error(got, ref)
+        row.layers_float32_rel = scale_error(own, ref)[1]
+        del ref, own, got
+    return out
+
+
+# --------------------------------------------------------------------------- network
+
+
+@dataclass
+class NetworkCheck:
+    batch: int
+    float64_batch: int
+    max_abs: float = 0.0  # compact float32 vs source float64 (first sample)
+    max_rel: float = 0.0
+    source_rel: float = 0.0  # source float32 vs source float64: rounding alone
+    float32_max_abs: float = 0.0  # compact float32 vs source float32, whole batch
+    float32_max_rel: float = 0.0
+    reference: str = "source model, weights cast to float64 one module at a time"
+    notes: list[str] = field(default_factory=list)
+
+
+def check_network(model: nn.Module, compact: nn.Module, input_shape, seed: int = ERROR_SEED + 1) -> NetworkCheck:
+    x = example_input(tuple(input_shape), seed=seed)
+    with torch.no_grad():
+        src = flatten_outputs(model(x))
+        got = flatten_outputs(compact(x))
+        small = x[:1]
+        try:
+            ref, how = float64_forward(model, small)
+        except RuntimeError:  # a graph captured with a static batch runs at that batch only
+            small = x
+            ref, how = float64_forward(model, small)
+    n = int(small.shape[0])
+    result = NetworkCheck(batch=int(x.shape[0]), float64_batch=n, reference=how)
+    if n != x.shape[0]:  # the same first sample through both float32 models (outputs need not be batch-first)
+        with torch.no_grad():
+            src_n, got_n = flatten_outputs(model(x[:n])), flatten_outputs(compact(x[:n]))
+    else:
+        src_n, got_n = src, got
+    for g, s in zip(got, src):
+        f32_abs, f32_rel = scale_error(g, s)
+        result.float32_max_abs = max(result.float32_max_abs, f32_abs)
+        result.float32_max_rel = max(result.float32_max_rel, f32_rel)
+    for g, s, r in zip(got_n, src_n, ref):
+        c_abs, c_rel = scale_error(g, r)
+        result.max_abs, result.max_rel = max(result.max_abs, c_abs), max(result.max_rel, c_rel)
+        result.source_rel = max(result.source_rel, scale_error(s, r)[1])
+    return result
+
+
+def float64_forward(model: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor], str]:
+    """The model's outputs on ``x`` in float64 and how they were computed. A captured graph runs
+    with its constants cast as they are read; a module with each module's own weights cast while
+    it runs. A model that uses weights outside the module holding them (``F.conv2d(x,
+    self.conv.weight)``) falls back to a float64 copy of the whole model, and one that cannot run
+    in float64 at all to float32."""
+    if isinstance(model, fx.GraphModule):
+        out, _ = run_graph(model, x)
+        return flatten_outputs(out), "the captured source graph, constants cast to float64 as read"
+    try:
+        with float64_weights(model), torch.no_grad():
+            return flatten_outputs(model(x.double())), "source model, weights cast to float64 one module at a time"
+    except Exception:  # a dtype mismatch: weights read outside their module, or float32 constants
+        pass
+    try:
+        double = copy.deepcopy(model).double().eval()
+        with torch.no_grad():
+            out = flatten_outputs(double(x.double()))
+        del double
+        return out, "a float64 copy of the source model (it reads weights outside their own modules)"
+    except Exception:  # float32 constants made inside forward: no float64 run exists
+        with torch.no_grad():
+            return flatten_outputs(model(x)), "the source model in float32 (it does not run in float64)"
+
+
+@contextlib.contextmanager
+def float64_weights(model: nn.Module) -> Iterator[None]:
+    """Each module's own floating parameters and buffers in float64 while its forward runs, and
+    back to the very same float32 values after (float32 -> float64 -> float32 is exact)."""
+    held: dict[int, list[Any]] = {}  # id(tensor) -> [tensor, float32 data, modules inside]
+
+    def own(module):
+        tensors = [*module._parameters.values(), *module._buffers.values()]
+        return [t for t in tensors if t is not None and t.is_floating_point()]
+
+    def enter(module, _args):
+        for t in own(module):
+            entry = held.get(id(t))
+            if entry is None and t.dtype == torch.float32:
+                held[id(t)] = [t, t.data, 1]
+                t.data = t.data.double()
+            elif entry is not None:
+                entry[2] += 1
+
+    def leave(module, _args, _out):
+        for t in own(module):
+            entry = held.get(id(t))
+            if entry is not None:
+                entry[2] -= 1
+                if entry[2] == 0:
+                    t.data = entry[1]
+                    del held[id(t)]
+
+    handles = []
+    for module in model.modules():
+        if any(t.dtype == torch.float32 for t in own(module)):
+            handles.append(module.register_forward_pre_hook(enter))
+            handles.append(module.register_forward_hook(leave))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for t, data, _ in held.values():  # a forward that raised left these in float64
+            t.data = data
+        held.clear()
+
+
+def check_section(regions: list[RegionCheck], network: NetworkCheck) -> dict:
+    """What report.json says was checked, and how it came out."""
+    checked = [r for r in regions if r.skipped is None]
+    worst = max(checked, key=lambda r: r.max_rel, default=None)
+    return {
+        "what": ("each merged region's float32 layer against its own layers in float64 on a random input of the "
+                 "region's input shape (and those layers in float32, for what rounding alone costs); the whole "
+                 "compact network in float32 against the source in float32 on one seeded batch, and its first "
+                 "sample against the source in float64; `compactify verify` runs the full float64 proof"),
+        "exact_rule": f"error <= max({EXACT_REL:g}, {SOURCE_ERROR_FACTOR:g} x the float32 error of what it replaces)",
+        "regions_checked": len(checked),
+        "regions_skipped": len(regions) - len(checked),
+        "regions_max_rel": worst.max_rel if worst is not None else None,
+        "worst_region": worst.name if worst is not None else None,
+        "regions": [r.as_dict() for r in regions],
+        "network": {
+            "input": f"seeded N(0,1), seed {ERROR_SEED + 1}", "batch": network.batch,
+            "float32_vs_float32": {"max_abs": network.float32_max_abs, "max_rel": network.float32_max_rel},
+            "float64_batch": network.float64_batch, "float64_reference": network.reference,
+            "max_abs_error": network.max_abs, "max_rel_error": network.max_rel,
+            "source_float32_rel_error": network.source_rel,
+        },
+    }
