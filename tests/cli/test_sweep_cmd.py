@@ -53,3 +53,25 @@ def test_a_checkpoint_that_is_not_one_is_refused(tmp_path):
     result = _run("sweep", ckpt, "-o", tmp_path / "out")
     assert result.exit_code == 2 and result.output.startswith("error:")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_unreachable_cluster_is_one_line_and_leaves_no_folder(tmp_path):
+    import socket
+
+    import torch
+
+    from compactify.converter.load.checkpoint import save_checkpoint
+    from compactify.models import create_model
+
+    kwargs = {"num_classes": 10, "in_chans": 1, "input_size": 8, "width": 4, "blocks": [1, 1]}
+    ckpt = save_checkpoint(tmp_path / "w.pt", create_model("widevgg", **kwargs).state_dict(),
+                           {"arch": "widevgg", "arch_kwargs": kwargs, "input_shape": [1, 1, 8, 8],
+                            "training": {"dataset": "digits"}})
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.set_num_threads(1)
+    result = _run("sweep", ckpt, "-o", tmp_path / "out", "--ray-address", f"127.0.0.1:{port}")
+    assert result.exit_code == 2 and "cannot reach the Ray cluster" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

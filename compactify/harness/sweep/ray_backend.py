@@ -26,6 +26,8 @@ def ray_session(address: str | None, num_cpus: int | None, bench_resource: str |
     common = dict(logging_level=logging.ERROR, log_to_driver=False, configure_logging=True)
     if ray.is_initialized():
         raise BadInputError("Ray is already initialized in this process; call the sweep outside a Ray session")
+    if address:
+        _check_reachable(address)
     try:
         if address:
             ray.init(address=address, **common)
@@ -44,6 +46,22 @@ def ray_session(address: str | None, num_cpus: int | None, bench_resource: str |
                "nodes": len([n for n in ray.nodes() if n.get("Alive")]), "bench_resource": bench_resource}
     finally:
         ray.shutdown()  # stops the local instance; from a cluster it only disconnects
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Refuse at once an address nothing listens on: Ray itself retries for minutes before it gives up."""
+    import socket
+
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    if hostport == "auto" or ":" not in hostport:
+        return  # "auto" (and a bare host) are Ray's to resolve
+    host, _, port = hostport.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+        raise BadInputError(f"cannot reach the Ray cluster at {address} ({why}); give --ray-address as head:6379 "
+                            "or ray://head:10001, or leave it out for a local Ray instance") from None
 
 
 def run_conversions(calls: Sequence[tuple[str, tuple]], on_done: Callable[[dict], None]) -> None:

@@ -74,7 +74,6 @@ def run_sweep(checkpoints: Sequence[str | Path], out: str | Path, options: Sweep
     state = {"checkpoints": [str(c.path) for c in ckpts], "budgets": budgets, "precisions": list(precisions),
              "runtime": options.runtime, "data": data_name, "settings_key": key}
     with folder.locked():
-        folder.begin(state)
         results = {j.id: folder.finished(j.id, options.retry_failed) for j in jobs}
         todo = [j for j in jobs if results[j.id] is None]
         if len(todo) < len(jobs):
@@ -82,6 +81,7 @@ def run_sweep(checkpoints: Sequence[str | Path], out: str | Path, options: Sweep
         latency = folder.latency(options.runtime)
         timing = _timing_settings(options, batches)
         with _ray_if_needed(options, todo, latency, timing, jobs, results) as session:
+            folder.begin(state)  # once Ray is up: a cluster that cannot be reached leaves no folder behind
             if todo:
                 _run_jobs(todo, options, payloads, data_arrays, calibration, folder, results, echo)
             points = _points(jobs, results, folder)
