@@ -85,11 +85,10 @@ def region_errors(
         return [], ["no region of this model is merged: there is nothing to check region by region"]
 
     shipped = _shipped_state(compact_pt2, notes)
-    ref_gm, dtype = _float64_copy(gm, notes)
     wanted = {n.name for d in merged for n in (d.region.entry, d.region.exit)}
     captured: dict[str, list[torch.Tensor]] = {name: [] for name in wanted}
     for x in inputs:
-        values = _record(ref_gm, torch.from_numpy(np.asarray(x, dtype=np.float32)).to(dtype), wanted)
+        values = _record(gm, torch.from_numpy(np.asarray(x, dtype=np.float32)), wanted, notes)
         for name in wanted:
             captured[name].append(values[name])
 
@@ -133,29 +132,18 @@ def _shipped_state(path: str | Path | None, notes: list[str]) -> dict[str, torch
     return state
 
 
-def _float64_copy(gm: fx.GraphModule, notes: list[str]) -> tuple[fx.GraphModule, torch.dtype]:
-    from compactify.converter.frontends.fx.capture import float64_graph
+def _record(gm: fx.GraphModule, x: torch.Tensor, wanted: set[str], notes: list[str]) -> dict[str, torch.Tensor]:
+    """The wanted nodes' values from one float64 run of the captured graph (its constants cast as
+    they are read: no float64 copy of the model), or float32 where it does not run in float64."""
+    from compactify.converter.frontends.fx.float64 import run_graph
 
     try:
-        return float64_graph(gm), torch.float64
+        return run_graph(gm, x, torch.float64, wanted)[1]
     except Exception:  # constants that refuse float64: fall back, and say so
-        notes.append("the captured graph does not run in float64: regions were compared with a float32 reference")
-        return gm, torch.float32
-
-
-def _record(gm: fx.GraphModule, x: torch.Tensor, wanted: set[str]) -> dict[str, torch.Tensor]:
-    values: dict[str, torch.Tensor] = {}
-
-    class _Recorder(fx.Interpreter):
-        def run_node(self, node):
-            out = super().run_node(node)
-            if node.name in wanted:
-                values[node.name] = out.detach().clone()
-            return out
-
-    with torch.no_grad():
-        _Recorder(gm).run(x)
-    return values
+        note = "the captured graph does not run in float64: regions were compared with a float32 reference"
+        if note not in notes:
+            notes.append(note)
+        return run_graph(gm, x, torch.float32, wanted)[1]
 
 
 def _deployed_layer(decision, shipped: dict[str, torch.Tensor] | None) -> tuple[nn.Module, str]:

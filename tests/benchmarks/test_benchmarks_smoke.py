@@ -37,16 +37,16 @@ def test_contraction_builds_three_models_and_times_them(bench_modules, tmp_path)
     assert m.plot([{"model": "tiny", **rows[0]}], tmp_path / "c.png").stat().st_size > 0
 
 
-def test_conversion_cost_child_measures_one_conversion(bench_modules):
+def test_conversion_cost_times_a_conversion_against_one_export(bench_modules, tmp_path):
     m = bench_modules["conversion_cost"]
-    spec = {"base": "smallnet7", "mode": "cl", "kwargs": dict(TINY), "onnx": False, "threads": 1}
-    row = m.child(spec)
-    assert row["params_after"] < row["params"] and row["merged"] == 3
-    assert 0 < row["contract_s"] <= row["total_s"]
-    assert row["peak_mb"] > 0 and row["extra_mb"] >= 0
-    from compactify.converter import convert
-
-    assert convert.contract.__name__ == "contract"  # the timing wrapper is taken off again
+    row = m.measure("smallnet7", "cl", dict(TINY), tmp_path, repeats=1, kinds=("export", "convert"), log=lambda _: None)
+    assert row["params_after"] < row["params"] and row["merged"] == 3 and row["exporter"] == "fx"
+    assert row["export_s"] > 0 and row["onnx_ratio"] == pytest.approx(row["onnx_s"] / row["export_s"])
+    shares = row["onnx_stages"]
+    assert set(shares) == set(m.STAGES) and sum(shares.values()) == pytest.approx(1.0)
+    assert shares["capture"] > 0 and shares["check"] > 0 and shares["export"] > 0
+    assert row["onnx_extra_mb"] > 0 and row["onnx_memory_x"] == pytest.approx(row["onnx_extra_mb"] / row["checkpoint_mb"])
+    assert len(row["runs"]["convert"]) == 1 and row["runs"]["export"][0]["rss_before_mb"] > 0
 
 
 def test_fidelity_measures_both_errors(bench_modules):
