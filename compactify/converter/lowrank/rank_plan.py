@@ -15,6 +15,7 @@ from compactify.converter.engine.cost import operator_flops, operator_params
 from compactify.converter.engine.plan import Decision
 from compactify.converter.lowrank import factor as L
 from compactify.converter.lowrank.rank_rules import RankChoice, RankRule, choose_ranks, parse_rank_rule
+from compactify.converter.lowrank.truncation_report import decision_row
 from compactify.errors import BadInputError
 
 MEASURED_RULES = ("error",)
@@ -79,7 +80,7 @@ def rank_plan(decisions: list[Decision], example_shapes: dict, rule: RankRule | 
                 d, kind="factored", exact=exact, factors=(first, second), module=None,
                 reason=f"{d.reason}; factored: {choice.reason}",
                 params_after=operator_params(first) + operator_params(second), flops_after=flops)
-        rows.append(_row(new[i], choice, before_params, before_flops))
+        rows.append(decision_row(new[i], choice, before_params, before_flops))
     return RankPlan(new, rows, sum(r["params_before"] for r in rows), sum(r["params_after"] for r in rows),
                     sum(r["flops_before"] for r in rows), sum(r["flops_after"] for r in rows))
 
@@ -89,23 +90,3 @@ def _after(op: AffineConv, shape: tuple[int, ...]) -> tuple[int, ...]:
     if op.ndim == 0:
         return (*shape[:-1], op.out_channels)
     return (shape[0], op.out_channels, *op.output_size(shape[2:]))
-
-
-def _row(d: Decision, choice: RankChoice | None, params_before: int, flops_before: int) -> dict:
-    return {
-        "region": d.region.name,
-        "layers": d.region.layers,
-        "form": choice.form if choice else "dense",
-        "rank_before": choice.rank_before if choice else None,
-        "full_rank": choice.full_rank if choice else None,
-        "rank_after": choice.rank_after if choice else None,
-        "energy_kept": choice.energy_kept if choice else 1.0,
-        "params_before": params_before,
-        "params_after": d.params_after,
-        "flops_before": flops_before,
-        "flops_after": d.flops_after,
-        "units_removed": 0,
-        "inputs_removed": 0,
-        "reason": choice.reason if choice else "no rank rule applies",
-    }
-

@@ -47,9 +47,18 @@ def prune_text(layer: Layer) -> str:
 
 
 def report_row(layer: Layer, choice: RankChoice | None, params_before: int, flops_before: int,
-         timing: tuple[float, float] | None) -> dict:
-    d = layer.decision
-    row = {
+               timing: tuple[float, float] | None) -> dict:
+    row = decision_row(layer.decision, choice, params_before, flops_before, units_removed=len(layer.units_removed),
+                       inputs_removed=layer.inputs_removed, note=prune_text(layer))
+    if timing is not None:
+        row["latency_dense_ms"], row["latency_factored_ms"] = timing
+    return row
+
+
+def decision_row(d, choice: RankChoice | None, params_before: int, flops_before: int, *, units_removed: int = 0,
+                 inputs_removed: int = 0, note: str = "") -> dict:
+    """One row of the truncation table: a layer's ranks, energy kept and costs before and after."""
+    return {
         "region": d.region.name,
         "layers": d.region.layers,
         "form": choice.form if choice else "dense",
@@ -61,13 +70,10 @@ def report_row(layer: Layer, choice: RankChoice | None, params_before: int, flop
         "params_after": d.params_after,
         "flops_before": flops_before,
         "flops_after": d.flops_after,
-        "units_removed": len(layer.units_removed),
-        "inputs_removed": layer.inputs_removed,
-        "reason": prune_text(layer) + (choice.reason if choice else "no rank rule applies"),
+        "units_removed": units_removed,
+        "inputs_removed": inputs_removed,
+        "reason": note + (choice.reason if choice else "no rank rule applies"),
     }
-    if timing is not None:
-        row["latency_dense_ms"], row["latency_factored_ms"] = timing
-    return row
 
 
 def truncation_markdown(section: dict) -> list[str]:
