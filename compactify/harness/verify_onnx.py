@@ -30,7 +30,11 @@ def verify_onnx_conversion(outdir: Path, report: dict, *, inputs, batches, batch
     if report["source"].get("sha256") and hashlib.sha256(path.read_bytes()).hexdigest() != report["source"]["sha256"]:
         raise BadInputError(f"the source model {path} changed since the conversion (sha256 differs); convert it "
                             "again before verifying")
+    from compactify.converter.convert_onnx import low_precision_outputs, select_outputs
+
     source = read_onnx(path)
+    select_outputs(source, report["source"].get("outputs"))  # the outputs the conversion kept
+    low = set(low_precision_outputs(source))
     warnings = []
     if per_region:
         warnings.append("--per-region compares merged layers of a PyTorch conversion; this conversion's source is an "
@@ -60,9 +64,7 @@ def verify_onnx_conversion(outdir: Path, report: dict, *, inputs, batches, batch
     plan = [("onnx", "ort", (atol, rtol)), ("onnx_fp16", "ort", (fp16_atol, fp16_rtol)),
             ("engine", "trt", (fp16_atol, fp16_rtol) if "onnx_fp16" in artifacts else (atol, rtol))]
     with contextlib.ExitStack() as stack:
-        baseline_runner = open_runner(path, runtime="ort", device=device)
-        stack.callback(baseline_runner.close)
-        baseline = _runner_model(baseline_runner, f"{path.name} float32 (ort)", str(path))
+        baseline = _ort_model(source, f"{path.name} float32 (ort)", str(path), names)
         candidates: list[tuple[_Model | None, CandidateResult | None, tuple[float, float]]] = []
         for key, runtime, tol in plan:
             if key not in artifacts:
@@ -83,14 +85,45 @@ def verify_onnx_conversion(outdir: Path, report: dict, *, inputs, batches, batch
                           batch_size=batch_size, seed=seed, fixed_batch=fixed)
         ref_out = _run_all(reference, data, report["output_names"])
         # Against a truncated reference the source's own float32 run is no baseline: it is another network.
-        results = [] if truncated else [_compare(baseline, data, ref_out, atol, rtol, baseline=True)]
+        fp16 = (fp16_atol, fp16_rtol)
+        results = [] if truncated else [_judged(baseline, data, ref_out, (atol, rtol), low, fp16, baseline=True)]
         for model, skipped, tol in candidates:
-            results.append(skipped if model is None else _compare(model, data, ref_out, *tol))
+            results.append(skipped if model is None else _judged(model, data, ref_out, tol, low, fp16))
         effect = _truncation_effect(source_model, ref_out, data, report) if truncated else None
+    if low:
+        warnings.append(f"output(s) {', '.join(sorted(low))} are float16 in the graph itself: judged with the float16 "
+                        f"tolerances (atol {fp16_atol:g}, rtol {fp16_rtol:g})")
     if effect is not None:
         warnings.append(effect["note"])
     result = VerifyResult(reference.label, results, data.description, None, None, warnings)
     result.truncation = effect
+    return result
+
+
+def _ort_model(model, label: str, path: str, names: list[str]) -> _Model:
+    """The source as the conversion saw it (its --outputs selection) on ONNX Runtime's CPU provider."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+    def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
+        return session.run(None, dict(zip(names, arrays)))
+
+    return _Model(label, "ort", path, run)
+
+
+def _judged(model: _Model, data, ref_out: dict, tol: tuple[float, float], low: set[str], fp16: tuple[float, float],
+            baseline: bool = False) -> CandidateResult:
+    """``_compare``, with the outputs the graph makes float16 judged with float16 tolerances."""
+    from compactify.measure.metrics import compare
+
+    result = _compare(model, data, ref_out, *tol, baseline=baseline)
+    if low and result.comparisons:
+        outputs = _run_all(model, data, list(ref_out))
+        for name in low & set(result.comparisons):
+            result.comparisons[name] = compare(outputs[name], ref_out[name], *fp16, name=name)
     return result
 
 

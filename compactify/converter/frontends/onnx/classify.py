@@ -250,13 +250,26 @@ def _slice(node, data, ctx) -> Step:
     else:
         a = _attrs(node)
         starts, ends, axes, steps = list(a["starts"]), list(a["ends"]), a.get("axes"), None
-    need(starts is not None and ends is not None and len(starts) == len(ends) == 1)
-    axes = list(axes) if axes is not None else [0]
-    steps = list(steps) if steps is not None else [1]
-    need(len(axes) == 1 and len(steps) == 1 and steps[0] >= 1)
-    end = ends[0] if ends[0] < INT_MAX else None
-    kind, op, family, note = slice_op(shape, axes[0], starts[0], end, steps[0], label(node))
-    return Step(node.output[0], kind, (x,), op, family, size_specific=note)
+    need(starts is not None and ends is not None and len(starts) == len(ends) >= 1)
+    axes = list(axes) if axes is not None else list(range(len(starts)))
+    steps = list(steps) if steps is not None else [1] * len(starts)
+    need(len(axes) == len(starts) == len(steps) and len({a % len(shape) for a in axes}) == len(axes))
+    parts = [slice_op(shape, a, b, e if e < INT_MAX else None, st, label(node))
+             for a, b, e, st in zip(axes, starts, ends, steps)]
+    cuts = [p for p in parts if p[0] != "identity"]
+    if not cuts:
+        return Step(node.output[0], "identity", (x,), Scalar())
+    kind, op, family, _ = cuts[0]
+    notes = [p[3] for p in cuts if p[3]]
+    sizes = [static(d) for d in shape[2:]]
+    for later in cuts[1:]:  # a crop of H and W (and a channel selection) at once: one operator
+        need(later[2] == family)
+        composed = A.compose(op, later[1], sizes if None not in sizes else None)
+        need(composed.exact)
+        op, kind = composed.op, "crop" if "crop" in (kind, later[0]) else kind
+        if op.ndim:
+            sizes = list(op.output_size(sizes)) if None not in sizes else sizes
+    return Step(node.output[0], kind, (x,), op, family, size_specific="; ".join(notes) or None)
 
 
 # ---------------------------------------------------------------------------------------
