@@ -142,6 +142,7 @@ def build(config: Config, folder: Path, exporter: str = "auto", seed: int = 0) -
 
     from compactify.converter.contract import contract, measure_error
     from compactify.converter.export.onnx_export import export_onnx
+    from compactify.converter.frontends.fx.capture import capture_graph
 
     model, deployed, shape = training_and_deploy(config, seed)
     t = time.perf_counter()
@@ -152,7 +153,10 @@ def build(config: Config, folder: Path, exporter: str = "auto", seed: int = 0) -
     paths, nodes, exporters, weights = {}, {}, {}, {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for side, module in zip(SIDES, (deployed, result.compact)):
+        # Theirs captured as ours is, so that both go through the same exporter (the fx writer for a
+        # captured graph, by default).
+        theirs = capture_graph(deployed.eval(), example) if exporter in ("auto", "fx") else deployed
+        for side, module in zip(SIDES, (theirs, result.compact)):
             paths[side] = folder / f"{side}.onnx"
             exported = export_onnx(module, example, paths[side], exporter=exporter)
             nodes[side], exporters[side] = exported.nodes_after, exported.exporter
