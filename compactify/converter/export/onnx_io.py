@@ -19,6 +19,8 @@ def short_error(exc: BaseException) -> str:
         inner = inner.__cause__
     lines = [line.strip() for line in str(inner).splitlines() if line.strip()]
     text = lines[0] if lines else ""
+    if text.endswith(":") and len(lines) > 1:  # "... of node:" names the node on the next line
+        text = f"{text} {lines[1]}"
     text = f"{type(inner).__name__}: {text}" if text else type(inner).__name__
     return text if len(text) <= 240 else text[:237] + "..."
 

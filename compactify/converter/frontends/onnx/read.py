@@ -23,7 +23,9 @@ def read_onnx(path: str | Path) -> onnx.ModelProto:
         raise BadInputError(f"{path} does not exist" if not path.exists() else f"{path} is not a file")
     content = detect(path)
     if content.kind != "onnx":
-        raise BadInputError(f"{path} is {content.what}, not an ONNX model")
+        hint = " (truncated or damaged, for a file named .onnx)" if path.suffix.lower() == ".onnx" and \
+            content.kind in ("binary", "empty") else ""
+        raise BadInputError(f"{path} is {content.what}, not an ONNX model{hint}")
     try:
         model = onnx.load(str(path), load_external_data=True)
     except FileNotFoundError as exc:
