@@ -164,8 +164,7 @@ def measure(arch: str, mode: str | None, kwargs: dict, folder: Path, repeats: in
         row["export_extra_mb"] = statistics.median(r["extra_mb"] for r in runs["export"])
         row["export_memory_x"] = row["export_extra_mb"] / ckpt_mb
     row["runs"] = runs
-    log(f"{row['model']}: export {med.get('export', 0):.1f} s, convert "
-        + ", ".join(f"{k} {med[k]:.1f} s" for k in kinds if k != "export"))
+    log(f"{row['model']}: " + ", ".join(f"{k.replace('_', ' ')} {med[k]:.1f} s" for k in kinds))
     return row
 
 
@@ -174,8 +173,8 @@ def _columns():
 
     return [Column("model"), Column("params", "params", ",d"), Column("checkpoint_mb", "ckpt MB", ".1f"),
             Column("export_s", "export s", ".1f"), Column("onnx_s", "convert s", ".1f"),
-            Column("onnx_ratio", "x export", ".2f"), Column("no_onnx_s", "--no-onnx s", ".1f"),
-            Column("no_onnx_ratio", "x export", ".2f"), Column("shares", "stages (convert)"),
+            Column("onnx_ratio", "convert / export", ".2f"), Column("no_onnx_s", "--no-onnx s", ".1f"),
+            Column("no_onnx_ratio", "--no-onnx / export", ".2f"), Column("shares", "stages (convert)"),
             Column("export_memory_x", "export mem x ckpt", ".2f"),
             Column("onnx_memory_x", "convert mem x ckpt", ".2f")]
 

@@ -150,7 +150,8 @@ def contract(model: nn.Module, input_shape: tuple[int, ...], allow_approximate: 
     )
     with stages("check"):
         network = check_network(model, compact, input_shape)
-    result.max_abs_error, result.max_rel_error, result.source_rel_error = network.max_abs, network.max_rel, network.source_rel
+    result.max_abs_error, result.max_rel_error = network.max_abs, network.max_rel
+    result.source_rel_error = network.source_rel
     result.check = check_section(regions, network)
     if rank is None:
         result.warnings += _check_warnings(regions, network)
