@@ -23,6 +23,7 @@ from compactify.converter.frontends.fx.graph import affine_graph
 from compactify.converter.check import (EXACT_REL, SOURCE_ERROR_FACTOR, check_network, check_regions, check_section,
                                         example_input, float64_forward, within)
 from compactify.converter.frontends.fx.profile import GraphProfile, compact_flops, count_flops
+from compactify.converter.load.resources import MemoryBudgetError, check_graph_memory
 from compactify.converter.stages import Stages, silent
 from compactify.errors import BadInputError
 
@@ -93,6 +94,7 @@ def plan_contraction(model: nn.Module, input_shape: tuple[int, ...], allow_appro
     example = example_input((max(2, input_shape[0]), *input_shape[1:]))
     with stages("capture"):
         gm = capture_graph(model, example, dynamic_spatial=dynamic_hw)
+        check_graph_memory(gm, input_shape)  # before anything runs on real data
     with stages("regions"):
         graph, profile = affine_graph(gm, example)
     with stages("plan"):
@@ -116,6 +118,8 @@ def contract(model: nn.Module, input_shape: tuple[int, ...], allow_approximate: 
     model = model.eval()
     try:
         plan = plan_contraction(model, input_shape, allow_approximate, dynamic_hw, stages)
+    except MemoryBudgetError:
+        raise
     except BadInputError:
         check_runs(model, example_input(tuple(input_shape)))  # a shape the model rejects is reported as such
         raise

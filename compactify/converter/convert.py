@@ -79,7 +79,10 @@ def convert_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: Con
     with atomic_dir(out_dir, force=options.force, inputs=inputs) as tmp, conversion_thread_limit():
         with stages("load"):
             ckpt = load_checkpoint(checkpoint, trust_pickle=options.trust_pickle)
-            source = build_source(ckpt, options.arch, options.arch_kwargs, options.input_shape)
+            # The activations are checked against the memory budget on the captured graph (free), unless
+            # --outputs runs the model before the capture (then on the meta device, first).
+            source = build_source(ckpt, options.arch, options.arch_kwargs, options.input_shape,
+                                  run_memory_check=bool(options.outputs))
             if not source.input_shape:
                 raise BadInputError("the input shape is unknown for this model: pass --input-shape N,C,H,W")
             model = select_outputs(source.model, options.outputs, example_input(source.input_shape))
@@ -182,7 +185,9 @@ def _convert_onnx(path: str | Path, out_dir: Path, options: ConvertOptions, inpu
     from compactify.converter.report import write_report
 
     check_onnx_options(options)
-    with atomic_dir(out_dir, force=options.force, inputs=inputs) as tmp:
-        report = convert_onnx_file(path, tmp, options)
+    stages = Stages(progress=options.progress)
+    with atomic_dir(out_dir, force=options.force, inputs=inputs) as tmp, conversion_thread_limit():
+        report = convert_onnx_file(path, tmp, options, stages)
+        report["stages"] = stages.rounded()
         write_report(report, tmp)
     return report

@@ -31,6 +31,7 @@ from compactify.converter.frontends.onnx.read import check_model, read_onnx
 from compactify.converter.frontends.onnx.shapes import (InputSpec, concrete_shapes, example_shapes, graph_inputs,
                                                         has_unknown, settle_unknown, symbolic_shapes)
 from compactify.converter.frontends.onnx.transposes import cancel_transposes
+from compactify.converter.stages import Stages, silent
 from compactify.errors import BadInputError, CompactifyError
 
 # The batch a symbolic batch is planned, costed and checked at (2, as the PyTorch path traces:
@@ -90,9 +91,57 @@ class OnnxContraction:
 
 def contract_onnx(model: onnx.ModelProto, *, allow_approximate: bool = False,
                   input_shape: Sequence[int] | None = None, outputs: str | Sequence[str] | None = None,
-                  rank: str | None = None, rank_multiple: int = 1, check: bool = True) -> OnnxContraction:
+                  rank: str | None = None, rank_multiple: int = 1, check: bool = True,
+                  stages: Stages | None = None) -> OnnxContraction:
     """Contract every linear region of ``model`` that merges exactly (and pays); with ``rank``
-    (a ``--rank`` rule) also factor the plan's conv/linear layers at the ranks it chooses."""
+    (a ``--rank`` rule) also factor the plan's conv/linear layers at the ranks it chooses.
+    ``stages`` times (and, for a long conversion, announces) regions, plan and check."""
+    stages = stages or silent()
+    with stages("regions"):
+        prepared, source, specs, shapes, symbolic, concrete, every_size, cancelled = _prepare(
+            model, input_shape, outputs)
+        graph, onnx_graph = affine_graph(prepared, symbolic, concrete)
+    with stages("plan"):
+        decisions = plan_graph(graph, allow_approximate, dynamic_hw=every_size)
+        untruncated = None
+        if rank is not None:
+            from compactify.converter.lowrank.rank_plan import rank_plan
+
+            ranked = rank_plan(decisions, graph.example_shapes, rank, rank_multiple)
+            untruncated, _ = rewrite_onnx(onnx_graph, graph, decisions)
+            decisions = ranked.decisions
+        compact, _ = rewrite_onnx(onnx_graph, graph, decisions)
+        try:
+            check_onnx(compact, "compact")
+        except CompactifyError as exc:
+            raise CompactifyError(f"{exc} (a bug: please report it with the source model)") from exc
+    merged = [d for d in decisions if d.kind in ("dense", "removed", "factored")]
+    flops_before = int(sum(graph.flops.values()))
+    result = OnnxContraction(
+        model=compact, decisions=decisions, input_shapes=shapes,
+        params_before=_param_count(model), params_after=_param_count(compact),
+        flops_before=flops_before, flops_after=flops_before - sum(d.flops_before - d.flops_after for d in merged),
+        transposes_cancelled=cancelled, warnings=[w for d in decisions for w in d.warnings], every_size=every_size,
+    )
+    with stages("check"):
+        if check:
+            result.check_feeds = check_feeds(specs, shapes)
+            result.max_abs_error, result.max_rel_error, result.source_rel_error = measure_onnx_errors(
+                source, compact, result.check_feeds)
+        if rank is not None:
+            result.truncation = truncation_section(ranked, rank, rank_multiple, untruncated, compact,
+                                                   result.check_feeds or check_feeds(specs, shapes))
+        elif check and result.max_rel_error > max(EXACT_REL, SOURCE_ERROR_FACTOR * result.source_rel_error):
+            result.warnings.append(
+                f"the compact model's error ({result.max_rel_error:.2e} of the output scale) is more than "
+                f"{SOURCE_ERROR_FACTOR:g}x the source's own float32 error ({result.source_rel_error:.2e}) and above "
+                f"{EXACT_REL:g}: check report.json's regions for approximate merges")
+    return result
+
+
+def _prepare(model: onnx.ModelProto, input_shape, outputs):
+    """The source as checked (its --outputs selection), the graph as planned (layout transposes
+    cancelled), its inputs, their example shapes, and every tensor's symbolic and concrete shape."""
     check_model(model, "the ONNX model")
     source = onnx.ModelProto()
     source.CopyFrom(model)
@@ -118,42 +167,7 @@ def contract_onnx(model: onnx.ModelProto, *, allow_approximate: bool = False,
     if every_size and input_shape is None:
         raise BadInputError(f"input {specs[0].name!r} has a symbolic size {list(specs[0].dims)}; pass --input-shape "
                             "N,C,H,W to plan at (merges are kept only where they hold at every size)")
-    graph, onnx_graph = affine_graph(prepared, symbolic, concrete)
-    decisions = plan_graph(graph, allow_approximate, dynamic_hw=every_size)
-    untruncated = None
-    if rank is not None:
-        from compactify.converter.lowrank.rank_plan import rank_plan
-
-        ranked = rank_plan(decisions, graph.example_shapes, rank, rank_multiple)
-        untruncated, _ = rewrite_onnx(onnx_graph, graph, decisions)
-        decisions = ranked.decisions
-    compact, _ = rewrite_onnx(onnx_graph, graph, decisions)
-    try:
-        check_onnx(compact, "compact")
-    except CompactifyError as exc:
-        raise CompactifyError(f"{exc} (a bug: please report it with the source model)") from exc
-    merged = [d for d in decisions if d.kind in ("dense", "removed", "factored")]
-    flops_before = int(sum(graph.flops.values()))
-    result = OnnxContraction(
-        model=compact, decisions=decisions, input_shapes=shapes,
-        params_before=_param_count(model), params_after=_param_count(compact),
-        flops_before=flops_before, flops_after=flops_before - sum(d.flops_before - d.flops_after for d in merged),
-        transposes_cancelled=cancelled, warnings=[w for d in decisions for w in d.warnings], every_size=every_size,
-    )
-    if check:
-        result.check_feeds = check_feeds(specs, shapes)
-        result.max_abs_error, result.max_rel_error, result.source_rel_error = measure_onnx_errors(
-            source, compact, result.check_feeds)
-    if rank is not None:
-        result.truncation = truncation_section(ranked, rank, rank_multiple, untruncated, compact,
-                                               result.check_feeds or check_feeds(specs, shapes))
-    elif check:
-        if result.max_rel_error > max(EXACT_REL, SOURCE_ERROR_FACTOR * result.source_rel_error):
-            result.warnings.append(
-                f"the compact model's error ({result.max_rel_error:.2e} of the output scale) is more than "
-                f"{SOURCE_ERROR_FACTOR:g}x the source's own float32 error ({result.source_rel_error:.2e}) and above "
-                f"{EXACT_REL:g}: check report.json's regions for approximate merges")
-    return result
+    return prepared, source, specs, shapes, symbolic, concrete, every_size, cancelled
 
 
 def truncation_section(ranked, rule: str, multiple: int, untruncated: onnx.ModelProto, truncated: onnx.ModelProto,
@@ -296,16 +310,20 @@ def check_onnx_options(options) -> None:
         raise BadInputError("--static: an ONNX source keeps the batch dimension its file states; drop --static")
 
 
-def convert_onnx_file(path: str | Path, folder: Path, options) -> dict:
+def convert_onnx_file(path: str | Path, folder: Path, options, stages: Stages | None = None) -> dict:
     """Convert ``path`` into ``folder`` (a temporary folder the caller renames at the end)."""
+    stages = stages or silent()
     path = Path(path)
-    model = read_onnx(path)
+    with stages("load"):
+        model = read_onnx(path)
     result = contract_onnx(model, allow_approximate=options.allow_approximate, input_shape=options.input_shape,
-                           outputs=options.outputs, rank=options.rank, rank_multiple=options.rank_multiple)
+                           outputs=options.outputs, rank=options.rank, rank_multiple=options.rank_multiple,
+                           stages=stages)
     for w in result.warnings:
         warnings.warn(w, stacklevel=2)
     report = onnx_report(path, model, options, result)
-    report.update(write_artifacts(result, report, options, folder))
+    with stages("export"):
+        report.update(write_artifacts(result, report, options, folder))
     return report
 
 

@@ -75,8 +75,6 @@ def _convert(tmp_path, name: str, data: bytes, *extra):
     ("json", "config.bin", ["a JSON text file"]),
     ("html", "model.safetensors", ["an HTML web page", "/resolve/"]),
     ("lfs", "model.pt", ["git-lfs pointer to a 44,040,192-byte file", "git lfs pull"]),
-    ("onnx", "model.pt", ["an ONNX model", "compactify verify --reference"]),
-    ("onnx", "model.pt2", ["an ONNX model"]),
     ("npz", "weights.pt", ["NumPy .npz archive"]),
     ("pickle", "model.pt", ["plain Python pickle", "--trust-pickle"]),
     ("module", "model.pt", ["pickled Python objects", "user_models.Expanded", "--trust-pickle"]),
@@ -86,6 +84,17 @@ def test_a_file_that_is_not_a_checkpoint_says_what_it_really_is(files, tmp_path,
     r, before = _convert(tmp_path, name, files[kind])
     error_line(r, name, *needles)
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("name", ["model.pt", "model.pt2"])
+def test_an_onnx_model_under_a_checkpoint_name_is_converted_as_onnx(files, tmp_path, name):
+    """The format is read from the content: an ONNX file is an ONNX source whatever its suffix."""
+    path = tmp_path / name
+    path.write_bytes(files["onnx"])
+    r = run("convert", path, "-o", tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["source"]["format"] == "onnx"
+    error_line(run("convert", path, "-o", tmp_path / "out2", *CONVERT), "--no-onnx", "ONNX source")
 
 
 @pytest.mark.parametrize("kind,name,cut,needles", [

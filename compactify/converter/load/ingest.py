@@ -52,12 +52,14 @@ def build_source(
     arch: str | None = None,
     arch_kwargs: dict | None = None,
     input_shape: tuple[int, ...] | None = None,
+    run_memory_check: bool = True,
 ) -> Source:
     """The eval-mode float32 model a checkpoint stands for, its metadata and its input shape.
 
     The metadata is checked against the schema, the weights for NaN/Inf and negative BatchNorm
     variances, and the input shape against the memory budget (``converter.resources``), before
-    the model ever runs."""
+    the model ever runs: by a forward pass on the meta device, or with ``run_memory_check=False``
+    by the input's size alone (``convert`` then checks the activations on the captured graph)."""
     from compactify.models.metadata import check_shape, validate_meta
 
     where = f"checkpoint {ckpt.path} metadata"
@@ -70,13 +72,13 @@ def build_source(
         meta = validate_meta(ckpt.meta, where)
         shape = input_shape or tuple(meta.get("input_shape") or ()) or traced
         check_weights(model.state_dict(), ckpt.path)
-        return _checked(Source(model, meta, shape))
+        return _checked(Source(model, meta, shape), run_memory_check)
     if ckpt.format == "module":
         model = ckpt.module.float().eval()
         check_weights(model.state_dict(), ckpt.path)
         meta = validate_meta(ckpt.meta, where)
         shape = input_shape or tuple(meta.get("input_shape") or ()) or None
-        return _checked(Source(model, meta, shape))
+        return _checked(Source(model, meta, shape), run_memory_check)
     from compactify.models import build_model, default_input_shape
 
     meta = dict(ckpt.meta)
@@ -99,17 +101,17 @@ def build_source(
         shape = default_input_shape(meta)
     if shape is not None:
         shape = tuple(check_shape(list(shape), "the input shape"))
-    return _checked(Source(model.float().eval(), meta, tuple(shape) if shape else None))
+    return _checked(Source(model.float().eval(), meta, tuple(shape) if shape else None), run_memory_check)
 
 
-def _checked(source: Source) -> Source:
+def _checked(source: Source, run_memory_check: bool = True) -> Source:
     from compactify.converter.load.resources import check_memory
 
     if source.input_shape:
         from compactify.models.metadata import check_shape
 
         source.input_shape = tuple(check_shape(list(source.input_shape), "the input shape"))
-        check_memory(source.model, source.input_shape)
+        check_memory(source.model, source.input_shape, run=run_memory_check)
     return source
 
 

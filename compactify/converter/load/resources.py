@@ -128,30 +128,87 @@ def peak_activation_bytes(model, shape: Sequence[int]) -> int | None:
         return None
 
 
-def check_memory(model, shape: Sequence[int], what: str = "input shape") -> int:
-    """Raise BadInputError when converting at ``shape`` needs more memory than the budget; returns the estimate."""
+def check_memory(model, shape: Sequence[int], what: str = "input shape", run: bool = True) -> int:
+    """Raise BadInputError when converting at ``shape`` needs more memory than the budget; returns the
+    estimate. With ``run=False`` only what the shape alone says is checked (the float64 input):
+    ``convert`` checks the activations on the captured graph instead (``check_graph_memory``),
+    which costs nothing, where a forward pass on the meta device takes seconds for a large model."""
     shape = tuple(int(d) for d in shape)
     budget_bytes, source = budget()
-    batch = max(2, shape[0])
-    scaled = (batch, *shape[1:])
-    numel = 1
-    for d in scaled:
-        numel *= d
-    floor = numel * 8  # the float64 input alone
+    floor = _floor(shape)
     if budget_bytes is not None and floor > budget_bytes:  # no need to run anything
         return _refuse(shape, what, floor, budget_bytes, source, "its float64 input alone")
+    if not run:
+        return floor
+    batch = max(2, shape[0])
     peak = peak_activation_bytes(model, (1, *shape[1:]))
-    weights = 2 * sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-    estimate = floor if peak is None else max(floor, peak * 2 * batch) + weights  # + the float64 copy of the weights
+    return _judge(shape, what, None if peak is None else peak * batch, _weight_bytes(model), budget_bytes, source)
+
+
+def check_graph_memory(gm, shape: Sequence[int], what: str = "input shape") -> int:
+    """``check_memory`` from a graph captured at batch max(2, N): the shapes its nodes record say
+    which tensors are alive at once, before anything runs on real data."""
+    shape = tuple(int(d) for d in shape)
+    budget_bytes, source = budget()
+    return _judge(shape, what, graph_peak_bytes(gm), _weight_bytes(gm), budget_bytes, source)
+
+
+def graph_peak_bytes(gm) -> int | None:
+    """Peak bytes of the float32 tensors alive at once when ``gm`` runs, from its recorded shapes
+    (each tensor freed after its last reader; views share their base's memory)."""
+    import torch
+
+    nodes = list(gm.graph.nodes)
+    last = {}
+    for i, node in enumerate(nodes):
+        for arg in node.all_input_nodes:
+            last[arg] = i
+    sizes: dict = {}
+    live = peak = 0
+    try:
+        for i, node in enumerate(nodes):
+            val = node.meta.get("val")
+            if node.op in ("placeholder", "call_function") and isinstance(val, torch.Tensor) and not val._is_view():
+                sizes[node] = int(val.numel()) * val.element_size()
+                live += sizes[node]
+                peak = max(peak, live)
+            for arg in node.all_input_nodes:
+                if last.get(arg) == i and arg in sizes:
+                    live -= sizes.pop(arg)
+    except Exception:  # an unbacked symbolic size: no estimate from the graph
+        return None
+    return peak
+
+
+def _floor(shape: tuple[int, ...]) -> int:
+    numel = max(2, shape[0])
+    for d in shape[1:]:
+        numel *= d
+    return numel * 8  # the float64 input alone
+
+
+def _weight_bytes(model) -> int:
+    return 2 * sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+def _judge(shape, what, peak_at_batch: int | None, weights: int, budget_bytes, source) -> int:
+    """``peak_at_batch``: float32 bytes alive at once at batch max(2, N); the float64 run doubles it."""
+    batch = max(2, shape[0])
+    floor = _floor(shape)
+    estimate = floor if peak_at_batch is None else max(floor, peak_at_batch * 2) + weights  # + the float64 weights
     if budget_bytes is not None and estimate > budget_bytes:
         return _refuse(shape, what, estimate, budget_bytes, source,
                        f"the activations of a float64 forward pass at batch {batch} and a float64 copy of the weights")
     return estimate
 
 
+class MemoryBudgetError(BadInputError):
+    """The input shape needs more memory than the budget: refused before anything runs."""
+
+
 def _refuse(shape, what, estimate, budget_bytes, source, basis) -> int:
     dims = ",".join(map(str, shape))
-    raise BadInputError(
+    raise MemoryBudgetError(
         f"{what} {dims} needs about {human(estimate)} ({basis}), more than the {human(budget_bytes)} of {source}; "
         "give a smaller --input-shape" + (" or raise --max-memory" if source == "--max-memory" else
                                           ", or set --max-memory if you know better")
