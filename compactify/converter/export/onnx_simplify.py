@@ -29,9 +29,9 @@ def simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
             warnings.simplefilter("ignore")
             simplified, ok = onnxsim.simplify(copy.deepcopy(proto), check_n=0)  # outputs are compared here
     except Exception as exc:
-        raise CompactifyError(f"onnxsim failed: {short_error(exc)}; convert again with --no-simplify") from exc
+        raise CompactifyError(f"onnxsim failed: {short_error(exc)}; run again with --no-simplify") from exc
     if not ok:
-        raise CompactifyError("onnxsim could not validate the simplified model; convert again with --no-simplify")
+        raise CompactifyError("onnxsim could not validate the simplified model; run again with --no-simplify")
     check_onnx(simplified, "simplified")
     return simplified
 

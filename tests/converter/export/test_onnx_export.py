@@ -398,7 +398,8 @@ def test_fp16_rejects_a_missing_or_broken_file(tmp_path):
 # ------------------------------------------------------------------ registry models
 
 TINY = {"num_classes": 5, "input_size": 32}
-TINY_BY_MODEL = {"repvgg": {"num_blocks": (1, 1, 1, 1), "width": 0.25}, "shufflenetv2": {"repeats": (1, 1, 1), "width": 0.5}}
+TINY_BY_MODEL = {"repvgg": {"num_blocks": (1, 1, 1, 1), "width": 0.25}, "shufflenetv2": {"repeats": (1, 1, 1), "width": 0.5},
+                 "widevgg": {"width": 16}}  # widevgg counts its width in channels
 
 
 def tiny_model(name: str, seed: int = 0) -> tuple[nn.Module, tuple[int, ...]]:
