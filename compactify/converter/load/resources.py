@@ -1,9 +1,10 @@
 """Refuse, before any allocation, an input shape whose activations cannot fit in memory.
 
-``check_memory(model, shape)`` runs the model once on the meta device (shapes only, no data,
-milliseconds) and records the bytes of the tensors alive at once; the conversion's largest
-step is a float64 forward pass of the source at batch max(2, N), so the estimate is that peak
-in float64 at that batch. It is compared with the budget: ``--max-memory`` where given (see
+``check_memory(model, shape)`` runs the model once on the meta device (shapes only, no data)
+and records the bytes of the tensors alive at once; ``check_graph_memory(gm, shape)`` reads the
+same from the shapes a captured graph records, at no cost (``convert`` uses it right after the
+capture, which allocates nothing). The conversion's largest step is a float64 forward pass of
+the source at batch max(2, N), so the estimate is that peak in float64 at that batch. It is compared with the budget: ``--max-memory`` where given (see
 ``memory_budget``), else the memory available to this process (MemAvailable, and the cgroup
 limit where one is set). A model that cannot run on the meta device is estimated from its
 input alone.
