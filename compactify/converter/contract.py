@@ -17,7 +17,7 @@ from torch import fx, nn
 from compactify.converter.backends.fx_layers import attach_modules
 from compactify.converter.backends.fx_rewrite import rewrite
 from compactify.converter.engine.graph import AffineGraph
-from compactify.converter.engine.plan import Decision, plan_graph
+from compactify.converter.engine.plan import Decision, PlanSummary, plan_graph
 from compactify.converter.frontends.fx.capture import capture_graph, check_runs
 from compactify.converter.frontends.fx.graph import affine_graph
 from compactify.converter.check import (EXACT_REL, SOURCE_ERROR_FACTOR, check_network, check_regions, check_section,
@@ -34,7 +34,7 @@ ERROR_BATCHES = 1
 
 
 @dataclass
-class Contraction:
+class Contraction(PlanSummary):
     """A compact module and what it took to get there."""
 
     compact: fx.GraphModule
@@ -52,27 +52,6 @@ class Contraction:
     source_rel_error: float | None = None
     truncation: dict | None = None  # the --rank report section (compactify.converter.lowrank.truncate)
     check: dict | None = None  # what was checked and how it came out (converter.check.check_section)
-
-    @property
-    def regions(self) -> list[dict]:
-        return [d.as_dict() for d in self.decisions]
-
-    @property
-    def size_notes(self) -> list[str]:
-        """Why the compact module holds only at the traced input size (empty: at every size)."""
-        return [n for d in self.decisions for n in d.size_notes]
-
-    def summary(self) -> dict:
-        merged = sum(d.kind == "dense" for d in self.decisions)
-        return {
-            "regions": len(self.decisions),
-            "merged": merged,
-            "factored": sum(d.kind == "factored" for d in self.decisions),
-            "params_before": self.params_before,
-            "params_after": self.params_after,
-            "flops_before": self.flops_before,
-            "flops_after": self.flops_after,
-        }
 
 
 @dataclass

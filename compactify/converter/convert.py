@@ -112,7 +112,7 @@ def convert_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: Con
 def export_artifacts(result: Contraction, report: dict, options: ConvertOptions, folder: Path, int8=None) -> dict:
     """compact.onnx (+ fp16 copy, + int8 QDQ model with ``int8``, an ``int8.Int8Request``, + TensorRT
     engine); returns the report entries they add."""
-    from compactify.converter.export.fp16 import to_fp16
+    from compactify.converter.export.derived import write_engine, write_fp16
     from compactify.converter.export.onnx_export import export_onnx
 
     metadata = {
@@ -137,11 +137,8 @@ def export_artifacts(result: Contraction, report: dict, options: ConvertOptions,
     report["warnings"].extend(exported.warnings)
     engine_source = folder / "compact.onnx"
     if options.fp16:
-        half = to_fp16(folder / "compact.onnx", folder / "compact.fp16.onnx")
-        artifacts["onnx_fp16"] = "compact.fp16.onnx"
-        added["onnx_fp16"] = {"max_abs_diff_vs_fp32": half.max_abs_diff, "max_rel_diff_vs_fp32": half.max_rel_diff,
-                              "clamped_values": half.clamped_values, "flushed_values": half.flushed_values}
-        engine_source = folder / "compact.fp16.onnx"
+        added["onnx_fp16"] = write_fp16(folder, artifacts)
+        engine_source = folder / artifacts["onnx_fp16"]
     if int8 is not None:
         from compactify.converter.export.int8 import INT8_FILE, write_int8
 
@@ -149,12 +146,7 @@ def export_artifacts(result: Contraction, report: dict, options: ConvertOptions,
         artifacts["onnx_int8"] = INT8_FILE
         engine_source = folder / INT8_FILE  # TensorRT builds it with explicit quantization
     if options.trt:
-        from compactify.converter.export.tensorrt_build import build_engine
-
-        info = build_engine(engine_source, folder / "compact.engine", max_batch=options.max_batch,
-                            timing_cache=options.timing_cache, fp16=options.fp16)
-        artifacts["engine"] = "compact.engine"
-        added["engine"] = {k: v for k, v in info.as_dict().items() if k != "path"}
+        added["engine"] = write_engine(engine_source, folder, options, artifacts)
     added["artifacts"] = artifacts
     return added
 

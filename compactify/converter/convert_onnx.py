@@ -24,7 +24,7 @@ import onnx
 from compactify import __version__
 from compactify.converter.backends.onnx_rewrite import rewrite_onnx
 from compactify.converter.contract import EXACT_REL, SOURCE_ERROR_FACTOR
-from compactify.converter.engine.plan import Decision, plan_graph
+from compactify.converter.engine.plan import Decision, PlanSummary, plan_graph
 from compactify.converter.export.onnx_io import check_onnx, short_error
 from compactify.converter.frontends.onnx.graph import affine_graph
 from compactify.converter.frontends.onnx.read import check_model, read_onnx
@@ -52,7 +52,7 @@ _NOT_FOR_ONNX = {
 
 
 @dataclass
-class OnnxContraction:
+class OnnxContraction(PlanSummary):
     model: onnx.ModelProto  # the compact model
     decisions: list[Decision]
     input_shapes: dict[str, tuple[int, ...]]  # where it was planned and checked
@@ -68,25 +68,6 @@ class OnnxContraction:
     every_size: bool = False  # planned for a symbolic spatial size: exact at every size
     truncation: dict | None = None  # the --rank report section
     check_feeds: dict = field(default_factory=dict)  # the inputs the check ran on
-
-    @property
-    def regions(self) -> list[dict]:
-        return [d.as_dict() for d in self.decisions]
-
-    @property
-    def size_notes(self) -> list[str]:
-        return [n for d in self.decisions for n in d.size_notes]
-
-    def summary(self) -> dict:
-        return {
-            "regions": len(self.decisions),
-            "merged": sum(d.kind == "dense" for d in self.decisions),
-            "factored": sum(d.kind == "factored" for d in self.decisions),
-            "params_before": self.params_before,
-            "params_after": self.params_after,
-            "flops_before": self.flops_before,
-            "flops_after": self.flops_after,
-        }
 
 
 def contract_onnx(model: onnx.ModelProto, *, allow_approximate: bool = False,
@@ -330,6 +311,7 @@ def convert_onnx_file(path: str | Path, folder: Path, options, stages: Stages | 
 def write_artifacts(result: OnnxContraction, report: dict, options, folder: Path) -> dict:
     import json
 
+    from compactify.converter.export.derived import write_engine, write_fp16
     from compactify.converter.export.onnx_io import save_onnx
     from compactify.converter.export.onnx_simplify import simplify_checked
 
@@ -353,26 +335,17 @@ def write_artifacts(result: OnnxContraction, report: dict, options, folder: Path
     artifacts = {"onnx": "compact.onnx"}
     engine_source = folder / "compact.onnx"
     if options.fp16:
-        from compactify.converter.export.fp16 import to_fp16
-
-        half = to_fp16(folder / "compact.onnx", folder / "compact.fp16.onnx")
-        artifacts["onnx_fp16"] = "compact.fp16.onnx"
-        added["onnx_fp16"] = {"max_abs_diff_vs_fp32": half.max_abs_diff, "max_rel_diff_vs_fp32": half.max_rel_diff,
-                              "clamped_values": half.clamped_values, "flushed_values": half.flushed_values}
-        engine_source = folder / "compact.fp16.onnx"
+        added["onnx_fp16"] = write_fp16(folder, artifacts)
+        engine_source = folder / artifacts["onnx_fp16"]
     if options.trt:
-        from compactify.converter.export.tensorrt_build import build_engine
-
-        info = build_engine(engine_source, folder / "compact.engine", max_batch=options.max_batch,
-                            timing_cache=options.timing_cache, fp16=options.fp16)
-        artifacts["engine"] = "compact.engine"
-        added["engine"] = {k: v for k, v in info.as_dict().items() if k != "path"}
+        added["engine"] = write_engine(engine_source, folder, options, artifacts)
     added["artifacts"] = artifacts
     return added
 
 
 def onnx_report(path: Path, model: onnx.ModelProto, options, result: OnnxContraction) -> dict:
     from compactify.converter.frontends.onnx.read import default_opset
+    from compactify.converter.report import result_fields
 
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     producer = " ".join(p for p in (model.producer_name, model.producer_version) if p) or "unknown producer"
@@ -393,7 +366,7 @@ def onnx_report(path: Path, model: onnx.ModelProto, options, result: OnnxContrac
         "opset": default_opset(model),
         "input_shape": list(first),
         "input_shapes": {k: list(v) for k, v in result.input_shapes.items()},
-        "input_names": [i for i in result.input_shapes],
+        "input_names": list(result.input_shapes),
         "output_names": [o.name for o in result.model.graph.output],
         "allow_approximate": options.allow_approximate,
         "dynamic_hw": result.every_size,
@@ -401,20 +374,8 @@ def onnx_report(path: Path, model: onnx.ModelProto, options, result: OnnxContrac
         "accepts_input_size": "any the source accepts" if result.every_size or len(first) < 3 else
         "x".join(str(d) for d in first[2:]) + " (the source's own static size)",
         "transposes_cancelled": result.transposes_cancelled,
-        "regions": result.regions,
-        "params_before": result.params_before,
-        "params_after": result.params_after,
-        "flops_before": result.flops_before,
-        "flops_after": result.flops_after,
-        "max_abs_error": result.max_abs_error,
-        "max_rel_error": result.max_rel_error,
-        "source_float32_rel_error": result.source_rel_error,
-        "exact": result.max_rel_error <= max(EXACT_REL, SOURCE_ERROR_FACTOR * result.source_rel_error),
-        "exact_definition": f"max_rel_error <= max({EXACT_REL:g}, {SOURCE_ERROR_FACTOR:g} x "
-        "source_float32_rel_error), the source's own float32 run against float64 on the same inputs",
-        "error_definition": "compact model on ONNX Runtime (float32) vs the source ONNX graph evaluated in float64 "
-        "with onnx.reference, on seeded N(0,1) inputs; max_rel_error = max|compact - ref| / max|ref| per output",
-        "warnings": result.warnings,
         "low_precision_outputs": low_precision_outputs(result.model),
-        **({"truncation": result.truncation} if result.truncation is not None else {}),
+        **result_fields(result, "compact model on ONNX Runtime (float32) vs the source ONNX graph evaluated in "
+                        "float64 with onnx.reference, on seeded N(0,1) inputs; max_rel_error = max|compact - ref| / "
+                        "max|ref| per output"),
     }

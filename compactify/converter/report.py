@@ -36,6 +36,15 @@ def build_report(ckpt, source: Source, options: ConvertOptions, result: Contract
         "exact_at": "every input size" if not result.size_notes else "the traced input size only",
         "accepts_input_size": "any" if options.dynamic_hw or len(source.input_shape) < 3 else
         "x".join(str(d) for d in source.input_shape[2:]) + " only (captured there; --dynamic-hw for every size)",
+        **result_fields(result, "compact float32 vs source float64 on seeded N(0,1) inputs; "
+                        "max_rel_error = max|compact - ref| / max|ref| per output"),
+    }
+
+
+def result_fields(result, error_definition: str) -> dict:
+    """What a conversion did and how exact it is, the same for every source format: ``result`` is a
+    ``Contraction`` or an ``OnnxContraction``."""
+    return {
         "regions": result.regions,
         "params_before": result.params_before,
         "params_after": result.params_after,
@@ -47,8 +56,7 @@ def build_report(ckpt, source: Source, options: ConvertOptions, result: Contract
         "exact": result.max_rel_error <= max(EXACT_REL, SOURCE_ERROR_FACTOR * result.source_rel_error),
         "exact_definition": f"max_rel_error <= max({EXACT_REL:g}, {SOURCE_ERROR_FACTOR:g} x "
         "source_float32_rel_error), the source's own float32 run against float64 on the same inputs",
-        "error_definition": "compact float32 vs source float64 on seeded N(0,1) inputs; "
-        "max_rel_error = max|compact - ref| / max|ref| per output",
+        "error_definition": error_definition,
         "warnings": result.warnings,
         **({"truncation": result.truncation} if result.truncation is not None else {}),
     }

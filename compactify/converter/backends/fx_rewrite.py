@@ -13,6 +13,7 @@ from torch import fx
 
 from compactify.converter.frontends.fx.classify import shape_of, static
 from compactify.converter.engine.plan import Decision
+from compactify.converter.backends.names import fresh_name
 from compactify.converter.backends.size_guard import check_spatial_size
 
 
@@ -30,7 +31,7 @@ def rewrite(gm: fx.GraphModule, decisions: list[Decision],
         entry = replaced.get(region.entry, region.entry)
         absorbed = {n for step in region.steps.values() for n in step.absorbs}
         if d.kind in ("dense", "factored"):
-            name = _unique(f"merged_{region.exit.name}", taken)
+            name = fresh_name(f"merged_{region.exit.name}", taken)
             gm.add_submodule(name, d.module)
             with gm.graph.inserting_before(region.exit):
                 new = gm.graph.call_module(name, (entry,))
@@ -83,15 +84,6 @@ def _guard_input(gm: fx.GraphModule, input_size: tuple[int, ...], notes: list[st
     guard.meta.update(x.meta)
     x.replace_all_uses_with(guard, delete_user_cb=lambda u: u is not guard)
     return True
-
-
-def _unique(name: str, taken: set[str]) -> str:
-    candidate, i = name, 1
-    while candidate in taken:
-        i += 1
-        candidate = f"{name}_{i}"
-    taken.add(candidate)
-    return candidate
 
 
 def _drop_unused_attributes(gm: fx.GraphModule) -> bool:

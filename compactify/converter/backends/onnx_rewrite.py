@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from compactify.converter.backends.names import fresh_name
 from compactify.converter.engine import algebra as A
 from compactify.converter.engine.graph import AffineGraph, static
 from compactify.converter.engine.plan import Decision
@@ -40,7 +41,7 @@ def rewrite_onnx(source: OnnxGraph, graph: AffineGraph, decisions: list[Decision
             new_inits += inits
         elif d.kind == "factored" and d.factors is not None:
             first, second = d.factors
-            middle = _fresh(f"{region.exit}/factor", taken)
+            middle = fresh_name(f"{region.exit}/factor", taken)
             nodes, inits = _layer(first, entry, middle, shapes[0], shapes[0], dtype, taken)
             more, more_inits = _layer(second, middle, region.exit, *shapes, dtype, taken)
             written[region.exit] = nodes + more
@@ -48,7 +49,7 @@ def rewrite_onnx(source: OnnxGraph, graph: AffineGraph, decisions: list[Decision
         elif d.kind == "removed":
             if region.exit in outputs:
                 written[region.exit] = [helper.make_node("Identity", [entry], [region.exit],
-                                                         name=_fresh(f"{region.exit}/identity", taken))]
+                                                         name=fresh_name(f"{region.exit}/identity", taken))]
             else:
                 rename[region.exit] = entry
         else:
@@ -79,7 +80,7 @@ def _layer(op: A.AffineConv, entry: str, exit: str, entry_shape, exit_shape, dty
     """The nodes computing ``op`` from ``entry`` (of ``entry_shape``) into ``exit`` (whose shape
     is ``exit_shape``), and their initializers."""
     base = f"{exit}/merged"
-    weight_name, bias_name = _fresh(f"{base}.weight", taken), _fresh(f"{base}.bias", taken)
+    weight_name, bias_name = fresh_name(f"{base}.weight", taken), fresh_name(f"{base}.bias", taken)
     inits = []
     if op.ndim > 0:
         inits.append(numpy_helper.from_array(op.weight.numpy().astype(dtype), weight_name))
@@ -88,32 +89,32 @@ def _layer(op: A.AffineConv, entry: str, exit: str, entry_shape, exit_shape, dty
             inits.append(numpy_helper.from_array(op.bias.numpy().astype(dtype), bias_name))
             inputs.append(bias_name)
         node = helper.make_node(
-            "Conv", inputs, [exit], name=_fresh(base, taken), kernel_shape=list(op.kernel), strides=list(op.stride),
+            "Conv", inputs, [exit], name=fresh_name(base, taken), kernel_shape=list(op.kernel), strides=list(op.stride),
             pads=[b for b, _ in op.padding] + [a for _, a in op.padding], dilations=list(op.dilation), group=op.groups)
         return [node], inits
     weight = A.dense_weight(op).numpy()  # [out, in]
     reshaped = entry_shape is not None and exit_shape is not None and \
         [str(d) for d in entry_shape[:-1]] != [str(d) for d in exit_shape[:-1]]
-    target = exit if not reshaped else _fresh(f"{base}.rows", taken)
+    target = exit if not reshaped else fresh_name(f"{base}.rows", taken)
     if entry_shape is not None and len(entry_shape) == 2:
         inits.append(numpy_helper.from_array(weight.astype(dtype), weight_name))
         inputs = [entry, weight_name]
         if op.has_bias:
             inits.append(numpy_helper.from_array(op.bias.numpy().astype(dtype), bias_name))
             inputs.append(bias_name)
-        nodes = [helper.make_node("Gemm", inputs, [target], name=_fresh(base, taken), transB=1)]
+        nodes = [helper.make_node("Gemm", inputs, [target], name=fresh_name(base, taken), transB=1)]
     else:  # features on the last axis of a tensor of any rank
         inits.append(numpy_helper.from_array(np.ascontiguousarray(weight.T).astype(dtype), weight_name))
-        product = target if not op.has_bias else _fresh(f"{base}.matmul", taken)
-        nodes = [helper.make_node("MatMul", [entry, weight_name], [product], name=_fresh(base, taken))]
+        product = target if not op.has_bias else fresh_name(f"{base}.matmul", taken)
+        nodes = [helper.make_node("MatMul", [entry, weight_name], [product], name=fresh_name(base, taken))]
         if op.has_bias:
             inits.append(numpy_helper.from_array(op.bias.numpy().astype(dtype), bias_name))
-            nodes.append(helper.make_node("Add", [product, bias_name], [target], name=_fresh(f"{base}/bias", taken)))
+            nodes.append(helper.make_node("Add", [product, bias_name], [target], name=fresh_name(f"{base}/bias", taken)))
     if reshaped:  # the region spans a reshape that keeps the last axis: give the exit its shape back
         dims = [static(d) if static(d) is not None else -1 for d in exit_shape]
-        shape_name = _fresh(f"{base}.shape", taken)
+        shape_name = fresh_name(f"{base}.shape", taken)
         inits.append(numpy_helper.from_array(np.array(dims, dtype=np.int64), shape_name))
-        nodes.append(helper.make_node("Reshape", [target, shape_name], [exit], name=_fresh(f"{base}/reshape", taken)))
+        nodes.append(helper.make_node("Reshape", [target, shape_name], [exit], name=fresh_name(f"{base}/reshape", taken)))
     return nodes, inits
 
 
@@ -155,12 +156,3 @@ def _drop_unused(g: onnx.GraphProto) -> None:
     info = [v for v in g.value_info if v.name in produced]
     del g.value_info[:]
     g.value_info.extend(info)
-
-
-def _fresh(base: str, taken: set[str]) -> str:
-    name, i = base, 1
-    while name in taken:
-        i += 1
-        name = f"{base}_{i}"
-    taken.add(name)
-    return name

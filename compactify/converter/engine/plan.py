@@ -283,3 +283,28 @@ def _unit_plan(decision, unit, entry, region, allow_approximate, dynamic_hw) -> 
                          flops_before=flops, flops_after=flops,
                          stopped_by=decision.stopped_by))
     return plan
+
+
+class PlanSummary:
+    """What any conversion result reports of its plan; mixed into a result that holds
+    ``decisions`` and ``params_before/after``, ``flops_before/after``."""
+
+    @property
+    def regions(self) -> list[dict]:
+        return [d.as_dict() for d in self.decisions]
+
+    @property
+    def size_notes(self) -> list[str]:
+        """Why the compact model holds only at the traced input size (empty: at every size)."""
+        return [n for d in self.decisions for n in d.size_notes]
+
+    def summary(self) -> dict:
+        return {
+            "regions": len(self.decisions),
+            "merged": sum(d.kind == "dense" for d in self.decisions),
+            "factored": sum(d.kind == "factored" for d in self.decisions),
+            "params_before": self.params_before,
+            "params_after": self.params_after,
+            "flops_before": self.flops_before,
+            "flops_after": self.flops_after,
+        }

@@ -41,7 +41,7 @@ class OnnxConstants:
 
     def _visit(self, node: onnx.NodeProto) -> None:
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-            value = _constant_value(node)
+            value = constant_value(node)
             if value is not None:
                 self.values[node.output[0]] = value
                 self.params.add(node.output[0])
@@ -61,7 +61,7 @@ class OnnxConstants:
                 self.values[name] = value
 
 
-def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
+def constant_value(node: onnx.NodeProto) -> np.ndarray | None:
     for attr in node.attribute:
         if attr.name == "value":
             return numpy_helper.to_array(attr.t)

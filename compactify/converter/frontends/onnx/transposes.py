@@ -14,6 +14,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from compactify.converter.frontends.onnx.constants import constant_value
+
 # Elementwise ops a transpose commutes with: unary ones, and binary ones with a constant operand.
 _UNARY = frozenset({"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Selu", "HardSigmoid", "HardSwish", "Softplus",
                     "Identity", "Neg", "Abs", "Exp", "Log", "Sqrt", "Erf", "Gelu", "Mish", "Celu"})
@@ -50,15 +52,20 @@ def _is_output(graph, name: str) -> bool:
     return any(o.name == name for o in graph.output)
 
 
-def _cancel_pair(graph) -> bool:
-    for first in graph.node:
-        if first.op_type != "Transpose" or _perm(first) is None:
+def _transposes_with_one_reader(graph):
+    """``(transpose, its only reader)`` for each transpose with a known perm whose output nothing
+    else reads (not even the graph's outputs)."""
+    for t in list(graph.node):
+        if t.op_type != "Transpose" or _perm(t) is None:
             continue
-        mid = first.output[0]
+        mid = t.output[0]
         users = _consumers(graph, mid)
-        if len(users) != 1 or _is_output(graph, mid):
-            continue
-        second = users[0]
+        if len(users) == 1 and not _is_output(graph, mid):
+            yield t, users[0]
+
+
+def _cancel_pair(graph) -> bool:
+    for first, second in _transposes_with_one_reader(graph):
         if second.op_type != "Transpose" or _perm(second) is None:
             continue
         p1, p2 = _perm(first), _perm(second)
@@ -87,14 +94,8 @@ def _sink_one(graph) -> bool:
     followed (eventually) by another transpose: only then can the move end in a cancellation."""
     inits = {t.name: t for t in graph.initializer}
     consts = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
-    for t in graph.node:
-        if t.op_type != "Transpose" or _perm(t) is None:
-            continue
+    for t, op in _transposes_with_one_reader(graph):
         mid = t.output[0]
-        users = _consumers(graph, mid)
-        if len(users) != 1 or _is_output(graph, mid):
-            continue
-        op = users[0]
         if op.op_type not in _UNARY | _BINARY or not _leads_to_transpose(graph, op.output[0]):
             continue
         perm = _perm(t)
@@ -143,16 +144,7 @@ def _leads_to_transpose(graph, name: str, depth: int = 8) -> bool:
 def _constant(name: str, inits, consts) -> np.ndarray | None:
     if name in inits:
         return numpy_helper.to_array(inits[name])
-    node = consts.get(name)
-    if node is not None:
-        for attr in node.attribute:
-            if attr.name == "value":
-                return numpy_helper.to_array(attr.t)
-            if attr.name == "value_float":
-                return np.array(attr.f, dtype=np.float32)
-            if attr.name == "value_floats":
-                return np.array(list(attr.floats), dtype=np.float32)
-    return None
+    return constant_value(consts[name]) if name in consts else None
 
 
 def _fresh(graph, base: str) -> str:
