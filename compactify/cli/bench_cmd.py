@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from compactify.measure.latency import DEFAULT_ITERS, DEFAULT_WARMUP
-from compactify.runtimes.kinds import kinds_table
+from compactify.targets import kinds_table
 
 
 @click.command("bench")

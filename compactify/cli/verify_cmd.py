@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from compactify.measure.metrics import DEFAULT_ATOL, DEFAULT_RTOL
-from compactify.runtimes.kinds import kinds_table
+from compactify.targets import kinds_table
 
 
 @click.command("verify")

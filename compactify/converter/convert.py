@@ -13,13 +13,14 @@ from torch import nn
 from compactify import __version__
 from compactify.converter.contract import Contraction, contract, example_input
 from compactify.converter.frontends.fx.capture import select_outputs
-from compactify.converter.load.checkpoint import PT2_META_FILE, load_checkpoint
+from compactify.converter.load.checkpoint import load_checkpoint
 from compactify.converter.load.ingest import build_source
 from compactify.converter.report import build_report, write_report
 from compactify.converter.stages import Stages
 from compactify.converter.threads import conversion_thread_limit
 from compactify.errors import BadInputError
 from compactify.outputs import atomic_dir, check_output_folder
+from compactify.targets.pt2 import PT2_META_FILE
 
 
 @dataclass

@@ -27,7 +27,8 @@ from compactify.measure.latency import (
 )
 from compactify.harness.report import Column
 
-from compactify.runtimes.kinds import RUNTIMES as _RUNTIME_NAMES, kind_of, kinds_help, mismatch
+from compactify.runtimes import RUNTIMES as _RUNTIME_NAMES
+from compactify.targets import kinds_help, mismatch, target_for as kind_of
 
 RUNTIMES = tuple(_RUNTIME_NAMES)
 DEVICES = ("cpu", "cuda")

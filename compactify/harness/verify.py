@@ -579,7 +579,7 @@ def _check_tolerances(*values: float) -> None:
 
 
 def _is_checkpoint(path: Path) -> bool:
-    from compactify.runtimes.kinds import kind_of
+    from compactify.targets import target_for as kind_of
 
     return kind_of(path).name == "checkpoint"
 
@@ -588,7 +588,8 @@ def _open_model(path: str | Path, runtime: str | None, device: str, dtype: str, 
                 arch_kwargs: dict | None, input_shape: tuple[int, ...] | None, trust_pickle: bool,
                 stack: contextlib.ExitStack, warnings: list[str]) -> tuple[_Model, tuple[int, ...] | None, dict]:
     """Open a checkpoint, .pt2, .onnx or engine on its runtime; returns the model, its input shape and meta."""
-    from compactify.runtimes import guess_runtime, open_runner
+    from compactify.runtimes import open_runner
+    from compactify.targets import runtime_for as guess_runtime
 
     path = Path(path)
     if not path.exists():

@@ -1,12 +1,12 @@
 """One Runner interface over PyTorch, ONNX Runtime and TensorRT.
 
-    with open_runner("compact.onnx", device="cpu") as runner:
+    with open_runner("compact.onnx", runtime="ort", device="cpu") as runner:
         outputs = runner.infer({"x": x})
 
-``open_runner`` picks the runtime from the object or the file suffix (.pt2 -> torch,
-.onnx -> ort, .engine/.plan/.trt -> trt) unless ``runtime`` names one, and returns a
-loaded runner. Runtime modules import lazily so that ONNX Runtime and TensorRT are only
-needed by the runners that use them.
+Every runtime is a Runner class registered in ``RUNNERS`` under its name. Which runtime runs a
+*file* is the artifact's business (``compactify.targets.target_for(path).runtime``, or
+``compactify.targets.open_artifact(path)``); this layer only knows that an in-memory PyTorch
+model runs on torch.
 """
 
 from __future__ import annotations
@@ -14,70 +14,51 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from compactify.errors import BadInputError
-from compactify.runtimes.base import Runner, TensorSpec, validate_feeds
+from compactify.runtimes import torch_runner, ort_runner, trt_runner  # noqa: F401, I001  (each registers its runner, in this order)
+from compactify.runtimes.base import RUNNERS, Runner, TensorSpec, validate_feeds
 
-from compactify.runtimes.kinds import ENGINE_SUFFIXES, FILE_KINDS, RUNTIMES as _RUNTIME_NAMES, kind_of
+RUNTIMES: tuple[str, ...] = tuple(RUNNERS.keys())
 
-RUNTIMES = tuple(_RUNTIME_NAMES)
-
-__all__ = ["ENGINE_SUFFIXES", "FILE_KINDS", "RUNTIMES", "Runner", "TensorSpec", "guess_runtime", "open_runner",
+__all__ = ["RUNNERS", "RUNTIMES", "Runner", "TensorSpec", "object_runtime", "open_runner", "runtimes_help",
            "validate_feeds"]
 
 
-def guess_runtime(model: Any) -> str:
-    """The runtime that opens ``model``: a module or a .pt2 (torch), .onnx (ort), an engine (trt); see runtimes.kinds."""
-    if isinstance(model, (str, Path)):
-        try:
-            kind = kind_of(model)
-        except BadInputError:
-            kind = None
-        if kind is None or kind.name == "checkpoint":
-            what = "a checkpoint, which compactify bench and verify rebuild first" if kind else "of no known kind"
-            raise BadInputError(f"cannot tell which runtime runs {Path(model).name}: it is {what}; runners open "
-                                ".pt2 (torch), .onnx (ort) and TensorRT engines (trt)")
-        return kind.runtime
-    import torch
+def runtimes_help() -> str:
+    """One line for --help texts: every runtime and where it runs."""
+    return ", ".join(f"{name} ({cls.description})" for name, cls in RUNNERS.items())
 
+
+def object_runtime(model: Any) -> str:
+    """The runtime of an in-memory model (torch for a module or an ExportedProgram)."""
+    if isinstance(model, (str, Path)):
+        raise BadInputError(f"cannot tell which runtime runs {Path(model).name} here: name the runtime, or open it "
+                            "with compactify.targets.open_artifact, which knows the artifact kinds")
     if isinstance(model, (torch.nn.Module, torch.export.ExportedProgram)):
         return "torch"
     raise BadInputError(f"cannot run a {type(model).__name__}; pass an nn.Module or a .pt2/.onnx/.engine path")
 
 
 def open_runner(model: Any, runtime: str | None = None, device: str | None = None, **opts: Any) -> Runner:
-    """Build and load the runner for ``model`` (a module or a file path).
+    """Build and load the ``runtime`` runner for ``model`` (a module or a file path).
 
-    ``device`` defaults to cpu, except for TensorRT (cuda only). Extra options go to the
-    runner: torch: dtype, input_names, input_shape, output_names; ort:
-    graph_optimization_level, intra_op_threads, inter_op_threads, device_id; trt: device_id.
+    ``runtime`` may be left out for an in-memory PyTorch model. ``device`` defaults to the
+    runner's own (cpu, cuda for TensorRT). Extra options go to the runner: torch: dtype,
+    input_names, input_shape, output_names; ort: graph_optimization_level, intra_op_threads,
+    inter_op_threads, device_id; trt: device_id.
     """
-    runtime = runtime or guess_runtime(model)
-    if runtime not in RUNTIMES:
+    runtime = runtime or object_runtime(model)
+    runner_class = RUNNERS.get(runtime)
+    if runner_class is None:
         raise BadInputError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    if not isinstance(model, (str, Path)) and not runner_class.runs_objects:
+        raise BadInputError(f"the {runtime} runtime runs a file; export the model first (got a {type(model).__name__})")
     try:
-        runner = _make(model, runtime, device, opts)
+        runner = runner_class(model, device=device or runner_class.default_device, **opts)
     except TypeError as exc:
         if "unexpected keyword argument" not in str(exc):
             raise
         raise BadInputError(f"the {runtime} runner does not take option {str(exc).split('argument')[-1].strip()}") from exc
     return runner.load()
-
-
-def _make(model: Any, runtime: str, device: str | None, opts: dict[str, Any]) -> Runner:
-    is_path = isinstance(model, (str, Path))
-    if runtime == "torch":
-        from compactify.runtimes.torch_runner import TorchRunner
-
-        runner: Runner = TorchRunner(model, device=device or "cpu", **opts)
-    else:
-        if not is_path:
-            raise BadInputError(f"the {runtime} runtime runs a file; export the model first (got a {type(model).__name__})")
-        if runtime == "ort":
-            from compactify.runtimes.ort_runner import OrtRunner
-
-            runner = OrtRunner(model, device=device or "cpu", **opts)
-        else:
-            from compactify.runtimes.trt_runner import TrtRunner
-
-            runner = TrtRunner(model, device=device or "cuda", **opts)
-    return runner

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, ClassVar, Mapping
 
 import numpy as np
 
 from compactify.errors import BadInputError, CompactifyError
+from compactify.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -31,9 +32,15 @@ class TensorSpec:
 
 
 class Runner(abc.ABC):
-    """Base of every runtime. Use as ``with open_runner(...) as r: r.infer({"x": x})``."""
+    """Base of every runtime. Use as ``with open_runner(...) as r: r.infer({"x": x})``.
 
-    name: str = ""
+    A runtime is one subclass registered in ``RUNNERS`` under its ``name``; ``open_runner`` finds
+    it there, so adding a runtime is one module."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""  # for --help: "ONNX Runtime, cpu or cuda"
+    default_device: ClassVar[str] = "cpu"
+    runs_objects: ClassVar[bool] = False  # whether it also runs an in-memory model, not only a file
     device: str = "cpu"
 
     def __init__(self) -> None:
@@ -114,6 +121,22 @@ class Runner(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} name={self.name} device={self.device} loaded={self._loaded}>"
+
+
+RUNNERS: Registry[type[Runner]] = Registry("runtime")
+
+
+def register_runner(cls: type[Runner]) -> type[Runner]:
+    RUNNERS.add(cls.name, cls)
+    return cls
+
+
+RUNNERS: Registry[type[Runner]] = Registry("runtime")
+
+
+def register_runner(cls: type[Runner]) -> type[Runner]:
+    RUNNERS.add(cls.name, cls)
+    return cls
 
 
 def validate_feeds(specs: list[TensorSpec], feeds: Mapping[str, np.ndarray], where: str = "model") -> dict[str, np.ndarray]:

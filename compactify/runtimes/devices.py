@@ -9,7 +9,11 @@ from __future__ import annotations
 import functools
 from types import ModuleType
 
+import onnxruntime as ort
+import torch
+
 from compactify.errors import MissingRuntimeError
+from compactify.optional import optional_import
 
 NEEDS_CUDA = "needs a CUDA device"
 NEEDS_TENSORRT = "needs TensorRT (tensorrt Python package)"
@@ -17,18 +21,14 @@ NEEDS_ORT_CUDA = "needs onnxruntime with the CUDAExecutionProvider (onnxruntime-
 
 
 def cuda_available() -> bool:
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a hard dependency
-        return False
     return bool(torch.cuda.is_available())
 
 
 @functools.lru_cache(maxsize=1)
 def _import_tensorrt() -> tuple[ModuleType | None, str | None]:
     try:
-        import tensorrt  # type: ignore[import-not-found]
-    except ImportError:
+        tensorrt = optional_import("tensorrt", what="TensorRT")
+    except MissingRuntimeError:
         return None, None
     except Exception as exc:  # a broken install (missing libnvinfer, wrong CUDA) fails with OSError & co.
         return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
@@ -66,8 +66,6 @@ def require_tensorrt(what: str) -> ModuleType:
 
 
 def ort_providers() -> list[str]:
-    import onnxruntime as ort
-
     return list(ort.get_available_providers())
 
 

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import onnxruntime as ort
 
 from compactify.errors import BadInputError, MissingRuntimeError
-from compactify.runtimes.base import Runner, TensorSpec
+from compactify.runtimes.base import Runner, TensorSpec, register_runner
 from compactify.runtimes.devices import NEEDS_CUDA, NEEDS_ORT_CUDA, cuda_available, ort_providers
 
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
@@ -26,12 +27,14 @@ _ORT_TYPES = {
 }
 
 
+@register_runner
 class OrtRunner(Runner):
     """Runs an .onnx file. ``graph_optimization_level`` is one of disable/basic/extended/all;
     thread counts of 0 or None leave ONNX Runtime's defaults. On cuda, inputs and outputs go
     through an IOBinding so ``bind`` times the graph without host copies."""
 
     name = "ort"
+    description = "ONNX Runtime, cpu or cuda"
 
     def __init__(
         self,
@@ -66,8 +69,6 @@ class OrtRunner(Runner):
         return list(self._session.get_providers())
 
     def _load(self) -> None:
-        import onnxruntime as ort
-
         if not self.path.is_file():
             raise BadInputError(f"ONNX file {self.path} does not exist")
         if self.device == "cuda":
@@ -121,8 +122,6 @@ class OrtRunner(Runner):
         return dict(zip(names, binding.copy_outputs_to_cpu()))
 
     def _bind(self, feeds: dict[str, np.ndarray]) -> Callable[[], None]:
-        import onnxruntime as ort
-
         session = self._session
         binding = session.io_binding()
         device_type = "cuda" if self.device == "cuda" else "cpu"

@@ -10,15 +10,15 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from compactify.converter.frontends.fx.capture import program_inputs
 from compactify.errors import BadInputError, CompactifyError
-from compactify.runtimes.base import Runner, TensorSpec
+from compactify.runtimes.base import Runner, TensorSpec, register_runner
 from compactify.runtimes.devices import require_cuda
 from compactify.tensors import flatten_outputs
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
+@register_runner
 class TorchRunner(Runner):
     """Runs a copy of the model, so the caller's module keeps its device, dtype and mode.
 
@@ -29,6 +29,8 @@ class TorchRunner(Runner):
     """
 
     name = "torch"
+    description = "PyTorch, cpu or cuda"
+    runs_objects = True
 
     def __init__(
         self,
@@ -165,13 +167,21 @@ def _normalise_shapes(shape: Any) -> list[tuple[int | None, ...]] | None:
     return out
 
 
+def program_inputs(program: torch.export.ExportedProgram) -> list[tuple[str, tuple[int | None, ...]]]:
+    """The user inputs of an exported program: name and shape, None where a dimension is dynamic."""
+    nodes = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    out = []
+    for name in program.graph_signature.user_inputs:
+        val = nodes[name].meta.get("val") if name in nodes else None
+        if not isinstance(val, torch.Tensor):
+            raise BadInputError(f"the exported program's input {name!r} is not a tensor; only tensor inputs are supported")
+        out.append((name, tuple(int(d) if isinstance(d, int) else None for d in val.shape)))
+    return out
+
+
 def _load_pt2(path: Path) -> torch.export.ExportedProgram:
     if not path.is_file():
         raise BadInputError(f"model file {path} does not exist")
-    if path.suffix != ".pt2":
-        raise BadInputError(
-            f"the torch runner loads .pt2 files (torch.export); load the checkpoint {path.name} with compactify.converter and pass the module"
-        )
     try:
         return torch.export.load(str(path))
     except Exception as exc:

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
 from compactify.errors import BadInputError, CompactifyError
-from compactify.runtimes.base import Runner, TensorSpec
+from compactify.runtimes.base import Runner, TensorSpec, register_runner
 from compactify.runtimes.devices import require_tensorrt
 
 
@@ -39,6 +40,7 @@ def make_logger(trt: Any, verbose: bool = False) -> Any:
     return _Logger()
 
 
+@register_runner
 class TrtRunner(Runner):
     """Runs a serialized TensorRT engine on the current CUDA device.
 
@@ -47,6 +49,8 @@ class TrtRunner(Runner):
     """
 
     name = "trt"
+    description = "TensorRT, cuda"
+    default_device = "cuda"
 
     def __init__(self, path: str | Path, *, device: str = "cuda", device_id: int = 0) -> None:
         super().__init__()
@@ -70,8 +74,6 @@ class TrtRunner(Runner):
         if not self.path.is_file():
             raise BadInputError(f"engine file {self.path} does not exist")
         trt = require_tensorrt("running a TensorRT engine")
-        import torch
-
         self._trt = trt
         self._logger = make_logger(trt)
         self._runtime = trt.Runtime(self._logger)
@@ -127,8 +129,6 @@ class TrtRunner(Runner):
         return feeds
 
     def _prepare(self, feeds: dict[str, np.ndarray]):
-        import torch
-
         context = self._context
         with torch.cuda.stream(self._stream):
             inputs = {}
@@ -183,8 +183,6 @@ class TrtRunner(Runner):
 
 
 def _gpu_name(device_id: int) -> str:
-    import torch
-
     try:
         return torch.cuda.get_device_name(device_id)
     except Exception:  # the name only decorates an error message
@@ -199,6 +197,4 @@ def _np_dtype(trt: Any, dtype: Any) -> str:
 
 
 def _torch_dtype(name: str):
-    import torch
-
     return torch.from_numpy(np.empty(0, dtype=name)).dtype

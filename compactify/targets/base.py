@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Mapping, Protocol, Sequence
 import numpy as np
 
 from compactify.registry import Registry
+from compactify.runtimes import Runner, open_runner
 
 
 @dataclass
@@ -60,13 +61,13 @@ class Built:
 
 
 class Target:
-    """One artifact kind. Subclasses set the class attributes and implement ``build`` and ``open``."""
+    """One artifact kind. Subclasses set the class attributes and implement ``build``."""
 
     name: ClassVar[str]  # the key in report.json's "artifacts": "pt2", "onnx", "onnx_fp16", ...
     file: ClassVar[str]  # what convert writes: "compact.pt2"
     suffixes: ClassVar[tuple[str, ...]]
     description: ClassVar[str]
-    runtime: ClassVar[str]  # the runner that runs it: "torch", "ort", "trt"
+    runtime: ClassVar[str]  # the runner that runs it: "torch", "ort", "trt" (a key of compactify.runtimes.RUNNERS)
     flag: ClassVar[str | None] = None  # the convert option that asks for it, None: written by default
     builds_from: ClassVar[tuple[str, ...]] = ()  # artifacts it is built from, in order of preference
 
@@ -83,11 +84,13 @@ class Target:
         return settings
 
     def build(self, compact: CompactModel, folder: Path, built: Mapping[str, Path], settings: Any) -> Built:
-        raise NotImplementedError
+        """Write this artifact into ``folder`` from ``compact`` (or from the files in ``built``, keyed by
+        target name, for a target built from another artifact)."""
+        raise NotImplementedError(f"the {self.name} target's build moves here from compactify.converter.export")
 
-    def open(self, path: str | Path, device: str = "cpu", **opts: Any):
-        """A loaded Runner for the artifact at ``path``."""
-        raise NotImplementedError
+    def open(self, path: str | Path, device: str = "cpu", **opts: Any) -> Runner:
+        """A loaded Runner for the artifact at ``path`` (options as ``compactify.runtimes.open_runner``)."""
+        return open_runner(path, runtime=self.runtime, device=device, **opts)
 
     def tolerance(self, atol: float, rtol: float, artifacts: Mapping[str, str]) -> tuple[float, float] | None:
         """The (atol, rtol) this artifact is judged with given the float32 ones; None: judged apart (int8)."""

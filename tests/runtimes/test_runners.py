@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from compactify.errors import BadInputError, CompactifyError, MissingRuntimeError
-from compactify.runtimes import TensorSpec, guess_runtime, open_runner, validate_feeds
+from compactify.runtimes import RUNNERS, TensorSpec, object_runtime, open_runner, validate_feeds
 from compactify.runtimes.devices import NEEDS_CUDA, ort_cuda_missing, tensorrt_missing
 from compactify.runtimes.ort_runner import OrtRunner
 from compactify.runtimes.torch_runner import TorchRunner
@@ -82,7 +82,7 @@ def assert_close(got: dict, ref: dict, rtol: float) -> None:
 def test_ort_and_torch_runners_agree_with_float64_reference(net, onnx_file, n):
     x = feeds(n, seed=n)
     ref = reference(net, x["x"])
-    with open_runner(onnx_file) as ort_runner:
+    with open_runner(onnx_file, "ort") as ort_runner:
         assert ort_runner.name == "ort" and ort_runner.device == "cpu"
         assert_close(ort_runner.infer(x), ref, rtol=1e-5)
     names = dict(output_names=("logits", "aux"), input_shape=SHAPE)
@@ -95,7 +95,7 @@ def test_ort_and_torch_runners_agree_with_float64_reference(net, onnx_file, n):
 
 
 def test_specs_describe_the_model(net, onnx_file):
-    with open_runner(onnx_file) as r:
+    with open_runner(onnx_file, "ort") as r:
         assert r.inputs == [TensorSpec("x", (None, 3, 8, 8), "float32")]
         assert r.outputs == [TensorSpec("logits", (None, 4), "float32"), TensorSpec("aux", (None, 2), "float32")]
     with open_runner(net, input_shape=SHAPE, output_names=("logits", "aux")) as t:
@@ -122,7 +122,7 @@ def test_runner_leaves_the_callers_module_alone(net):
 
 def test_bind_runs_without_host_copies_and_matches_infer(net, onnx_file):
     x = feeds(3, seed=4)
-    with open_runner(onnx_file, graph_optimization_level="disable", intra_op_threads=1, inter_op_threads=1) as r:
+    with open_runner(onnx_file, "ort", graph_optimization_level="disable", intra_op_threads=1, inter_op_threads=1) as r:
         expected = r.infer(x)
         run = r.bind(x)
         for _ in range(3):
@@ -147,7 +147,7 @@ def test_ort_optimization_levels_give_the_same_outputs(net, onnx_file, level):
 def test_pt2_file(net, tmp_path):
     ep = torch.export.export(net, (torch.randn(2, *SHAPE[1:]),), dynamic_shapes=({0: torch.export.Dim("batch")},))
     torch.export.save(ep, str(tmp_path / "net.pt2"))
-    with open_runner(tmp_path / "net.pt2", output_names=("logits", "aux")) as r:
+    with open_runner(tmp_path / "net.pt2", "torch", output_names=("logits", "aux")) as r:
         assert r.name == "torch"
         assert r.inputs[0].shape == (None, 3, 8, 8)
         x = feeds(5, seed=3)
@@ -170,7 +170,7 @@ def test_pt2_file(net, tmp_path):
 )
 @pytest.mark.parametrize("runtime", ["ort", "torch"])
 def test_bad_feeds_are_bad_input(net, onnx_file, runtime, bad, match):
-    runner = open_runner(onnx_file) if runtime == "ort" else open_runner(net, input_shape=SHAPE)
+    runner = open_runner(onnx_file, "ort") if runtime == "ort" else open_runner(net, input_shape=SHAPE)
     with runner:
         with pytest.raises(BadInputError, match=match):
             runner.infer(bad)
@@ -199,22 +199,21 @@ def test_file_that_does_not_parse(tmp_path):
     bad = tmp_path / "broken.onnx"
     bad.write_bytes(b"this is not protobuf \x00\xff")
     with pytest.raises(BadInputError, match="ONNX Runtime cannot load"):
-        open_runner(bad)
+        open_runner(bad, "ort")
     with pytest.raises(BadInputError, match="does not exist"):
-        open_runner(tmp_path / "missing.onnx")
+        open_runner(tmp_path / "missing.onnx", "ort")
 
 
 def test_pt2_that_does_not_load(tmp_path):
     (tmp_path / "x.pt2").write_bytes(b"junk")
     with pytest.raises(BadInputError, match="not a loadable"):
-        open_runner(tmp_path / "x.pt2")
+        open_runner(tmp_path / "x.pt2", "torch")
 
 
-def test_factory_picks_runtime_by_suffix(net, tmp_path):
-    assert guess_runtime("a.onnx") == "ort"
-    assert guess_runtime("a.engine") == guess_runtime("a.plan") == "trt"
-    assert guess_runtime("a.pt2") == "torch"
-    assert guess_runtime(net) == "torch"
+def test_factory_picks_the_runner_from_the_registry(net, tmp_path):
+    assert list(RUNNERS) == ["torch", "ort", "trt"]
+    assert object_runtime(net) == "torch"
+    assert object_runtime(torch.export.export(net, (torch.randn(SHAPE),))) == "torch"
     with pytest.raises(BadInputError, match="cannot tell which runtime"):
         open_runner(tmp_path / "model.pt")
     with pytest.raises(BadInputError, match="unknown runtime"):
@@ -224,7 +223,7 @@ def test_factory_picks_runtime_by_suffix(net, tmp_path):
     with pytest.raises(BadInputError, match="does not take option"):
         open_runner(net, colour="blue")
     with pytest.raises(BadInputError, match="graph optimization level"):
-        open_runner("x.onnx", graph_optimization_level="max")
+        open_runner("x.onnx", "ort", graph_optimization_level="max")
     with pytest.raises(BadInputError, match="float32 or float64"):
         open_runner(net, dtype="float16")
 
@@ -248,7 +247,7 @@ def test_cuda_without_a_device_is_one_clear_error(net, onnx_file):
     with pytest.raises(MissingRuntimeError, match="needs a CUDA device"):
         open_runner(net, device="cuda")
     with pytest.raises(MissingRuntimeError, match="CUDA"):
-        open_runner(onnx_file, device="cuda")
+        open_runner(onnx_file, "ort", device="cuda")
 
 
 @pytest.mark.skipif(tensorrt_missing() is None, reason="checks the message shown without TensorRT")
@@ -256,7 +255,7 @@ def test_engine_without_tensorrt_is_one_clear_error(tmp_path):
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"\x00" * 64)
     with pytest.raises(MissingRuntimeError) as info:
-        open_runner(engine)
+        open_runner(engine, "trt")
     assert "\n" not in str(info.value)
     assert "TensorRT" in str(info.value) or "CUDA" in str(info.value)
 
@@ -282,7 +281,7 @@ def test_torch_runner_on_cuda(net, dtype):
 @pytest.mark.skipif(ort_cuda_missing() is not None, reason=ort_cuda_missing() or "")
 def test_ort_runner_on_cuda_with_iobinding(net, onnx_file):
     x = feeds(7, seed=12)
-    with open_runner(onnx_file, device="cuda") as r:
+    with open_runner(onnx_file, "ort", device="cuda") as r:
         assert "CUDAExecutionProvider" in r.providers
         assert_close(r.infer(x), reference(net, x["x"]), rtol=1e-4)
         run = r.bind(x)

@@ -23,9 +23,9 @@ from torch import nn
 
 from compactify.errors import BadInputError, first_line
 from compactify.outputs import atomic_file
+from compactify.targets.pt2 import PT2_META_FILE
 
 META_KEY = "compactify"
-PT2_META_FILE = "compactify.json"
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
 
 

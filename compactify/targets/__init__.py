@@ -1,0 +1,19 @@
+"""The artifact targets: one module per kind, registered in ``TARGETS`` when this package is imported.
+
+    from compactify.targets import TARGETS, target_for
+
+    target_for("compact.onnx").open("compact.onnx")   # a loaded Runner
+    TARGETS["onnx_fp16"].tolerance(1e-4, 1e-4, artifacts)
+"""
+
+from __future__ import annotations
+
+# Each target module registers its target on import: importing them all here fills the registry, in
+# this order (the order of the help texts and of building).
+from compactify.targets import pt2, onnx, fp16, int8, tensorrt  # noqa: F401, I001
+from compactify.targets.base import TARGETS, Built, CompactModel, OnnxGraph, Target, register_target
+from compactify.targets.lookup import (FileKind, kinds_help, kinds_table, mismatch, open_artifact, runtime_for,
+                                       target_for)
+
+__all__ = ["TARGETS", "Built", "CompactModel", "FileKind", "OnnxGraph", "Target", "kinds_help", "kinds_table",
+           "mismatch", "open_artifact", "register_target", "runtime_for", "target_for"]
