@@ -1,4 +1,4 @@
-"""The fx writer (export.fx_onnx): the ONNX it writes computes what the graph computes, judged
+"""The fx writer (backends.fx_onnx): the ONNX it writes computes what the graph computes, judged
 against the eager model in float64 on ONNX Runtime, at batches other than the captured one; it
 matches torch.onnx.export's file; and what it does not write goes to torch.onnx.export, saying so."""
 
@@ -8,13 +8,14 @@ import copy
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compactify.converter.backends import fx_onnx
 from compactify.converter.contract import contract
-from compactify.converter.export import fx_onnx
 from compactify.converter.export.onnx_export import export_onnx
 from compactify.converter.frontends.fx.capture import capture_graph
 from compactify.tensors import flatten_outputs
@@ -86,8 +87,6 @@ def reference64(model, x: np.ndarray) -> list[np.ndarray]:
 
 
 def ort_run(path, x: np.ndarray) -> list[np.ndarray]:
-    import onnxruntime as ort
-
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run(None, {session.get_inputs()[0].name: x})
 
