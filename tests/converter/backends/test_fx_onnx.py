@@ -18,6 +18,7 @@ from compactify.converter.backends import fx_onnx
 from compactify.converter.contract import contract
 from compactify.converter.export.onnx_export import export_onnx
 from compactify.converter.frontends.fx.capture import capture_graph
+from compactify.registry import DuplicateRegistration
 from compactify.tensors import flatten_outputs
 
 REL = 1e-5
@@ -136,6 +137,13 @@ def test_contracted_model_with_padded_merge(tmp_path):
     assert result.exporter == "fx"
     x = np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)
     assert_close(ort_run(tmp_path / "c.onnx", x), reference64(model, x))
+
+
+def test_a_second_writer_for_an_op_is_refused():
+    writer = fx_onnx.WRITER_OPS[torch.ops.aten.relu.default]
+    with pytest.raises(DuplicateRegistration, match="relu"):
+        fx_onnx.WRITER_OPS.register(torch.ops.aten.relu.default)(lambda w, node, x: x)
+    assert fx_onnx.WRITER_OPS[torch.ops.aten.relu.default] is writer
 
 
 class Unwritten(nn.Module):
