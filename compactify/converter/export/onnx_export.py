@@ -212,7 +212,7 @@ def _export_with_fallback(
     failures: list[str] = []
     for name in order:
         if name == "fx":
-            from compactify.converter.export import fx_onnx
+            from compactify.converter.backends import fx_onnx
 
             if not isinstance(module, torch.fx.GraphModule):
                 if exporter == "fx":

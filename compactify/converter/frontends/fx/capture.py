@@ -18,6 +18,7 @@ import warnings
 import torch
 from torch import fx, nn
 
+from compactify.converter.frontends.fx.functionalize import functionalize_inplace
 from compactify.errors import BadInputError, first_line
 
 
@@ -89,8 +90,6 @@ def capture_graph(model: nn.Module, example: torch.Tensor, dynamic_spatial: bool
     one can see the difference, and everything the outputs do not need removed first, so that
     an auxiliary head never splits the chain it hangs from. A graph captured at one spatial
     size holds that size in its shapes; ``dynamic_spatial`` keeps the sizes symbolic."""
-    from compactify.converter.frontends.fx.functionalize import functionalize_inplace
-
     gm, _ = functionalize_inplace(graph_module(export_program(model, example, dynamic_spatial)))
     if gm.graph.eliminate_dead_code():
         gm.recompile()

@@ -5,171 +5,54 @@ two) with everything else constant: conv, linear and ``x @ W`` with constant wei
 BatchNorm, zero padding, average pooling that counts padded zeros, dropout in eval and
 other identities, scalar or per-channel scale and shift, and sums of such tensors.
 Constants (weights, and anything computed from weights alone, such as ``W.t()``) are
-folded in float64 first.
+folded in float64 first (``constants.Constants``).
+
+A new op is one function here registered in ``FX_OPS`` under its ATen overloads; it takes
+``(node, data, consts)`` (``data``: the node's non-constant inputs) and returns the Step, or
+raises NotAffine.
 """
 
 from __future__ import annotations
 
 import operator
+from typing import Callable
 
 import torch
 from torch import fx
 
 from compactify.converter.engine import algebra as A
-from compactify.converter.engine.op_semantics import INT_MAX, NotAffine, keeps_rows, need, scale_shift, slice_op
+from compactify.converter.engine.op_semantics import NotAffine, keeps_rows, need, scale_shift, slice_op
 from compactify.converter.engine.steps import Scalar, Step
+from compactify.converter.frontends.fx.border_writes import border_fill
+from compactify.converter.frontends.fx.constants import Constants
+from compactify.converter.frontends.fx.nodes import arg, describe, engine_dims, shape_of, static
+from compactify.registry import Registry
 
 aten = torch.ops.aten
 
-
-class Constants:
-    """Values of the nodes that do not depend on the graph's inputs, in float64."""
-
-    def __init__(self, gm: fx.GraphModule):
-        self.gm = gm
-        self.values: dict[fx.Node, object] = {}
-        self.sources: dict[fx.Node, frozenset[str]] = {}
-        self.param_names = {name for name, _ in gm.named_parameters()}
-        for node in gm.graph.nodes:
-            self._visit(node)
-
-    def _visit(self, node: fx.Node) -> None:
-        if node.op == "get_attr":
-            value = _fetch_attr(self.gm, node.target)
-            if isinstance(value, torch.Tensor):
-                self.values[node] = value.detach().to(torch.float64) if value.is_floating_point() else value.detach()
-                self.sources[node] = frozenset({node.target}) & self.param_names
-            return
-        if node.op != "call_function" or _is_random(node):
-            return
-        deps = node.all_input_nodes
-        if any(d not in self.values for d in deps):
-            return
-        if not deps and node.target not in _CONSTRUCTORS:
-            return
-        args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: self.values[n])
-        try:
-            value = node.target(*args, **kwargs)
-        except Exception:  # a constant we cannot evaluate simply stays a graph node
-            return
-        if isinstance(value, torch.Tensor) and value.is_floating_point():
-            value = value.to(torch.float64)
-        self.values[node] = value
-        self.sources[node] = frozenset().union(*(self.sources.get(d, frozenset()) for d in deps))
-
-    def __contains__(self, node) -> bool:
-        return isinstance(node, fx.Node) and node in self.values
-
-    def tensor(self, arg) -> torch.Tensor | None:
-        if isinstance(arg, fx.Node):
-            value = self.values.get(arg)
-            return value if isinstance(value, torch.Tensor) else None
-        return None
-
-    def params_of(self, args) -> frozenset[str]:
-        names: set[str] = set()
-        for a in args:
-            if isinstance(a, fx.Node):
-                names |= self.sources.get(a, frozenset())
-        return frozenset(names)
+Handler = Callable[[fx.Node, list[fx.Node], Constants], Step]
+FX_OPS: Registry[Handler] = Registry("fx op")
 
 
-_CONSTRUCTORS = {aten.ones.default, aten.zeros.default, aten.full.default, aten.scalar_tensor.default, aten.tensor.default}
-
-
-def _is_random(node: fx.Node) -> bool:
-    name = str(node.target)
-    return any(word in name for word in ("rand", "normal", "bernoulli", "dropout", "uniform"))
-
-
-def _fetch_attr(gm: fx.GraphModule, target: str):
-    obj = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def shape_of(node: fx.Node) -> tuple | None:
-    val = node.meta.get("val")
-    return tuple(val.shape) if isinstance(val, torch.Tensor) else None
-
-
-def static(dim) -> int | None:
-    """The dimension as an int, or None when it is symbolic (``int()`` of a SymInt would give
-    the example's value, the batch of 2 the graph was traced with)."""
-    if isinstance(dim, torch.SymInt):
-        return dim.node.maybe_as_int()
-    try:
-        return int(dim)
-    except (TypeError, ValueError):
-        return None
-
-
-def _data(node: fx.Node, consts: Constants) -> list[fx.Node]:
-    return [n for n in node.all_input_nodes if n not in consts]
-
-
-_CONV = {aten.conv1d.default: 1, aten.conv2d.default: 2, aten.conv3d.default: 3}
-_CONV_PAD = {aten.conv1d.padding: 1, aten.conv2d.padding: 2, aten.conv3d.padding: 3}
-_AVG = {aten.avg_pool1d.default: 1, aten.avg_pool2d.default: 2, aten.avg_pool3d.default: 3}
-_IDENTITY = {aten.alias.default, aten.detach.default, aten.lift_fresh_copy.default, aten.dropout.default,
-             aten.feature_dropout.default, aten.alpha_dropout.default}
-# Copies that may change the memory layout, which a later view depends on (ShuffleNet's
-# channel shuffle: transpose, contiguous, view).
-_LAYOUT_COPIES = {aten.clone.default, aten.contiguous.default}
-# Reshapes that keep the last axis are the same affine map on the linear layout (LeViT's
-# Linear -> flatten -> BatchNorm1d -> reshape back).
-_RESHAPES = {aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.flatten.using_ints,
-             aten.unflatten.int, aten.reshape_as.default, aten.view_as.default}
 def classify(node: fx.Node, consts: Constants) -> Step | None:
     """The affine step this node computes, or None when it is not one we can fold."""
-    if node.op != "call_function" or node in consts:
+    if node.op != "call_function" or node in consts or shape_of(node) is None:
         return None
-    data = _data(node, consts)
-    shape = shape_of(node)
-    if shape is None:
+    handler = FX_OPS.get(node.target)
+    if handler is None:
         return None
-    target = node.target
     try:
-        if target in _CONV or target in _CONV_PAD or target is aten.convolution.default:
-            return _conv(node, data, consts)
-        if target in (aten.linear.default, aten.matmul.default, aten.mm.default, aten.addmm.default):
-            return _linear(node, data, consts)
-        if target is aten.batch_norm.default:
-            return _batchnorm(node, data, consts)
-        if target is operator.getitem and _is_decomposed_batchnorm(node):
-            return _decomposed_batchnorm(node, consts)
-        if target in (aten.pad.default, aten.constant_pad_nd.default):
-            return _pad(node, data, consts)
-        if target in _AVG:
-            return _avg_pool(node, data)
-        if target in _IDENTITY:
-            return _identity(node, data)
-        if target in _LAYOUT_COPIES:
-            return _layout_copy(node, data)
-        if target in _RESHAPES:
-            return _reshape(node, data)
-        if target is aten.slice.Tensor:
-            return _slice(node, data)
-        if target in (aten.sum.dim_IntList, aten.mean.dim):
-            return _stacked_sum(node, consts)
-        if target is aten.cat.default:
-            return _concat(node, consts)
-        if target in (aten.mul.Tensor, aten.mul.Scalar, aten.div.Tensor, aten.div.Scalar,
-                      aten.add.Tensor, aten.add.Scalar, aten.sub.Tensor, aten.sub.Scalar, aten.neg.default,
-                      operator.mul, operator.add, operator.sub, operator.truediv, operator.neg):
-            return _elementwise(node, data, consts)
+        return handler(node, [n for n in node.all_input_nodes if n not in consts], consts)
     except NotAffine:
         return None
-    return None
 
 
-def _arg(node: fx.Node, index: int, name: str, default):
-    if len(node.args) > index:
-        return node.args[index]
-    return node.kwargs.get(name, default)
+# ---------------------------------------------------------------------------------------
+# Layers
 
 
+@FX_OPS.register(aten.conv1d.default, aten.conv2d.default, aten.conv3d.default,
+                 aten.conv1d.padding, aten.conv2d.padding, aten.conv3d.padding, aten.convolution.default)
 def _conv(node, data, consts) -> Step:
     need(len(data) == 1 and node.args[0] is data[0])
     x = data[0]
@@ -177,7 +60,7 @@ def _conv(node, data, consts) -> Step:
     need(in_shape is not None)
     weight = consts.tensor(node.args[1])
     need(weight is not None and weight.is_floating_point())
-    bias_arg = _arg(node, 2, "bias", None)
+    bias_arg = arg(node, 2, "bias", None)
     bias = None if bias_arg is None else consts.tensor(bias_arg)
     need(bias_arg is None or bias is not None)
     nd = weight.dim() - 2
@@ -185,10 +68,10 @@ def _conv(node, data, consts) -> Step:
         stride, padding, dilation, transposed, _, groups = node.args[3:9]
         need(not transposed)
     else:
-        stride = _arg(node, 3, "stride", 1)
-        padding = _arg(node, 4, "padding", 0)
-        dilation = _arg(node, 5, "dilation", 1)
-        groups = _arg(node, 6, "groups", 1)
+        stride = arg(node, 3, "stride", 1)
+        padding = arg(node, 4, "padding", 0)
+        dilation = arg(node, 5, "dilation", 1)
+        groups = arg(node, 6, "groups", 1)
     stride, dilation = A._tuple(stride, nd), A._tuple(dilation, nd)
     if isinstance(padding, str):
         padding = _string_padding(padding, weight.shape[2:], dilation)
@@ -206,6 +89,7 @@ def _string_padding(mode: str, kernel, dilation) -> A.Pads:
     return tuple((t // 2, t - t // 2) for t in total)
 
 
+@FX_OPS.register(aten.linear.default, aten.matmul.default, aten.mm.default, aten.addmm.default)
 def _linear(node, data, consts) -> Step:
     target = node.target
     need(len(data) == 1)
@@ -215,7 +99,7 @@ def _linear(node, data, consts) -> Step:
     if target is aten.linear.default:
         need(node.args[0] is x)
         weight = consts.tensor(node.args[1])
-        bias_arg = _arg(node, 2, "bias", None)
+        bias_arg = arg(node, 2, "bias", None)
         bias = None if bias_arg is None else consts.tensor(bias_arg)
         need(weight is not None and (bias_arg is None or bias is not None))
         params = consts.params_of(node.args[1:3])
@@ -239,22 +123,21 @@ def _linear(node, data, consts) -> Step:
     return Step(node, "linear", (x,), A.linear(weight, bias), (0, rank - 1), params=params)
 
 
+@FX_OPS.register(aten.batch_norm.default)
 def _batchnorm(node, data, consts) -> Step:
     x, weight, bias, mean, var, training, _momentum, eps = node.args[:8]
     need(not training and len(data) == 1 and x is data[0])
     return _bn_step(node, x, (weight, bias, mean, var), eps, consts)
 
 
-def _is_decomposed_batchnorm(node: fx.Node) -> bool:
-    src = node.args[0]
-    return (isinstance(src, fx.Node) and src.target is aten._native_batch_norm_legit_no_training.default
-            and node.args[1] == 0)
-
-
-def _decomposed_batchnorm(node, consts) -> Step:
+@FX_OPS.register(operator.getitem)
+def _decomposed_batchnorm(node, data, consts) -> Step:
     """``getitem(_native_batch_norm_legit_no_training(x, w, b, mean, var, momentum, eps), 0)``,
     the form BatchNorm takes in programs exported with core-ATen decompositions."""
-    x, weight, bias, mean, var, _momentum, eps = node.args[0].args[:7]
+    src = node.args[0]
+    need(isinstance(src, fx.Node) and src.target is aten._native_batch_norm_legit_no_training.default
+         and node.args[1] == 0)
+    x, weight, bias, mean, var, _momentum, eps = src.args[:7]
     need(isinstance(x, fx.Node) and x not in consts)
     return _bn_step(node, x, (weight, bias, mean, var), eps, consts)
 
@@ -271,6 +154,11 @@ def _bn_step(node, x, args, eps, consts) -> Step:
     return Step(node, "batchnorm", (x,), op, (nd, 1), params=consts.params_of(args[:2]))
 
 
+# ---------------------------------------------------------------------------------------
+# Padding, pooling, layout
+
+
+@FX_OPS.register(aten.pad.default, aten.constant_pad_nd.default)
 def _pad(node, data, consts) -> Step:
     need(len(data) == 1 and node.args[0] is data[0])
     x = data[0]
@@ -278,11 +166,11 @@ def _pad(node, data, consts) -> Step:
     need(in_shape is not None)
     pads = list(node.args[1])
     if node.target is aten.pad.default:
-        mode = _arg(node, 2, "mode", "constant")
-        value = _arg(node, 3, "value", None)
+        mode = arg(node, 2, "mode", "constant")
+        value = arg(node, 3, "value", None)
         need(mode == "constant")
     else:
-        value = _arg(node, 2, "value", 0)
+        value = arg(node, 2, "value", 0)
     value = 0.0 if value is None else value
     need(isinstance(value, (int, float)) and not isinstance(value, bool))
     need(all(isinstance(p, int) and p >= 0 for p in pads) and len(pads) % 2 == 0)
@@ -292,126 +180,29 @@ def _pad(node, data, consts) -> Step:
     pairs = [(0, 0)] * (nd - len(pairs)) + pairs  # F.pad lists the last dimension first
     channels = static(in_shape[1])
     need(channels is not None)
-    fill, absorbs, size_specific = _border_fill(node, x, tuple(pairs), channels, consts)
-    if fill is not None:
-        value = fill
-    return Step(node, "pad", (x,), A.pad(channels, tuple(pairs), value), (nd, 1), absorbs=absorbs,
-                size_specific=size_specific)
+    fill = border_fill(node, x, tuple(pairs), channels, consts)
+    if fill is None:
+        return Step(node, "pad", (x,), A.pad(channels, tuple(pairs), value), (nd, 1))
+    return Step(node, "pad", (x,), A.pad(channels, tuple(pairs), fill.values), (nd, 1), absorbs=fill.absorbs,
+                size_specific=fill.size_specific)
 
 
-def _border_fill(node, x, pairs, channels, consts):
-    """DBB's BN-and-pad: after ``F.pad``, constants are written into the border through slice
-    views (``out[:, :, 0:p, :] = values``, ``copy_`` in the graph). When the writes cover the
-    whole border with one value per channel and every other reader comes after them, the
-    tensor is padding with that value. Returns ``(values, absorbed nodes, size_specific)``;
-    ``(None, (), None)`` when nothing is written; not affine when something else is."""
-    writes, absorbed = [], []
-    for user in node.users:
-        chain = _write_chain(node, user)
-        if chain is None:
-            continue
-        slices, copy = chain
-        value = _constant_source(copy.args[1], consts)
-        need(value is not None)
-        writes.append((slices, value))
-        absorbed += slices + [copy]
-    if not writes:
-        return None, (), None
-    order = {n: i for i, n in enumerate(node.graph.nodes)}
-    last_write = max(order[n] for n in absorbed)
-    readers = [u for u in node.users if u not in absorbed]
-    need(all(order[u] > last_write for u in readers))
-    vectors = [_per_channel(value, channels, len(shape_of(x))) for _, value in writes]
-    need(all(v is not None for v in vectors))
-    need(all(A._same_values(vectors[0], v) for v in vectors[1:]))
-    in_size = [static(d) for d in shape_of(x)[2:]]
-    if None in in_size:  # symbolic sizes (--dynamic-hw): the writes must cover the border at every size
-        widest = max(max(b, a) for b, a in pairs)
-        sizes = [[2 * widest + 1 + k] * len(in_size) for k in range(6)]
-        need(all(_fills_border(writes, size, pairs) for size in sizes))
-        return vectors[0], tuple(absorbed), None
-    need(_fills_border(writes, in_size, pairs))
-    size_specific = None
-    if not all(_fills_border(writes, [n + k for n in in_size], pairs) for k in (1, 2, 3)):
-        size_specific = f"{describe(node)}: the values written into the border depend on the input size"
-    return vectors[0], tuple(absorbed), size_specific
+_AVG_POOL_DIMS = {aten.avg_pool1d.default: 1, aten.avg_pool2d.default: 2, aten.avg_pool3d.default: 3}
 
 
-def _write_chain(base, user):
-    """``user`` starts a chain of slice views of ``base`` that ends in a ``copy_`` into it:
-    returns ``(slices, copy)``, or None when the chain is a read."""
-    slices, node = [], user
-    while node.target is aten.slice.Tensor and node.args[0] is (slices[-1] if slices else base):
-        slices.append(node)
-        if len(node.users) != 1:
-            return None
-        node = next(iter(node.users))
-    if slices and node.target is aten.copy_.default and node.args[0] is slices[-1] and not node.users:
-        return slices, node
-    return None
-
-
-def _constant_source(src, consts) -> torch.Tensor | None:
-    """The constant a write broadcasts (through ``expand`` to the batch size, which is not one)."""
-    while isinstance(src, fx.Node) and src not in consts and src.target in (aten.expand.default,):
-        src = src.args[0]
-    if isinstance(src, (int, float)) and not isinstance(src, bool):
-        return torch.tensor(float(src), dtype=torch.float64)
-    return consts.tensor(src)
-
-
-def _per_channel(value: torch.Tensor, channels: int, rank: int) -> torch.Tensor | None:
-    """A value broadcast over a ``[N, C, *spatial]`` view (``rank`` axes) as one number per
-    channel, else None: it may vary along the channel axis only."""
-    if value.dim() > rank:
-        return None
-    varying = [rank - value.dim() + i for i, d in enumerate(value.shape) if d != 1]
-    if not varying:
-        return value.reshape(()).expand(channels).clone()
-    if varying != [1] or value.shape[1 - rank + value.dim()] != channels:
-        return None
-    return value.reshape(channels).clone()
-
-
-def _fills_border(writes, in_size, pairs) -> bool:
-    """Whether the writes, taken at this input size, cover exactly the padded border (every
-    write on the full batch and channel range)."""
-    padded = [n + b + a for n, (b, a) in zip(in_size, pairs)]
-    covered = torch.zeros(padded, dtype=torch.bool)
-    for slices, _ in writes:
-        index = [slice(None)] * len(padded)
-        for sl in slices:
-            dim = sl.args[1] if len(sl.args) > 1 else 0
-            rank = len(padded) + 2
-            dim = dim % rank
-            start = sl.args[2] if len(sl.args) > 2 else None
-            end = sl.args[3] if len(sl.args) > 3 else None
-            step = sl.args[4] if len(sl.args) > 4 else 1
-            if dim < 2:
-                if (start not in (None, 0)) or (end is not None and end < INT_MAX) or step != 1:
-                    return False
-                continue
-            if not isinstance(index[dim - 2], slice) or index[dim - 2] != slice(None):
-                return False  # two slices of one axis: not a pattern we read
-            index[dim - 2] = slice(start, None if end is None or end >= INT_MAX else end, step)
-        covered[tuple(index)] = True
-    border = torch.ones(padded, dtype=torch.bool)
-    border[tuple(slice(b, b + n) for n, (b, _) in zip(in_size, pairs))] = False
-    return bool(torch.equal(covered, border))
-
-
-def _avg_pool(node, data) -> Step:
-    nd = _AVG[node.target]
+@FX_OPS.register(*_AVG_POOL_DIMS)
+def _avg_pool(node, data, consts) -> Step:
+    nd = _AVG_POOL_DIMS[node.target]
     need(len(data) == 1 and node.args[0] is data[0])
     x = data[0]
     in_shape = shape_of(x)
     need(in_shape is not None and len(in_shape) == nd + 2)
     kernel = A._tuple(node.args[1], nd)
-    stride = _arg(node, 2, "stride", None) or kernel
-    padding = A._tuple(_arg(node, 3, "padding", 0), nd)
-    ceil_mode = _arg(node, 4, "ceil_mode", False)
-    include_pad = _arg(node, 5, "count_include_pad", True)
-    divisor = _arg(node, 6, "divisor_override", None) if nd > 1 else None
+    stride = arg(node, 2, "stride", None) or kernel
+    padding = A._tuple(arg(node, 3, "padding", 0), nd)
+    ceil_mode = arg(node, 4, "ceil_mode", False)
+    include_pad = arg(node, 5, "count_include_pad", True)
+    divisor = arg(node, 6, "divisor_override", None) if nd > 1 else None
     need(divisor is None and (include_pad or not any(padding)))
     channels = static(in_shape[1])
     need(channels is not None)
@@ -422,14 +213,22 @@ def _avg_pool(node, data) -> Step:
     return Step(node, "avgpool", (x,), op, (nd, 1))
 
 
-def _identity(node, data) -> Step:
+@FX_OPS.register(aten.alias.default, aten.detach.default, aten.lift_fresh_copy.default)
+def _identity(node, data, consts) -> Step:
     need(len(data) == 1 and node.args[0] is data[0])
-    if node.target in (aten.dropout.default, aten.feature_dropout.default, aten.alpha_dropout.default):
-        need(not _arg(node, 2, "train", True))
     return Step(node, "identity", (data[0],), Scalar())
 
 
-def _layout_copy(node, data) -> Step:
+@FX_OPS.register(aten.dropout.default, aten.feature_dropout.default, aten.alpha_dropout.default)
+def _dropout(node, data, consts) -> Step:
+    need(not arg(node, 2, "train", True))
+    return _identity(node, data, consts)
+
+
+# Copies that may change the memory layout, which a later view depends on (ShuffleNet's
+# channel shuffle: transpose, contiguous, view).
+@FX_OPS.register(aten.clone.default, aten.contiguous.default)
+def _layout_copy(node, data, consts) -> Step:
     """``contiguous``/``clone`` is an identity only where it copies a contiguous tensor: after a
     transpose it makes the layout a later ``view`` relies on, and removing it would break that."""
     need(len(data) == 1 and node.args[0] is data[0])
@@ -441,7 +240,11 @@ def _layout_copy(node, data) -> Step:
     return Step(node, "identity", (data[0],), Scalar())
 
 
-def _reshape(node, data) -> Step:
+# Reshapes that keep the last axis are the same affine map on the linear layout (LeViT's
+# Linear -> flatten -> BatchNorm1d -> reshape back).
+@FX_OPS.register(aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.flatten.using_ints,
+                 aten.unflatten.int, aten.reshape_as.default, aten.view_as.default)
+def _reshape(node, data, consts) -> Step:
     """A reshape that keeps the last axis: on the linear layout (features last) it regroups
     rows and leaves every row as it is, so it sits inside a linear region."""
     x = node.args[0]
@@ -453,26 +256,32 @@ def _reshape(node, data) -> Step:
     return Step(node, "reshape", (x,), Scalar(), family)
 
 
-def _slice(node, data) -> Step:
+@FX_OPS.register(aten.slice.Tensor)
+def _slice(node, data, consts) -> Step:
     """``x[..., a:b:s]``: see ``op_semantics.slice_op``."""
     need(len(data) == 1 and node.args[0] is data[0])
     x = data[0]
     shape = shape_of(x)
     need(shape is not None)
-    dim = _arg(node, 1, "dim", 0)
-    start, end, step = _arg(node, 2, "start", None), _arg(node, 3, "end", None), _arg(node, 4, "step", 1)
+    dim = arg(node, 1, "dim", 0)
+    start, end, step = arg(node, 2, "start", None), arg(node, 3, "end", None), arg(node, 4, "step", 1)
     kind, op, family, size_specific = slice_op(engine_dims(shape), dim, start, end, step, describe(node))
     return Step(node, kind, (x,), op, family, size_specific=size_specific)
 
 
-def _stacked_sum(node, consts) -> Step:
+# ---------------------------------------------------------------------------------------
+# Sums, concatenation, elementwise
+
+
+@FX_OPS.register(aten.sum.dim_IntList, aten.mean.dim)
+def _stacked_sum(node, data, consts) -> Step:
     """``torch.stack([...]).sum(0)`` (or ``.mean(0)``): a sum of all the stacked tensors."""
     stack = node.args[0]
     need(isinstance(stack, fx.Node) and stack.target is aten.stack.default and len(stack.users) == 1)
     tensors = list(stack.args[0])
     dim = stack.args[1] if len(stack.args) > 1 else stack.kwargs.get("dim", 0)
-    dims = _arg(node, 1, "dim", None)
-    keepdim = _arg(node, 2, "keepdim", False)
+    dims = arg(node, 1, "dim", None)
+    keepdim = arg(node, 2, "keepdim", False)
     need(not keepdim and not node.kwargs.get("dtype") and isinstance(dims, (list, tuple)) and len(dims) == 1)
     out_rank = len(shape_of(stack))
     need(dims[0] % out_rank == dim % out_rank)
@@ -481,10 +290,11 @@ def _stacked_sum(node, consts) -> Step:
     return Step(node, "sum", tuple(tensors), None, None, coeffs=(coeff,) * len(tensors), absorbs=(stack,))
 
 
-def _concat(node, consts) -> Step:
+@FX_OPS.register(aten.cat.default)
+def _concat(node, data, consts) -> Step:
     """Channel concatenation of tensors that a region computes from one input."""
     tensors = list(node.args[0])
-    dim = _arg(node, 1, "dim", 0)
+    dim = arg(node, 1, "dim", 0)
     shape = shape_of(node)
     rank = len(shape)
     dim %= rank
@@ -494,30 +304,73 @@ def _concat(node, consts) -> Step:
     return Step(node, "concat", tuple(tensors), None, family)
 
 
-def _elementwise(node, data, consts) -> Step:
-    target = node.target
-    name = getattr(target, "__name__", str(target))
-    args = list(node.args)
-    if "neg" in name:
-        need(len(data) == 1)
-        return Step(node, "scale", (data[0],), Scalar(-1.0, 0.0))
-    need(len(args) >= 2)
+@FX_OPS.register(aten.neg.default, operator.neg)
+def _neg(node, data, consts) -> Step:
+    need(len(data) == 1)
+    return Step(node, "scale", (data[0],), Scalar(-1.0, 0.0))
+
+
+@FX_OPS.register(aten.add.Tensor, aten.add.Scalar, operator.add)
+def _add(node, data, consts) -> Step:
+    alpha = _alpha(node)
+    step = _of_tensors_only(node, data, float(alpha))
+    if step is not None:
+        return step
+    x, x_pos, value = _tensor_and_constant(node, data, consts)
+    need(x_pos == 0 or alpha == 1)
+    return _scale_shift_step(node, x, None, value * float(alpha) if x_pos == 0 else value, consts)
+
+
+@FX_OPS.register(aten.sub.Tensor, aten.sub.Scalar, operator.sub)
+def _sub(node, data, consts) -> Step:
+    alpha = _alpha(node)
+    step = _of_tensors_only(node, data, -float(alpha))
+    if step is not None:
+        return step
+    x, x_pos, value = _tensor_and_constant(node, data, consts)
+    if x_pos == 0:
+        return _scale_shift_step(node, x, None, -value * float(alpha), consts)
+    return _scale_shift_step(node, x, torch.tensor(-float(alpha), dtype=torch.float64), value, consts)
+
+
+@FX_OPS.register(aten.mul.Tensor, aten.mul.Scalar, operator.mul)
+def _mul(node, data, consts) -> Step:
+    x, _, value = _tensor_and_constant(node, data, consts)
+    return _scale_shift_step(node, x, value, None, consts)
+
+
+@FX_OPS.register(aten.div.Tensor, aten.div.Scalar, operator.truediv)
+def _div(node, data, consts) -> Step:
+    need(not node.kwargs.get("rounding_mode"))
+    x, x_pos, value = _tensor_and_constant(node, data, consts)
+    need(x_pos == 0 and bool(torch.all(value != 0)))
+    return _scale_shift_step(node, x, 1.0 / value, None, consts)
+
+
+def _alpha(node: fx.Node):
+    need(len(node.args) >= 2)
     alpha = node.kwargs.get("alpha", 1)
     need(isinstance(alpha, (int, float)))
-    is_add = "add" in name
-    is_sub = "sub" in name
-    is_mul = "mul" in name
-    is_div = "div" in name or "truediv" in name
-    need(not (is_div and node.kwargs.get("rounding_mode")))
-    if len(data) == 1 and (is_add or is_sub) and len(args) >= 2 and args[0] is args[1] is data[0]:
-        factor = 1.0 + float(alpha) * (-1.0 if is_sub else 1.0)
-        return Step(node, "scale", (data[0],), Scalar(factor, 0.0))
-    if len(data) == 2 and (is_add or is_sub):
-        need(all(isinstance(a, fx.Node) for a in args[:2]))
-        coeff = float(alpha) * (-1.0 if is_sub else 1.0)
-        need(shape_of(args[0]) == shape_of(args[1]) == shape_of(node))
-        return Step(node, "sum", (args[0], args[1]), None, None, coeffs=(1.0, coeff))
-    need(len(data) == 1)
+    return alpha
+
+
+def _of_tensors_only(node: fx.Node, data: list[fx.Node], coeff: float) -> Step | None:
+    """``a + coeff * b`` where neither operand is a constant: ``x + x`` is a scale, two tensors
+    a sum; None when one operand is a constant."""
+    a, b = node.args[:2]
+    if len(data) == 1 and a is b is data[0]:
+        return Step(node, "scale", (data[0],), Scalar(1.0 + coeff, 0.0))
+    if len(data) == 2:
+        need(isinstance(a, fx.Node) and isinstance(b, fx.Node))
+        need(shape_of(a) == shape_of(b) == shape_of(node))
+        return Step(node, "sum", (a, b), None, None, coeffs=(1.0, coeff))
+    return None
+
+
+def _tensor_and_constant(node: fx.Node, data: list[fx.Node], consts: Constants) -> tuple[fx.Node, int, torch.Tensor]:
+    """The one tensor operand, its position (0 or 1), and the other operand as a float64 constant."""
+    args = node.args
+    need(len(args) >= 2 and len(data) == 1)
     x = data[0]
     x_pos = 0 if args[0] is x else 1
     need(args[x_pos] is x)
@@ -529,40 +382,10 @@ def _elementwise(node, data, consts) -> Step:
         need(isinstance(other, (int, float)) and not isinstance(other, bool))
         value = torch.tensor(float(other), dtype=torch.float64)
     need(value.is_floating_point() or value.dtype in (torch.int64, torch.int32))
-    value = value.to(torch.float64)
     need(shape_of(node) == shape_of(x))  # the constant must not broadcast x
-    if is_mul:
-        scale, shift = value, None
-    elif is_div:
-        need(x_pos == 0 and bool(torch.all(value != 0)))
-        scale, shift = 1.0 / value, None
-    elif is_add:
-        scale, shift = None, value * float(alpha) if x_pos == 0 else value
-        need(x_pos == 0 or alpha == 1)
-    else:  # sub
-        if x_pos == 0:
-            scale, shift = None, -value * float(alpha)
-        else:
-            scale, shift = torch.tensor(-float(alpha), dtype=torch.float64), value
-    return _scale_shift_step(node, x, scale, shift, consts)
+    return x, x_pos, value.to(torch.float64)
 
 
 def _scale_shift_step(node, x, scale, shift, consts) -> Step:
     op, family = scale_shift(scale, shift, engine_dims(shape_of(x)))
     return Step(node, "scale", (x,), op, family, params=consts.params_of(node.args))
-
-
-def engine_dims(shape) -> tuple:
-    """A shape as the engine states it: ints, and names for symbolic dims."""
-    return tuple(static(d) if static(d) is not None else str(d) for d in shape)
-
-
-def describe(node: fx.Node) -> str:
-    """The layer a node came from, as the user named it (``features.3``), else the node name."""
-    stack = node.meta.get("nn_module_stack")
-    if stack:
-        path, _ = list(stack.values())[-1]
-        path = path.replace("L['self'].", "").replace("L__self___", "")
-        if path:
-            return f"{path} ({node.name})"
-    return node.name

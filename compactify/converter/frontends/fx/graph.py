@@ -7,8 +7,10 @@ from torch import fx
 
 from compactify.converter.engine.graph import AffineGraph
 from compactify.converter.engine.steps import Step
-from compactify.converter.frontends.fx.classify import Constants, classify, describe, engine_dims, shape_of
+from compactify.converter.frontends.fx.classify import classify
+from compactify.converter.frontends.fx.constants import Constants
 from compactify.converter.frontends.fx.functionalize import mutated_aliases
+from compactify.converter.frontends.fx.nodes import describe, engine_dims, shape_of
 from compactify.converter.frontends.fx.profile import GraphProfile, profile_graph
 
 

@@ -5,6 +5,10 @@ several) with every other input constant: Conv, Gemm, MatMul by a constant, Batc
 Add/Sub/Mul/Div by a constant (a bias, a BatchNorm written as Mul+Add), Pad in constant mode,
 AveragePool that counts padded zeros (or pads nothing), Identity, Dropout at inference,
 Flatten/Reshape that keep the last axis, Slice, Concat and Sum/Add/Sub of tensors.
+
+A new op is one function here registered in ``ONNX_OPS`` under its op_type; it takes
+``(node, data, ctx)`` (``data``: the names of the node's non-constant inputs) and returns the
+Step, or raises NotAffine.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from compactify.converter.engine.graph import Dim, static
 from compactify.converter.engine.op_semantics import INT_MAX, NotAffine, keeps_rows, need, scale_shift, slice_op
 from compactify.converter.engine.steps import Scalar, Step
 from compactify.converter.frontends.onnx.constants import OnnxConstants
+from compactify.registry import Registry
+
+ONNX_OPS = Registry("ONNX op")
 
 
 @dataclass
@@ -51,7 +58,7 @@ def classify(node: onnx.NodeProto, ctx: Context) -> Step | None:
     """The affine step this node computes, or None when it is not one we can fold."""
     if node.domain not in ("", "ai.onnx") or not node.output or node.output[0] in ctx.consts:
         return None
-    handler = _HANDLERS.get(node.op_type)
+    handler = ONNX_OPS.get(node.op_type)
     if handler is None:
         return None
     data = [n for n in node.input if n and n not in ctx.consts]
@@ -83,6 +90,7 @@ def _ints(ctx: Context, name: str) -> list[int] | None:
 # Layers
 
 
+@ONNX_OPS.register("Conv")
 def _conv(node, data, ctx) -> Step:
     x = _one_data(node, data)
     weight = ctx.tensor(node.input[1])
@@ -125,6 +133,7 @@ def _pads(a: dict, spatial, kernel, strides, dilations, where: str) -> tuple[lis
     return out, None if uniform else f"{where}: auto_pad {mode} with stride > 1 pads by the input size"
 
 
+@ONNX_OPS.register("Gemm")
 def _gemm(node, data, ctx) -> Step:
     x = _one_data(node, data)
     a = _attrs(node)
@@ -144,6 +153,7 @@ def _gemm(node, data, ctx) -> Step:
     return Step(node.output[0], "linear", (x,), A.linear(weight, bias), (0, 1), params=ctx.params(node.input[1:]))
 
 
+@ONNX_OPS.register("MatMul")
 def _matmul(node, data, ctx) -> Step:
     x = _one_data(node, data)
     w = ctx.tensor(node.input[1])
@@ -153,6 +163,7 @@ def _matmul(node, data, ctx) -> Step:
     return Step(node.output[0], "linear", (x,), A.linear(w.t()), (0, len(shape) - 1), params=ctx.params(node.input[1:]))
 
 
+@ONNX_OPS.register("BatchNormalization")
 def _batchnorm(node, data, ctx) -> Step:
     x = _one_data(node, data)
     a = _attrs(node)
@@ -171,6 +182,7 @@ def _batchnorm(node, data, ctx) -> Step:
 # Padding, pooling, layout
 
 
+@ONNX_OPS.register("Pad")
 def _pad(node, data, ctx) -> Step:
     x = _one_data(node, data)
     a = _attrs(node)
@@ -200,6 +212,7 @@ def _pad(node, data, ctx) -> Step:
     return Step(node.output[0], "pad", (x,), A.pad(channels, pairs, value), (rank - 2, 1))
 
 
+@ONNX_OPS.register("AveragePool")
 def _avg_pool(node, data, ctx) -> Step:
     x = _one_data(node, data)
     a = _attrs(node)
@@ -223,6 +236,7 @@ def _avg_pool(node, data, ctx) -> Step:
     return Step(node.output[0], "avgpool", (x,), op, (nd, 1), size_specific=note)
 
 
+@ONNX_OPS.register("Identity", "Dropout")
 def _identity(node, data, ctx) -> Step:
     x = _one_data(node, data)
     if node.op_type == "Dropout":
@@ -233,12 +247,14 @@ def _identity(node, data, ctx) -> Step:
     return Step(node.output[0], "identity", (x,), Scalar())
 
 
+@ONNX_OPS.register("Flatten", "Reshape", "Squeeze", "Unsqueeze")
 def _reshape(node, data, ctx) -> Step:
     x = _one_data(node, data)
     family = keeps_rows(ctx.shape(x), ctx.shape(node.output[0]))
     return Step(node.output[0], "reshape", (x,), Scalar(), family)
 
 
+@ONNX_OPS.register("Slice")
 def _slice(node, data, ctx) -> Step:
     x = _one_data(node, data)
     shape = ctx.shape(x)
@@ -276,6 +292,7 @@ def _slice(node, data, ctx) -> Step:
 # Elementwise, sums, concatenation
 
 
+@ONNX_OPS.register("Add", "Sub", "Mul", "Div")
 def _elementwise(node, data, ctx) -> Step:
     op_type = node.op_type
     out = node.output[0]
@@ -305,6 +322,7 @@ def _elementwise(node, data, ctx) -> Step:
     return Step(out, "scale", (x,), op, family, params=ctx.params(node.input))
 
 
+@ONNX_OPS.register("Sum")
 def _sum(node, data, ctx) -> Step:
     need(len(data) == len(node.input) >= 1 and len(set(data)) == len(data))
     shapes = [ctx.shape(d) for d in data]
@@ -314,6 +332,7 @@ def _sum(node, data, ctx) -> Step:
     return Step(node.output[0], "sum", tuple(data), None, None, coeffs=(1.0,) * len(data))
 
 
+@ONNX_OPS.register("Concat")
 def _concat(node, data, ctx) -> Step:
     need(len(data) == len(node.input) >= 2)
     shape = ctx.shape(node.output[0])
@@ -323,25 +342,3 @@ def _concat(node, data, ctx) -> Step:
     family = (len(shape) - 2, 1) if len(shape) > 2 else (0, 1)
     return Step(node.output[0], "concat", tuple(data), None, family)
 
-
-_HANDLERS = {
-    "Conv": _conv,
-    "Gemm": _gemm,
-    "MatMul": _matmul,
-    "BatchNormalization": _batchnorm,
-    "Pad": _pad,
-    "AveragePool": _avg_pool,
-    "Identity": _identity,
-    "Dropout": _identity,
-    "Flatten": _reshape,
-    "Reshape": _reshape,
-    "Squeeze": _reshape,
-    "Unsqueeze": _reshape,
-    "Slice": _slice,
-    "Add": _elementwise,
-    "Sub": _elementwise,
-    "Mul": _elementwise,
-    "Div": _elementwise,
-    "Sum": _sum,
-    "Concat": _concat,
-}

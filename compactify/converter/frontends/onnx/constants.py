@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
 
 # Nodes whose value is not a function of their inputs.
 _NONDETERMINISTIC = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
@@ -77,8 +78,6 @@ def constant_value(node: onnx.NodeProto) -> np.ndarray | None:
 
 
 def _evaluate(node: onnx.NodeProto, values: list[np.ndarray | None], opsets) -> list[np.ndarray]:
-    from onnx.reference import ReferenceEvaluator
-
     names = [f"in{i}" if n else "" for i, n in enumerate(node.input)]
     inputs = [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
               for name, v in zip(names, values) if name]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import helper
 
 from compactify.converter.engine.graph import Dim
@@ -127,8 +128,6 @@ def has_unknown(symbolic: dict[str, tuple[Dim, ...]]) -> bool:
 
 
 def _run_shapes(model: onnx.ModelProto, inputs: dict[str, tuple[int, ...]], names: list[str]) -> dict[str, tuple]:
-    import onnxruntime as ort
-
     probe = copy.deepcopy(model)
     present = {o.name for o in probe.graph.output}
     for name in names:

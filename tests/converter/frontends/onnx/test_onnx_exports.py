@@ -11,6 +11,7 @@ COMPACTIFY_ONNX_EXPORTS=all for both exporters of every expansion and the compar
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import os
 import warnings
@@ -109,8 +110,6 @@ def _run(name: str, dynamo: bool):
 
 
 def _double(model: nn.Module) -> nn.Module:
-    import copy
-
     return copy.deepcopy(model).double().eval()
 
 

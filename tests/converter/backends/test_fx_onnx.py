@@ -1,4 +1,4 @@
-"""The fx writer (export.fx_onnx): the ONNX it writes computes what the graph computes, judged
+"""The fx writer (backends.fx_onnx): the ONNX it writes computes what the graph computes, judged
 against the eager model in float64 on ONNX Runtime, at batches other than the captured one; it
 matches torch.onnx.export's file; and what it does not write goes to torch.onnx.export, saying so."""
 
@@ -8,15 +8,17 @@ import copy
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compactify.converter.backends import fx_onnx
 from compactify.converter.contract import contract
-from compactify.converter.export import fx_onnx
 from compactify.converter.export.onnx_export import export_onnx
 from compactify.converter.frontends.fx.capture import capture_graph
+from compactify.registry import DuplicateRegistration
 from compactify.tensors import flatten_outputs
 
 REL = 1e-5
@@ -86,8 +88,6 @@ def reference64(model, x: np.ndarray) -> list[np.ndarray]:
 
 
 def ort_run(path, x: np.ndarray) -> list[np.ndarray]:
-    import onnxruntime as ort
-
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run(None, {session.get_inputs()[0].name: x})
 
@@ -137,6 +137,13 @@ def test_contracted_model_with_padded_merge(tmp_path):
     assert result.exporter == "fx"
     x = np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)
     assert_close(ort_run(tmp_path / "c.onnx", x), reference64(model, x))
+
+
+def test_a_second_writer_for_an_op_is_refused():
+    writer = fx_onnx.WRITER_OPS[torch.ops.aten.relu.default]
+    with pytest.raises(DuplicateRegistration, match="relu"):
+        fx_onnx.WRITER_OPS.register(torch.ops.aten.relu.default)(lambda w, node, x: x)
+    assert fx_onnx.WRITER_OPS[torch.ops.aten.relu.default] is writer
 
 
 class Unwritten(nn.Module):

@@ -27,12 +27,19 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import fx, nn
 
+from compactify.registry import Registry
+
 aten = torch.ops.aten
 BATCH = "batch"
 
 
 class Unsupported(Exception):
     """An op (or a form of it) this writer does not write; the message names it."""
+
+
+# A graph node's target -> ``handler(writer, node, *node.args, **node.kwargs)``, which emits the
+# ONNX nodes and returns the name of the value (a list of names for ops with several outputs).
+WRITER_OPS: Registry[Callable] = Registry("ONNX writer op")
 
 
 def to_onnx(gm: fx.GraphModule, example: Sequence[torch.Tensor], input_names: Sequence[str],
@@ -234,20 +241,9 @@ class _Writer:
 
     def function(self, node: fx.Node):
         target = node.target
-        if target is operator.getitem:
-            values = self.env[node.args[0]]
-            if not isinstance(values, list):
-                raise Unsupported(f"getitem on {node.args[0].name}")
-            value = values[node.args[1]]
-            if value is None:
-                raise Unsupported(f"output {node.args[1]} of {node.args[0].name}")
-            return value
-        name = getattr(target, "__name__", "")
-        if name == "check_spatial_size":  # the ONNX input has the same fixed height and width
+        if getattr(target, "__name__", "") == "check_spatial_size":  # the ONNX input has the same fixed height and width
             return self.val(node.args[0])
-        if target is aten._assert_tensor_metadata.default:
-            return None
-        handler = _HANDLERS.get(target)
+        handler = WRITER_OPS.get(target)
         if handler is None:
             raise Unsupported(f"op {target}")
         return handler(self, node, *node.args, **node.kwargs)
@@ -290,6 +286,25 @@ def _per_dim(value, n: int) -> list:
 
 # --------------------------------------------------------------------------- op table
 
+@WRITER_OPS.register(operator.getitem)
+def _getitem(w, node, source, index):
+    """One output of an op that has several (written as a list of names, None where unwritten)."""
+    values = w.env[source]
+    if not isinstance(values, list):
+        raise Unsupported(f"getitem on {source.name}")
+    value = values[index]
+    if value is None:
+        raise Unsupported(f"output {index} of {source.name}")
+    return value
+
+
+@WRITER_OPS.register(aten._assert_tensor_metadata.default)
+def _metadata_assert(w, node, *args, **kwargs):
+    """A dtype/shape check of the captured graph: the ONNX graph's types state the same, so no node."""
+    return None
+
+
+@WRITER_OPS.register(aten.conv1d.default, aten.conv2d.default, aten.conv3d.default)
 def _conv(w: _Writer, node, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     if isinstance(padding, str):
         raise Unsupported(f"{node.target} with padding {padding!r}")
@@ -300,36 +315,52 @@ def _conv(w: _Writer, node, x, weight, bias=None, stride=1, padding=0, dilation=
     return w.conv(w.val(x), w.val(weight), b, stride, padding, dilation, groups, kernel[2:], node.name)
 
 
+@WRITER_OPS.register(aten.convolution.default)
 def _convolution(w, node, x, weight, bias, stride, padding, dilation, transposed, output_padding, groups):
     if transposed:
         raise Unsupported("transposed convolution")
     return _conv(w, node, x, weight, bias, stride, padding, dilation, groups)
 
 
+@WRITER_OPS.register(aten.linear.default)
 def _linear(w, node, x, weight, bias=None):
     return w.linear(w.val(x), w.val(weight), w.val(bias) if bias is not None else None, w.rank(x), node.name)
 
 
+@WRITER_OPS.register(aten.mm.default, aten.matmul.default)
+def _matmul(w, node, a, b):
+    return w.emit("MatMul", [w.val(a), w.val(b)], node.name)[0]
+
+
+@WRITER_OPS.register(aten.addmm.default)
 def _addmm(w, node, bias, a, b, beta=1, alpha=1):
     if beta != 1 or alpha != 1:
         raise Unsupported("addmm with beta/alpha")
     return w.emit("Gemm", [w.val(a), w.val(b), w.val(bias)], node.name)[0]
 
 
-def _unary(op: str, **attrs) -> Callable:
-    def handler(w, node, x, *rest, **kwargs):
-        if rest or kwargs:
-            raise Unsupported(f"{node.target} with arguments {rest} {kwargs}")
-        return w.emit(op, [w.val(x)], node.name, **attrs)[0]
-    return handler
+_UNARY = {aten.relu.default: ("Relu", {}), aten.sigmoid.default: ("Sigmoid", {}), aten.tanh.default: ("Tanh", {}),
+          aten.hardswish.default: ("HardSwish", {}), aten.neg.default: ("Neg", {}),
+          aten.hardsigmoid.default: ("HardSigmoid", {"alpha": 1.0 / 6.0, "beta": 0.5})}
 
 
+@WRITER_OPS.register(*_UNARY)
+def _unary(w, node, x, *rest, **kwargs):
+    if rest or kwargs:
+        raise Unsupported(f"{node.target} with arguments {rest} {kwargs}")
+    op, attrs = _UNARY[node.target]
+    return w.emit(op, [w.val(x)], node.name, **attrs)[0]
+
+
+@WRITER_OPS.register(aten.clone.default, aten.alias.default, aten.detach.default, aten.contiguous.default,
+                     aten.dropout.default)
 def _identity(w, node, x, *rest, **kwargs):
     if node.target is aten.dropout.default and (rest[1:2] or [kwargs.get("train", False)])[0]:
         raise Unsupported("dropout in training mode")
     return w.val(x)
 
 
+@WRITER_OPS.register(aten.clamp.default)
 def _clip(w, node, x, low=None, high=None):
     inputs = [w.val(x), w.const(float(low), f"{node.name}_min") if low is not None else "",
               w.const(float(high), f"{node.name}_max") if high is not None else ""]
@@ -338,10 +369,12 @@ def _clip(w, node, x, low=None, high=None):
     return w.emit("Clip", inputs, node.name)[0]
 
 
+@WRITER_OPS.register(aten.hardtanh.default)
 def _hardtanh(w, node, x, low=-1.0, high=1.0):
     return _clip(w, node, x, low, high)
 
 
+@WRITER_OPS.register(aten.relu6.default)
 def _relu6(w, node, x):
     return _clip(w, node, x, 0.0, 6.0)
 
@@ -352,6 +385,8 @@ class _Size:
     as a tensor it is refused."""
 
 
+@WRITER_OPS.register(aten.sym_size.int, operator.add, operator.sub, operator.mul, operator.floordiv,
+                     operator.truediv)
 def _size(w, node, *args, **kwargs):
     if any(isinstance(a, fx.Node) and isinstance(w.env.get(a), str) for a in node.all_input_nodes if a is not None) \
             and node.target is not aten.sym_size.int:
@@ -359,15 +394,18 @@ def _size(w, node, *args, **kwargs):
     return _Size()
 
 
+@WRITER_OPS.register(aten.leaky_relu.default)
 def _leaky_relu(w, node, x, slope=0.01):
     return w.emit("LeakyRelu", [w.val(x)], node.name, alpha=float(slope))[0]
 
 
+@WRITER_OPS.register(aten.silu.default)
 def _silu(w, node, x):
     s = w.emit("Sigmoid", [w.val(x)], f"{node.name}_sigmoid")[0]
     return w.emit("Mul", [w.val(x), s], node.name)[0]
 
 
+@WRITER_OPS.register(aten.gelu.default)
 def _gelu(w, node, x, approximate="none"):
     if approximate != "none":
         raise Unsupported(f"gelu(approximate={approximate!r})")
@@ -381,16 +419,19 @@ def _gelu(w, node, x, approximate="none"):
     return w.emit("Mul", [half, one], node.name)[0]
 
 
-def _binary(op: str) -> Callable:
-    def handler(w, node, a, b, alpha=1, **kwargs):
-        if alpha != 1 or kwargs:
-            raise Unsupported(f"{node.target} with alpha={alpha} {kwargs}")
-        if not isinstance(a, fx.Node) and not isinstance(b, fx.Node):
-            raise Unsupported(f"{node.target} of two numbers")
-        return w.emit(op, [w.operand(a, node.name), w.operand(b, node.name)], node.name)[0]
-    return handler
+_BINARY = {aten.add.Tensor: "Add", aten.sub.Tensor: "Sub", aten.mul.Tensor: "Mul"}
 
 
+@WRITER_OPS.register(*_BINARY)
+def _binary(w, node, a, b, alpha=1, **kwargs):
+    if alpha != 1 or kwargs:
+        raise Unsupported(f"{node.target} with alpha={alpha} {kwargs}")
+    if not isinstance(a, fx.Node) and not isinstance(b, fx.Node):
+        raise Unsupported(f"{node.target} of two numbers")
+    return w.emit(_BINARY[node.target], [w.operand(a, node.name), w.operand(b, node.name)], node.name)[0]
+
+
+@WRITER_OPS.register(aten.div.Tensor)
 def _div(w, node, a, b, rounding_mode=None):
     if rounding_mode is not None:
         raise Unsupported(f"div with rounding_mode={rounding_mode!r}")
@@ -404,6 +445,8 @@ def _pool_args(n, kernel, stride, padding, dilation=1):
     return kernel, stride, pads + pads, [int(d) for d in _per_dim(dilation, n)]
 
 
+@WRITER_OPS.register(aten.max_pool1d.default, aten.max_pool2d.default, aten.max_pool3d.default,
+                     aten.max_pool2d_with_indices.default)
 def _max_pool(w, node, x, kernel, stride=(), padding=0, dilation=1, ceil_mode=False):
     if ceil_mode:
         raise Unsupported("max_pool with ceil_mode")
@@ -412,6 +455,7 @@ def _max_pool(w, node, x, kernel, stride=(), padding=0, dilation=1, ceil_mode=Fa
     return [out, None] if "with_indices" in str(node.target) else out
 
 
+@WRITER_OPS.register(aten.avg_pool1d.default, aten.avg_pool2d.default, aten.avg_pool3d.default)
 def _avg_pool(w, node, x, kernel, stride=(), padding=0, ceil_mode=False, count_include_pad=True,
               divisor_override=None):
     if ceil_mode or divisor_override is not None:
@@ -422,6 +466,7 @@ def _avg_pool(w, node, x, kernel, stride=(), padding=0, ceil_mode=False, count_i
                   count_include_pad=int(bool(count_include_pad)))[0]
 
 
+@WRITER_OPS.register(aten.adaptive_avg_pool1d.default, aten.adaptive_avg_pool2d.default)
 def _adaptive_avg_pool(w, node, x, size):
     shape = w.shape(x)
     if shape is None:
@@ -436,22 +481,27 @@ def _adaptive_avg_pool(w, node, x, size):
     return w.emit("AveragePool", [w.val(x)], node.name, kernel_shape=kernel, strides=kernel)[0]
 
 
-def _reduce(op: str) -> Callable:
-    def handler(w, node, x, dims=None, keepdim=False, dtype=None):
-        if dtype is not None:
-            raise Unsupported(f"{node.target} with dtype")
-        if dims is None or (isinstance(dims, (list, tuple)) and not dims):
-            dims = list(range(w.rank(x)))
-        dims = [int(d) for d in _per_dim(dims, 1)]
-        return w.emit(op, [w.val(x), w.const(dims, f"{node.name}_axes", np.int64)], node.name,
-                      keepdims=int(bool(keepdim)))[0]
-    return handler
+_REDUCE = {aten.mean.dim: "ReduceMean", aten.sum.dim_IntList: "ReduceSum"}
 
 
+@WRITER_OPS.register(*_REDUCE)
+def _reduce(w, node, x, dims=None, keepdim=False, dtype=None):
+    if dtype is not None:
+        raise Unsupported(f"{node.target} with dtype")
+    if dims is None or (isinstance(dims, (list, tuple)) and not dims):
+        dims = list(range(w.rank(x)))
+    dims = [int(d) for d in _per_dim(dims, 1)]
+    return w.emit(_REDUCE[node.target], [w.val(x), w.const(dims, f"{node.name}_axes", np.int64)], node.name,
+                  keepdims=int(bool(keepdim)))[0]
+
+
+@WRITER_OPS.register(aten.flatten.using_ints, aten.view.default, aten.reshape.default, aten._unsafe_view.default,
+                     aten.unflatten.int, aten.squeeze.dim, aten.squeeze.dims)
 def _reshape(w, node, x, *rest, **kwargs):
     return w.reshape(node, x)
 
 
+@WRITER_OPS.register(aten.cat.default)
 def _cat(w, node, tensors, dim=0):
     rank = w.rank(tensors[0])
     return w.emit("Concat", [w.val(t) for t in tensors], node.name, axis=int(dim) % rank)[0]
@@ -469,6 +519,7 @@ def _emit_split(w, node, x, sizes, axis):
                   outputs=len(sizes), axis=axis)
 
 
+@WRITER_OPS.register(aten.chunk.default)
 def _chunk(w, node, x, chunks, dim=0):
     size, axis = _split_sizes(w, node, x, dim)
     step = -(-size // chunks)
@@ -476,6 +527,7 @@ def _chunk(w, node, x, chunks, dim=0):
     return _emit_split(w, node, x, sizes, axis)
 
 
+@WRITER_OPS.register(aten.split.Tensor, aten.split_with_sizes.default)
 def _split(w, node, x, split_size, dim=0):
     size, axis = _split_sizes(w, node, x, dim)
     if isinstance(split_size, (list, tuple)):
@@ -484,6 +536,7 @@ def _split(w, node, x, split_size, dim=0):
     return _emit_split(w, node, x, sizes, axis)
 
 
+@WRITER_OPS.register(aten.transpose.int)
 def _transpose(w, node, x, a, b):
     rank = w.rank(x)
     perm = list(range(rank))
@@ -491,11 +544,13 @@ def _transpose(w, node, x, a, b):
     return w.emit("Transpose", [w.val(x)], node.name, perm=perm)[0]
 
 
+@WRITER_OPS.register(aten.permute.default)
 def _permute(w, node, x, dims):
     rank = w.rank(x)
     return w.emit("Transpose", [w.val(x)], node.name, perm=[int(d) % rank for d in dims])[0]
 
 
+@WRITER_OPS.register(aten.t.default)
 def _t(w, node, x):
     return w.emit("Transpose", [w.val(x)], node.name, perm=[1, 0])[0]
 
@@ -510,12 +565,14 @@ def _batch_norm_inputs(w, node, x, weight, bias, mean, var):
     return [w.val(x), scale, shift, w.val(mean), w.val(var)]
 
 
+@WRITER_OPS.register(aten._native_batch_norm_legit_no_training.default)
 def _bn_no_training(w, node, x, weight, bias, mean, var, momentum, eps):
     out = w.emit("BatchNormalization", _batch_norm_inputs(w, node, x, weight, bias, mean, var), node.name,
                  epsilon=float(eps))[0]
     return [out, None, None]
 
 
+@WRITER_OPS.register(aten.batch_norm.default)
 def _batch_norm(w, node, x, weight, bias, mean, var, training, momentum, eps, cudnn_enabled=True):
     if training or mean is None or var is None:
         raise Unsupported("batch norm in training mode")
@@ -523,6 +580,7 @@ def _batch_norm(w, node, x, weight, bias, mean, var, training, momentum, eps, cu
                   epsilon=float(eps))[0]
 
 
+@WRITER_OPS.register(aten.layer_norm.default)
 def _layer_norm(w, node, x, shape, weight=None, bias=None, eps=1e-5, cudnn_enable=True):
     if weight is None:
         raise Unsupported("layer_norm without a weight")
@@ -530,12 +588,14 @@ def _layer_norm(w, node, x, shape, weight=None, bias=None, eps=1e-5, cudnn_enabl
     return w.emit("LayerNormalization", inputs, node.name, axis=-len(shape), epsilon=float(eps))[0]
 
 
+@WRITER_OPS.register(aten.softmax.int, aten._softmax.default)
 def _softmax(w, node, x, dim, half_to_float=False):
     if half_to_float:
         raise Unsupported("softmax with half_to_float")
     return w.emit("Softmax", [w.val(x)], node.name, axis=int(dim))[0]
 
 
+@WRITER_OPS.register(aten.slice.Tensor)
 def _slice(w, node, x, dim=0, start=None, end=None, step=1):
     if any(isinstance(v, fx.Node) for v in (start, end, step)):
         raise Unsupported("slice with symbolic bounds")
@@ -548,39 +608,7 @@ def _slice(w, node, x, dim=0, start=None, end=None, step=1):
                             w.const([int(step)], f"{node.name}_steps", np.int64)], node.name)[0]
 
 
+@WRITER_OPS.register(aten.unsqueeze.default)
 def _unsqueeze(w, node, x, dim):
     return w.emit("Unsqueeze", [w.val(x), w.const([int(dim)], f"{node.name}_axes", np.int64)], node.name)[0]
 
-
-_HANDLERS: dict[Any, Callable] = {
-    aten.conv1d.default: _conv, aten.conv2d.default: _conv, aten.conv3d.default: _conv,
-    aten.convolution.default: _convolution,
-    aten.linear.default: _linear, aten.addmm.default: _addmm,
-    aten.mm.default: lambda w, node, a, b: w.emit("MatMul", [w.val(a), w.val(b)], node.name)[0],
-    aten.matmul.default: lambda w, node, a, b: w.emit("MatMul", [w.val(a), w.val(b)], node.name)[0],
-    aten.t.default: _t,
-    aten.relu.default: _unary("Relu"), aten.sigmoid.default: _unary("Sigmoid"), aten.tanh.default: _unary("Tanh"),
-    aten.hardswish.default: _unary("HardSwish"), aten.neg.default: _unary("Neg"),
-    aten.hardsigmoid.default: _unary("HardSigmoid", alpha=1.0 / 6.0, beta=0.5),
-    aten.hardtanh.default: _hardtanh, aten.relu6.default: _relu6,
-    aten.sym_size.int: _size, operator.add: _size, operator.sub: _size, operator.mul: _size,
-    operator.floordiv: _size, operator.truediv: _size, aten.clamp.default: _clip, aten.leaky_relu.default: _leaky_relu,
-    aten.silu.default: _silu, aten.gelu.default: _gelu,
-    aten.add.Tensor: _binary("Add"), aten.sub.Tensor: _binary("Sub"), aten.mul.Tensor: _binary("Mul"),
-    aten.div.Tensor: _div,
-    aten.clone.default: _identity, aten.alias.default: _identity, aten.detach.default: _identity,
-    aten.contiguous.default: _identity, aten.dropout.default: _identity,
-    aten.max_pool1d.default: _max_pool, aten.max_pool2d.default: _max_pool, aten.max_pool3d.default: _max_pool,
-    aten.max_pool2d_with_indices.default: _max_pool,
-    aten.avg_pool1d.default: _avg_pool, aten.avg_pool2d.default: _avg_pool, aten.avg_pool3d.default: _avg_pool,
-    aten.adaptive_avg_pool1d.default: _adaptive_avg_pool, aten.adaptive_avg_pool2d.default: _adaptive_avg_pool,
-    aten.mean.dim: _reduce("ReduceMean"), aten.sum.dim_IntList: _reduce("ReduceSum"),
-    aten.flatten.using_ints: _reshape, aten.view.default: _reshape, aten.reshape.default: _reshape,
-    aten._unsafe_view.default: _reshape, aten.unflatten.int: _reshape, aten.squeeze.dim: _reshape,
-    aten.squeeze.dims: _reshape, aten.unsqueeze.default: _unsqueeze,
-    aten.cat.default: _cat, aten.chunk.default: _chunk, aten.split.Tensor: _split,
-    aten.split_with_sizes.default: _split,
-    aten.slice.Tensor: _slice, aten.transpose.int: _transpose, aten.permute.default: _permute,
-    aten._native_batch_norm_legit_no_training.default: _bn_no_training, aten.batch_norm.default: _batch_norm,
-    aten.layer_norm.default: _layer_norm, aten.softmax.int: _softmax, aten._softmax.default: _softmax,
-}
