@@ -13,8 +13,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from compactify.converter.export.onnx_io import check_onnx, run_ort, save_onnx, short_error
 from compactify.errors import BadInputError, CompactifyError, VerificationError
+from compactify.targets.onnx_io import check_onnx, run_ort, save_onnx, short_error
 
 
 @dataclass
