@@ -95,7 +95,7 @@ def quantize_variants(checkpoint: Path, folder: Path, exporter: str = "auto") ->
     from onnxruntime.quantization import quant_pre_process
 
     from compactify.converter.export import int8 as Q
-    from compactify.converter.export.calibration import calibration_set
+    from compactify.targets.calibration import calibration_set
     from compactify.converter.frontends.fx.capture import select_outputs
     from compactify.converter.load.checkpoint import load_checkpoint
     from compactify.converter.contract import example_input
