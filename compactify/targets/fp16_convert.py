@@ -1,10 +1,15 @@
-"""An fp16 copy of an fp32 ONNX model: float initializers and constants in fp16 (clamped to
-the fp16 range), casts retargeted, fp32 kept at the inputs and outputs if asked, and the copy
-checked against the original in ONNX Runtime."""
+"""An fp16 copy of an fp32 ONNX model, made by onnxconverter-common's ``convert_float_to_float16``
+(float initializers and constants in fp16, casts around the ops that must stay fp32, fp32 kept at
+the inputs and outputs if asked), then checked against the original in ONNX Runtime.
+
+The library's defaults are not ours: it clamps weights to +-1e4 and lifts nonzero ones below 1e-7
+to 1e-7. Here the bounds are fp16's own (its largest finite value, its smallest subnormal), so a
+weight changes only where fp16 cannot hold it, and the report counts those weights.
+"""
 
 from __future__ import annotations
 
-import copy
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -12,9 +17,17 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from onnxconverter_common import float16
 
 from compactify.errors import BadInputError, CompactifyError, VerificationError
 from compactify.targets.onnx_io import check_onnx, run_ort, save_onnx, short_error
+
+_FP16_MAX = float(np.finfo(np.float16).max)
+_FP16_TINY = float(np.finfo(np.float16).smallest_subnormal)
+# Ops whose float inputs are parameters (scales, sizes, distribution settings), not activations, or
+# that compare values: the library keeps them in fp32 between casts, so rounding cannot change their meaning.
+KEEP_FP32_OPS = tuple(float16.DEFAULT_OP_BLOCK_LIST) + ("RandomNormal", "RandomUniform", "RandomNormalLike",
+                                                        "Multinomial")
 
 
 @dataclass
@@ -23,7 +36,7 @@ class Fp16Result:
     keep_io_types: bool
     converted_initializers: int
     clamped_values: int  # |w| > 65504, clamped to the largest finite fp16
-    flushed_values: int  # nonzero weights that became 0 in fp16
+    flushed_values: int  # nonzero weights below fp16's smallest subnormal, raised to it (none become 0)
     kept_fp32_nodes: list[str]  # ops whose float inputs are parameters, run in fp32 between casts
     max_abs_diff: float | None  # fp16 vs fp32 model in ONNX Runtime on random inputs
     max_rel_diff: float | None
@@ -32,15 +45,6 @@ class Fp16Result:
         out = asdict(self)
         out["path"] = str(self.path)
         return out
-
-
-
-_FP16_MAX = float(np.finfo(np.float16).max)
-# Ops whose float inputs are parameters (scales, sizes, distribution settings), not
-# activations: they stay fp32, between casts, so fp16 rounding cannot change their meaning.
-_KEEP_FP32_OPS = frozenset(
-    {"Resize", "Upsample", "Range", "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "RoiAlign", "NonMaxSuppression"}
-)
 
 
 def to_fp16(
@@ -54,15 +58,26 @@ def to_fp16(
 ) -> Fp16Result:
     """Write an fp16 copy of an fp32 ONNX model.
 
-    Float initializers and constants become fp16 (clamped to +-65504), Casts to float become
-    casts to fp16, and with ``keep_io_types`` the graph keeps fp32 inputs and outputs with
-    Cast nodes just inside. With ``check``, ONNX Runtime compares both models on random
-    inputs and VerificationError is raised if the fp16 outputs are not finite or differ by
-    more than ``check_rtol`` times the largest fp32 output magnitude.
+    With ``keep_io_types`` the graph keeps fp32 inputs and outputs with Cast nodes just inside.
+    With ``check``, ONNX Runtime compares both models on random inputs and VerificationError is
+    raised if the fp16 outputs are not finite or differ by more than ``check_rtol`` times the
+    largest fp32 output magnitude.
     """
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     source = _load_onnx(onnx_path)
-    model, stats = _convert_fp16(source, keep_io_types)
+    try:
+        with warnings.catch_warnings():  # it warns per clamped weight; the result counts them instead
+            warnings.simplefilter("ignore", UserWarning)
+            model = float16.convert_float_to_float16(source, min_positive_val=_FP16_TINY,
+                                                     max_finite_val=_FP16_MAX,
+                                                     keep_io_types=keep_io_types,
+                                                     op_block_list=list(KEEP_FP32_OPS))
+    except Exception as exc:  # the library raises ValueError, KeyError and shape-inference errors alike
+        raise CompactifyError(f"onnxconverter-common could not convert {onnx_path.name} to fp16: "
+                              f"{short_error(exc)}") from exc
+    props = {p.key: p.value for p in model.metadata_props}
+    props["compactify.precision"] = "fp16" + (" (fp32 io)" if keep_io_types else "")
+    helper.set_model_props(model, props)
     check_onnx(model, "fp16")
     max_abs = max_rel = None
     if check:
@@ -73,7 +88,8 @@ def to_fp16(
                 f"limit {check_rtol:g}); this model is not safe to run in fp16"
             )
     save_onnx(model, out_path, force)
-    return Fp16Result(path=out_path, keep_io_types=keep_io_types, max_abs_diff=max_abs, max_rel_diff=max_rel, **stats)
+    return Fp16Result(path=out_path, keep_io_types=keep_io_types, max_abs_diff=max_abs, max_rel_diff=max_rel,
+                      **_weight_changes(source, model))
 
 
 def _load_onnx(path: Path) -> onnx.ModelProto:
@@ -85,170 +101,19 @@ def _load_onnx(path: Path) -> onnx.ModelProto:
         raise BadInputError(f"{path} is not a readable ONNX model: {short_error(exc)}") from exc
 
 
-def _convert_fp16(source: onnx.ModelProto, keep_io_types: bool) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    model = copy.deepcopy(source)
-    graph = model.graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
-                raise BadInputError(f"fp16 conversion does not handle control flow ({node.op_type} {node.name!r} has a subgraph)")
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    except Exception as exc:
-        raise BadInputError(f"cannot infer the tensor types needed for fp16 conversion: {short_error(exc)}") from exc
-    elem: dict[str, int] = {}
-    for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
-        elem[vi.name] = vi.type.tensor_type.elem_type
-    for init in graph.initializer:
-        elem[init.name] = init.data_type
-
-    def is_float(name: str) -> bool:
-        return bool(name) and elem.get(name) == TensorProto.FLOAT
-
-    for node in graph.node:
-        for out in node.output:
-            if out and out not in elem:
-                raise BadInputError(f"cannot convert to fp16: the type of tensor {out!r} ({node.op_type}) is unknown")
-
-    def blocked(node: onnx.NodeProto) -> bool:
-        return node.op_type in _KEEP_FP32_OPS or node.domain not in ("", "ai.onnx")
-
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    output_names = {o.name for o in graph.output}
-
-    def only_blocked_use(name: str) -> bool:
-        users = consumers.get(name, [])
-        return bool(users) and all(blocked(u) for u in users) and name not in output_names
-
-    stats = {"converted_initializers": 0, "clamped_values": 0, "flushed_values": 0, "kept_fp32_nodes": []}
-    h16: dict[str, str] = {}  # tensor -> name of its fp16 version
-    h32: dict[str, str] = {}  # tensor -> name of its fp32 version
-    new_nodes: list[onnx.NodeProto] = []
-    counter = [0]
-
-    def cast(src: str, dst: str, to: int) -> onnx.NodeProto:
-        counter[0] += 1
-        return helper.make_node("Cast", [src], [dst], to=to, name=f"compactify_fp16_cast_{counter[0]}")
-
-    def need16(name: str) -> str:
-        if name not in h16:
-            new_nodes.append(cast(h32[name], f"{name}__fp16", TensorProto.FLOAT16))
-            h16[name] = f"{name}__fp16"
-        return h16[name]
-
-    def need32(name: str) -> str:
-        if name not in h32:
-            new_nodes.append(cast(h16[name], f"{name}__fp32", TensorProto.FLOAT))
-            h32[name] = f"{name}__fp32"
-        return h32[name]
-
-    for value in graph.input:
-        if value.type.tensor_type.elem_type == TensorProto.FLOAT:
-            if keep_io_types:
-                h32[value.name] = value.name
-            else:
-                value.type.tensor_type.elem_type = TensorProto.FLOAT16
-                h16[value.name] = value.name
-
-    for i, init in enumerate(graph.initializer):
-        if init.data_type != TensorProto.FLOAT:
-            continue
-        if only_blocked_use(init.name):
-            h32[init.name] = init.name
-            continue
-        graph.initializer[i].CopyFrom(_tensor_to_fp16(init, stats))
-        stats["converted_initializers"] += 1
-        h16[init.name] = init.name
-
-    for node in graph.node:
-        if blocked(node):
-            stats["kept_fp32_nodes"].append(f"{node.op_type}:{node.name}")
-            for k, name in enumerate(node.input):
-                if is_float(name):
-                    node.input[k] = need32(name)
-            new_nodes.append(node)
-            for name in node.output:
-                if is_float(name):
-                    h32[name] = name
-            continue
-        if node.op_type == "Constant" and is_float(node.output[0]):
-            if only_blocked_use(node.output[0]):
-                h32[node.output[0]] = node.output[0]
-                new_nodes.append(node)
-                continue
-            _constant_to_fp16(node, stats)
-        for k, name in enumerate(node.input):
-            if is_float(name):
-                node.input[k] = need16(name)
-        if node.op_type == "Cast":
-            for attr in node.attribute:
-                if attr.name == "to" and attr.i == TensorProto.FLOAT:
-                    attr.i = TensorProto.FLOAT16
-        if node.op_type == "ConstantOfShape":
-            for attr in node.attribute:
-                if attr.name == "value" and attr.t.data_type == TensorProto.FLOAT:
-                    attr.t.CopyFrom(_tensor_to_fp16(attr.t, stats))
-        new_nodes.append(node)
-        for name in node.output:
-            if is_float(name):
-                h16[name] = name
-
-    # Graph outputs: the tensor named like the output must have the io type.
-    renames: dict[str, str] = {}
-    tail: list[onnx.NodeProto] = []
-    for value in graph.output:
-        name = value.name
-        if value.type.tensor_type.elem_type != TensorProto.FLOAT:
-            continue
-        want32 = keep_io_types
-        if want32 and h32.get(name) == name or not want32 and h16.get(name) == name:
-            pass
-        else:
-            inner = f"{name}__{'fp16' if want32 else 'fp32'}_out"
-            renames[name] = inner
-            tail.append(cast(inner, name, TensorProto.FLOAT if want32 else TensorProto.FLOAT16))
-        if not want32:
-            value.type.tensor_type.elem_type = TensorProto.FLOAT16
-    if renames:
-        for node in new_nodes:
-            for k, name in enumerate(node.input):
-                node.input[k] = renames.get(name, name)
-            for k, name in enumerate(node.output):
-                node.output[k] = renames.get(name, name)
-
-    del graph.node[:]
-    graph.node.extend(new_nodes + tail)
-    del graph.value_info[:]
-    try:
-        model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    except Exception as exc:
-        raise CompactifyError(f"the fp16 graph is not type-consistent: {short_error(exc)}") from exc
-    props = {p.key: p.value for p in model.metadata_props}
-    props["compactify.precision"] = "fp16" + (" (fp32 io)" if keep_io_types else "")
-    helper.set_model_props(model, props)
-    return model, stats
-
-
-def _tensor_to_fp16(tensor: onnx.TensorProto, stats: dict[str, Any]) -> onnx.TensorProto:
-    values = numpy_helper.to_array(tensor).astype(np.float64)
-    clamped = np.clip(values, -_FP16_MAX, _FP16_MAX)
-    stats["clamped_values"] += int(np.count_nonzero(clamped != values))
-    half = clamped.astype(np.float16)
-    stats["flushed_values"] += int(np.count_nonzero((half == 0) & (values != 0)))
-    return numpy_helper.from_array(half, tensor.name)
-
-
-def _constant_to_fp16(node: onnx.NodeProto, stats: dict[str, Any]) -> None:
-    for attr in list(node.attribute):
-        if attr.name == "value" and attr.t.data_type == TensorProto.FLOAT:
-            attr.t.CopyFrom(_tensor_to_fp16(attr.t, stats))
-        elif attr.name in ("value_float", "value_floats"):
-            values = np.array(attr.f if attr.name == "value_float" else list(attr.floats), dtype=np.float32)
-            node.attribute.remove(attr)
-            node.attribute.append(helper.make_attribute("value", _tensor_to_fp16(numpy_helper.from_array(values), stats)))
+def _weight_changes(fp32: onnx.ModelProto, fp16: onnx.ModelProto) -> dict[str, Any]:
+    """What the conversion did to the weights: how many initializers became fp16, how many of their
+    values fp16 could not hold (beyond its range, or below its smallest subnormal), which nodes kept fp32."""
+    converted = {i.name for i in fp16.graph.initializer if i.data_type == TensorProto.FLOAT16}
+    clamped = flushed = 0
+    for init in fp32.graph.initializer:
+        if init.name in converted and init.data_type == TensorProto.FLOAT:
+            values = np.abs(numpy_helper.to_array(init).astype(np.float64))
+            clamped += int(np.count_nonzero(values > _FP16_MAX))
+            flushed += int(np.count_nonzero((values > 0) & (values < _FP16_TINY)))
+    kept = [f"{n.op_type}:{n.name}" for n in fp16.graph.node if n.op_type in KEEP_FP32_OPS]
+    return {"converted_initializers": len(converted), "clamped_values": clamped, "flushed_values": flushed,
+            "kept_fp32_nodes": kept}
 
 
 def _static_feeds(model: onnx.ModelProto, dtype, batches=(1, 2)) -> list[dict[str, np.ndarray]]:
