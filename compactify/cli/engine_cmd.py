@@ -28,7 +28,7 @@ def default_engine_path(onnx_path: Path, fp16: bool) -> Path:
 def engine(model: Path, output: Path | None, min_batch: int, opt_batch: int | None, max_batch: int | None,
            workspace_mb: int, timing_cache: Path | None, fp16: bool, force: bool) -> None:
     """Build a serialized TensorRT engine from MODEL.onnx (needs TensorRT and a CUDA device)."""
-    from compactify.converter.export.tensorrt_build import build_engine
+    from compactify.targets.tensorrt_build import build_engine
 
     from compactify.outputs import check_output_file
 

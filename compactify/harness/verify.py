@@ -306,7 +306,7 @@ def _compare_int8(candidate: _Model, report: dict, reference: _Model, shape: Seq
                   fixed: tuple[int, str] | None, tol: float, notes: list[str]) -> CandidateResult:
     """An int8 model against the reference, each output within ``tol`` of its largest reference value, on
     ``data`` (the user's --inputs) or else on the held-out inputs the conversion measured it on."""
-    from compactify.converter.export.calibration import held_out_inputs
+    from compactify.targets.calibration import held_out_inputs
     from compactify.measure.metrics import compare
 
     what = "the given inputs"

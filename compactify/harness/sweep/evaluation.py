@@ -34,7 +34,7 @@ def load_eval_data(data: str, input_shape: Sequence[int]) -> EvalData:
 
         d = load_digits_data(input_shape)
         return EvalData(d.x_test.numpy(), d.y_test.numpy(), f"the digits test split ({len(d.y_test)} images)")
-    from compactify.converter.export.calibration import read_npz
+    from compactify.targets.calibration import read_npz
 
     x, labels, _ = read_npz(data, input_shape)
     with_labels = "with labels" if labels is not None else "no labels: judged by top-1 agreement"

@@ -163,7 +163,7 @@ def _read_calibration(options: SweepOptions, ckpts: Sequence[Checkpoint]) -> byt
             raise BadInputError("--calibration is for --int8; add --int8 or drop it")
         return None
     if options.calibration:
-        from compactify.converter.export.calibration import read_npz
+        from compactify.targets.calibration import read_npz
 
         for c in ckpts:
             read_npz(options.calibration, c.input_shape)
