@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from compactify.harness.bench import BENCH_COLUMNS, bench as run_bench, markdown_report
+from compactify.harness.bench import BENCH_COLUMNS, markdown_report
+from compactify.harness.bench import bench as run_bench
 from compactify.harness.machine import machine_summary
 from compactify.harness.model_files import model_kinds_table
 from compactify.harness.report import latency_plot, print_table, to_jsonable, write_json, write_text

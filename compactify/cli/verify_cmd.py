@@ -13,8 +13,16 @@ from compactify.converter.load.ingest import parse_arch_kwargs, parse_input_shap
 from compactify.errors import BadInputError
 from compactify.harness.model_files import model_kinds_table
 from compactify.harness.report import print_table, to_jsonable, write_json
-from compactify.harness.verify import (FP16_ATOL, FP16_RTOL, INT8_TOL, REGION_COLUMNS, VERIFY_COLUMNS, VerifyResult,
-                                       verify_conversion, verify_models)
+from compactify.harness.verify import (
+    FP16_ATOL,
+    FP16_RTOL,
+    INT8_TOL,
+    REGION_COLUMNS,
+    VERIFY_COLUMNS,
+    VerifyResult,
+    verify_conversion,
+    verify_models,
+)
 from compactify.measure.metrics import DEFAULT_ATOL, DEFAULT_RTOL
 from compactify.outputs import check_output_file
 

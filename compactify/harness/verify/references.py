@@ -18,8 +18,13 @@ from compactify.converter.frontends.onnx.read import read_onnx
 from compactify.converter.frontends.onnx.shapes import graph_inputs
 from compactify.errors import BadInputError
 from compactify.harness.verify.folder import read_onnx_source, rebuild_source
-from compactify.harness.verify.runnable import (Runnable, onnx_float64_runnable, onnx_session_runnable,
-                                                runner_runnable, torch_runnable)
+from compactify.harness.verify.runnable import (
+    Runnable,
+    onnx_float64_runnable,
+    onnx_session_runnable,
+    runner_runnable,
+    torch_runnable,
+)
 from compactify.runtimes.base import TensorSpec
 from compactify.targets import TARGETS
 
