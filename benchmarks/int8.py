@@ -94,8 +94,9 @@ def quantize_variants(checkpoint: Path, folder: Path, exporter: str = "auto") ->
     import torch
     from onnxruntime.quantization import quant_pre_process
 
-    from compactify.converter.export import int8 as Q
-    from compactify.converter.export.calibration import calibration_set
+    from compactify.targets import TARGETS
+    from compactify.targets import int8_quantize as Q
+    from compactify.targets.calibration import calibration_set
     from compactify.converter.frontends.fx.capture import select_outputs
     from compactify.converter.load.checkpoint import load_checkpoint
     from compactify.converter.contract import example_input
@@ -112,7 +113,7 @@ def quantize_variants(checkpoint: Path, folder: Path, exporter: str = "auto") ->
     data = calibration_set(None, source.input_shape, source.meta)
     fp32 = out / "compact.onnx"
     names = report["output_names"]
-    paths = {"merged per-channel": out / Q.INT8_FILE, "merged per-tensor": folder / "merged-per-tensor.onnx"}
+    paths = {"merged per-channel": out / TARGETS["onnx_int8"].file, "merged per-tensor": folder / "merged-per-tensor.onnx"}
     Q.quantize(fp32, paths["merged per-tensor"], data.calibration, per_channel=False)
 
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):

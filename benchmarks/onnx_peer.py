@@ -80,7 +80,7 @@ def build(config: Config, folder: Path, exporter: str = "torchscript", seed: int
     import torch
 
     from compactify.converter.convert_onnx import contract_onnx
-    from compactify.converter.export.onnx_simplify import simplify_checked
+    from compactify.targets.onnx_simplify import simplify_checked
     from compactify.measure.onnx_float64 import Float64Reference
     from compactify.models import create_model, model_entry
 
@@ -105,7 +105,7 @@ def build(config: Config, folder: Path, exporter: str = "torchscript", seed: int
     limit, _ = simplify_checked(_export(hand, example, exporter=exporter), feeds)
 
     # ours against the source file in float64, on fresh inputs (independent of contract_onnx's check)
-    from compactify.converter.export.onnx_io import run_ort
+    from compactify.targets.onnx_io import run_ort
 
     (truth,) = Float64Reference(source).run(feeds[0])
     (got,) = run_ort(ours, feeds[0])

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from compactify.converter.export.tensorrt_build import build_engine
 from compactify.outputs import check_output_file
+from compactify.targets.tensorrt_build import build_engine
 
 
 def default_engine_path(onnx_path: Path, fp16: bool) -> Path:

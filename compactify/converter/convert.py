@@ -44,7 +44,7 @@ class ConvertOptions:
     rank_multiple: int = 1
     cost: str = "flops"  # or "latency": keep a factored layer only if it measures faster
     calibration: str | None = None  # inputs for the truncation error: "random", "digits" (None: auto)
-    int8: bool = False  # also write compact.int8.onnx (compactify.converter.export.int8)
+    int8: bool = False  # also write compact.int8.onnx (compactify.targets.int8_quantize)
     int8_calibration: str | None = None  # --calibration FILE.npz (None: digits, for checkpoints trained on them)
     int8_method: str = "minmax"  # --calibration-method: minmax, entropy or percentile
     int8_keep: tuple[str, ...] = ()  # --int8-keep: layers left in float
@@ -71,7 +71,7 @@ def convert_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: Con
         raise BadInputError("--fp16 writes compact.fp16.onnx; drop --no-onnx")
     if _is_onnx(checkpoint):
         return _convert_onnx(checkpoint, out_dir, options, inputs)
-    from compactify.converter.export.int8 import check_options, int8_request
+    from compactify.targets.int8_quantize import check_options, int8_request
 
     check_options(options)
     # The folder is claimed (locked, a temporary sibling made) before the work: a second run into the
@@ -141,7 +141,7 @@ def export_artifacts(result: Contraction, report: dict, options: ConvertOptions,
         added["onnx_fp16"] = write_fp16(folder, artifacts)
         engine_source = folder / artifacts["onnx_fp16"]
     if int8 is not None:
-        from compactify.converter.export.int8 import INT8_FILE, write_int8
+        from compactify.targets.int8_quantize import INT8_FILE, write_int8
 
         added["int8"] = write_int8(int8, folder / "compact.onnx", folder / INT8_FILE, report["output_names"])
         artifacts["onnx_int8"] = INT8_FILE

@@ -25,7 +25,7 @@ from compactify import __version__
 from compactify.converter.backends.onnx_rewrite import rewrite_onnx
 from compactify.converter.contract import EXACT_REL, SOURCE_ERROR_FACTOR
 from compactify.converter.engine.plan import Decision, PlanSummary, plan_graph
-from compactify.converter.export.onnx_io import check_onnx, short_error
+from compactify.targets.onnx_io import check_onnx, short_error
 from compactify.converter.frontends.onnx.graph import affine_graph
 from compactify.converter.frontends.onnx.read import check_model, read_onnx
 from compactify.converter.frontends.onnx.shapes import (InputSpec, concrete_shapes, example_shapes, graph_inputs,
@@ -155,7 +155,7 @@ def truncation_section(ranked, rule: str, multiple: int, untruncated: onnx.Model
                        feeds: dict[str, np.ndarray]) -> dict:
     """The --rank report section, in the PyTorch path's schema: per layer the ranks and costs, and
     the truncated model (ONNX Runtime) against the untruncated compact model in float64."""
-    from compactify.converter.export.onnx_io import run_ort
+    from compactify.targets.onnx_io import run_ort
     from compactify.converter.lowrank.rank_rules import parse_rank_rule
     from compactify.measure.metrics import compare
     from compactify.measure.onnx_float64 import Float64Reference
@@ -207,7 +207,7 @@ def measure_onnx_errors(source: onnx.ModelProto, compact: onnx.ModelProto,
                         feeds: dict[str, np.ndarray]) -> tuple[float, float, float]:
     """``(max_abs, max_rel)`` of the compact model on ONNX Runtime against the source evaluated
     in float64, and the source's own float32 error on the same inputs."""
-    from compactify.converter.export.onnx_io import run_ort
+    from compactify.targets.onnx_io import run_ort
     from compactify.measure.metrics import compare
     from compactify.measure.onnx_float64 import Float64Reference
     try:
@@ -312,8 +312,8 @@ def write_artifacts(result: OnnxContraction, report: dict, options, folder: Path
     import json
 
     from compactify.converter.export.derived import write_engine, write_fp16
-    from compactify.converter.export.onnx_io import save_onnx
-    from compactify.converter.export.onnx_simplify import simplify_checked
+    from compactify.targets.onnx_io import save_onnx
+    from compactify.targets.onnx_simplify import simplify_checked
 
     compact = result.model
     meta = {

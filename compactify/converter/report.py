@@ -96,7 +96,7 @@ def report_markdown(report: dict) -> str:
 
         lines += truncation_markdown(report["truncation"])
     if report.get("int8") is not None:
-        from compactify.converter.export.int8 import int8_markdown
+        from compactify.targets.int8_quantize import int8_markdown
 
         lines += int8_markdown(report["int8"])
     if report["warnings"]:

@@ -11,6 +11,7 @@ every target the same object, so no target imports the converter.
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Protocol, Sequence
@@ -26,7 +27,7 @@ class OnnxGraph:
     """The compact network as an ONNX model, and how it was made (report.json's ``onnx`` entry)."""
 
     model: Any  # onnx.ModelProto
-    info: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)  # a "warnings" list in it goes to the report's warnings
 
 
 class CompactModel(Protocol):
@@ -60,7 +61,7 @@ class Built:
     warnings: list[str] = field(default_factory=list)
 
 
-class Target:
+class Target(abc.ABC):
     """One artifact kind. Subclasses set the class attributes and implement ``build``."""
 
     name: ClassVar[str]  # the key in report.json's "artifacts": "pt2", "onnx", "onnx_fp16", ...
@@ -70,6 +71,7 @@ class Target:
     runtime: ClassVar[str]  # the runner that runs it: "torch", "ort", "trt" (a key of compactify.runtimes.RUNNERS)
     flag: ClassVar[str | None] = None  # the convert option that asks for it, None: written by default
     builds_from: ClassVar[tuple[str, ...]] = ()  # artifacts it is built from, in order of preference
+    settings_type: ClassVar[type]  # its settings: a frozen dataclass that checks itself, defaults for every field
 
     def sniff(self, path: Path) -> bool:
         """Whether ``path``'s content is this kind of artifact (for files under another suffix)."""
@@ -83,10 +85,10 @@ class Target:
         """Check ``settings`` before any work (read and check its files); returns the settings to build with."""
         return settings
 
+    @abc.abstractmethod
     def build(self, compact: CompactModel, folder: Path, built: Mapping[str, Path], settings: Any) -> Built:
         """Write this artifact into ``folder`` from ``compact`` (or from the files in ``built``, keyed by
-        target name, for a target built from another artifact)."""
-        raise NotImplementedError(f"the {self.name} target's build moves here from compactify.converter.export")
+        target name, for a target built from another artifact), with the settings ``prepare`` returned."""
 
     def open(self, path: str | Path, device: str = "cpu", **opts: Any) -> Runner:
         """A loaded Runner for the artifact at ``path`` (options as ``compactify.runtimes.open_runner``)."""

@@ -1,20 +1,45 @@
 """compact.int8.onnx: the compact network quantized to int8 (QDQ), run on ONNX Runtime.
 
-An int8 model is not judged with elementwise float tolerances: its error is measured per output
-against the output's scale on held-out inputs (``tolerance`` returns None; the harness judges it).
+The quantizer and its measurements are in :mod:`compactify.targets.int8_quantize`, the calibration
+inputs in :mod:`compactify.targets.calibration`. An int8 model is not judged with elementwise float
+tolerances: its error is measured per output against the output's scale on held-out inputs
+(``tolerance`` returns None; the harness judges it).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping, Sequence
 
 import onnx
 
-from compactify.targets.base import Target, register_target
+from compactify.errors import BadInputError
+from compactify.targets.base import Built, CompactModel, Target, register_target
+from compactify.targets.calibration import CalibrationSet, calibration_set
+from compactify.targets.int8_quantize import METHODS, write_int8
 from compactify.targets.onnx import read_onnx_model
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+@dataclass(frozen=True)
+class Int8Settings:
+    calibration: str | None = None  # an .npz of inputs (and labels); None: the digits, for checkpoints trained on them
+    method: str = "minmax"  # activation ranges: minmax, entropy or percentile
+    keep: tuple[str, ...] = ()  # layers left in float (node names or their weights' names)
+    min_agreement: float | None = None  # fail, writing nothing, below this top-1 agreement with fp32
+    tensorrt: bool = False  # write the form TensorRT takes (symmetric activations, float biases)
+    # The calibration and held-out inputs: read and checked by the target's prepare(), before any work.
+    data: CalibrationSet | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise BadInputError(f"--calibration-method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        a = self.min_agreement
+        if a is not None and (isinstance(a, bool) or not isinstance(a, (int, float)) or not 0.0 <= a <= 1.0):
+            raise BadInputError(f"--int8-min-agreement must be a fraction in [0, 1], got {a!r}")
+        object.__setattr__(self, "keep", tuple(k.strip() for k in self.keep if k.strip()))
 
 
 def is_qdq(model: onnx.ModelProto) -> bool:
@@ -31,10 +56,25 @@ class Int8Target(Target):
     runtime = "ort"
     flag = "--int8"
     builds_from = ("onnx",)
+    settings_type = Int8Settings
+    report_key = "int8"  # report.json's entry has been "int8" since before the targets
 
     def sniff(self, path: Path) -> bool:
         model = read_onnx_model(path)
         return model is not None and is_qdq(model)
+
+    def prepare(self, settings: Int8Settings, source_meta: Mapping[str, Any],
+                input_shape: Sequence[int]) -> Int8Settings:
+        """Read and check the calibration file (or the digits) now, before the contraction."""
+        if settings.data is not None:
+            return settings
+        return replace(settings, data=calibration_set(settings.calibration, input_shape, source_meta))
+
+    def build(self, compact: CompactModel, folder: Path, built: Mapping[str, Path], settings: Int8Settings) -> Built:
+        assert settings.data is not None, "build_artifacts prepares every request first"
+        entry = write_int8(settings, settings.data, built["onnx"], folder / self.file, compact.output_names,
+                           compact.reference)
+        return Built(self.file, {self.report_key: entry})
 
     def tolerance(self, atol: float, rtol: float, artifacts: Mapping[str, str]) -> tuple[float, float] | None:
         return None

@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import onnx
 
-from compactify.targets.base import Target, register_target
+from compactify.errors import BadInputError
+from compactify.targets.base import Built, CompactModel, Target, register_target
+from compactify.targets.onnx_io import save_onnx
+from compactify.targets.onnx_simplify import simplify_checked
 
 # Every ONNX model opens with ModelProto field 1 (ir_version) as a varint: tag byte 0x08.
 _ONNX_FIRST_BYTE = b"\x08"
+
+
+@dataclass(frozen=True)
+class OnnxSettings:
+    simplify: bool = True  # run onnxsim, checked on the conversion's check inputs
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.simplify, bool):
+            raise BadInputError(f"the ONNX target's simplify must be true or false, got {self.simplify!r}")
 
 
 def read_onnx_model(path: Path) -> onnx.ModelProto | None:
@@ -35,6 +49,15 @@ def _read_cached(path: str, mtime_ns: int, size: int) -> onnx.ModelProto | None:
     return model if model.ir_version > 0 and len(model.graph.output) > 0 else None
 
 
+def stamp_metadata(model: onnx.ModelProto, metadata: Mapping[str, str]) -> None:
+    """Add ``metadata`` to the model's metadata_props; keys the model already has keep their values (an
+    ONNX source's own stamps are not overwritten)."""
+    existing = {p.key for p in model.metadata_props}
+    for key, value in metadata.items():
+        if key not in existing:
+            model.metadata_props.add(key=key, value=str(value))
+
+
 @register_target
 class OnnxTarget(Target):
     name = "onnx"
@@ -42,6 +65,23 @@ class OnnxTarget(Target):
     suffixes = (".onnx",)
     description = "ONNX model"
     runtime = "ort"
+    settings_type = OnnxSettings
 
     def sniff(self, path: Path) -> bool:
         return read_onnx_model(path) is not None
+
+    def build(self, compact: CompactModel, folder: Path, built: Mapping[str, Path], settings: OnnxSettings) -> Built:
+        graph = compact.onnx()
+        model = onnx.ModelProto()
+        model.CopyFrom(graph.model)  # compact.onnx() is cached: simplifying must not change the caller's copy
+        entry = dict(graph.info)
+        entry.setdefault("nodes_before", len(model.graph.node))
+        entry["simplified"] = False
+        if settings.simplify:
+            model, diff = simplify_checked(model, compact.check_feeds)
+            entry.update(simplified=True, simplify_max_abs_diff=diff)
+        entry["nodes_after"] = len(model.graph.node)
+        stamp_metadata(model, compact.metadata)
+        save_onnx(model, folder / self.file, force=True)
+        warnings = list(entry.pop("warnings", []))
+        return Built(self.file, {self.name: entry}, warnings)

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from clihelp import error_line, run
 from compactify.converter.convert_onnx import contract_onnx
-from compactify.converter.export.onnx_io import run_ort
+from compactify.targets.onnx_io import run_ort
 from compactify.measure.onnx_float64 import run_float64
 
 RANK = 3

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from compactify.converter.convert_onnx import contract_onnx
-from compactify.converter.export.onnx_io import run_ort
+from compactify.targets.onnx_io import run_ort
 from compactify.measure.onnx_float64 import run_float64
 
 from ._common import param_count

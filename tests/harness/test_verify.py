@@ -144,7 +144,7 @@ def test_scaled_or_nan_onnx_initializer_fails(converted, tmp_path):
 
 
 def test_fp16_artifact_is_judged_with_fp16_tolerances(converted, tmp_path):
-    from compactify.converter.export.fp16 import to_fp16
+    from compactify.targets.fp16_convert import to_fp16
 
     out = _copy(converted, tmp_path)
     to_fp16(out / "compact.onnx", out / "compact.fp16.onnx")

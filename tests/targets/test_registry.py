@@ -10,8 +10,9 @@ from torch import nn
 from compactify.errors import BadInputError
 from compactify.registry import DuplicateRegistration
 from compactify.runtimes import RUNNERS
-from compactify.targets import TARGETS, Target, kinds_help, kinds_table, open_artifact, register_target, runtime_for, \
-    target_for
+from compactify.targets import (TARGETS, Built, Fp16Settings, OnnxSettings, Target, build_artifacts, kinds_help,
+                                kinds_table, open_artifact, prepare_artifacts, register_target, runtime_for, target_for)
+from torch_compact import TorchCompact
 
 SHAPE = (2, 3, 8, 8)
 
@@ -63,6 +64,10 @@ def test_a_second_target_of_one_name_is_refused():
             suffixes = (".other",)
             description = "another ONNX model"
             runtime = "ort"
+            settings_type = OnnxSettings
+
+            def build(self, compact, folder, built, settings):
+                return Built(self.file)
 
 
 def test_target_by_suffix():
@@ -137,3 +142,44 @@ def test_help_lists_every_kind_and_runtime():
     for t in TARGETS.values():
         assert "/".join(t.suffixes) in line and " ".join(t.suffixes) in table
     assert all(name in table for name in RUNNERS)
+
+
+def test_build_artifacts_writes_pt2_onnx_and_fp16_that_load_and_run(tiny, tmp_path):
+    compact = TorchCompact(tiny, tiny, SHAPE)
+    added = build_artifacts(compact, tmp_path, {"pt2": None, "onnx": OnnxSettings(), "onnx_fp16": Fp16Settings()})
+    assert added["artifacts"] == {"pt2": "compact.pt2", "onnx": "compact.onnx", "onnx_fp16": "compact.fp16.onnx"}
+    assert added["onnx"]["simplified"] and added["onnx"]["simplify_max_abs_diff"] < 1e-5
+    assert added["onnx"]["exporter"] == "torchscript" and added["onnx"]["nodes_after"] <= added["onnx"]["nodes_before"]
+    assert added["onnx_fp16"]["max_rel_diff_vs_fp32"] < 1e-2 and added["warnings"] == []
+    x = np.random.default_rng(3).standard_normal((5, *SHAPE[1:])).astype(np.float32)
+    want = compact.reference({"x": x})[0]
+    for name, file in added["artifacts"].items():
+        target = target_for(tmp_path / file)
+        assert target.name == name
+        with target.open(tmp_path / file) as runner:
+            got = list(runner.infer({"x": x}).values())[0]
+        np.testing.assert_allclose(got, want, atol=target.tolerance(1e-4, 1e-4, added["artifacts"])[0])
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "compact.onnx")).metadata_props}
+    assert props["compactify.source_arch"] == "tiny"
+
+
+def test_requests_are_checked_before_any_work():
+    with pytest.raises(BadInputError, match="--fp16 writes compact.fp16.onnx from compact.onnx; drop --no-onnx"):
+        prepare_artifacts({"onnx_fp16": None}, {}, SHAPE)
+    with pytest.raises(BadInputError, match="no artifact kind 'tvm'"):
+        prepare_artifacts({"tvm": None}, {}, SHAPE)
+    with pytest.raises(BadInputError, match="--trt builds one engine: from compact.int8.onnx with --int8 or "
+                                            "from compact.fp16.onnx with --fp16; drop one of them"):
+        prepare_artifacts({"onnx": None, "onnx_fp16": None, "onnx_int8": None, "engine": None}, {}, SHAPE)
+    with pytest.raises(BadInputError, match="simplify must be true or false"):
+        OnnxSettings(simplify="yes")
+
+
+def test_pt2_of_a_source_without_a_program_is_one_line(tiny, tmp_path):
+    compact = TorchCompact(tiny, tiny, SHAPE)
+    compact.program = lambda: None  # an ONNX source has no PyTorch graph
+    with pytest.raises(BadInputError, match="an ONNX source has no PyTorch graph"):
+        build_artifacts(compact, tmp_path, {"pt2": None, "onnx": None})
+    assert list(tmp_path.iterdir()) == []

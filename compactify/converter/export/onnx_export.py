@@ -31,8 +31,8 @@ import torch
 from onnx import helper
 
 from compactify.errors import BadInputError, CompactifyError, VerificationError
-from compactify.converter.export.onnx_simplify import simplify
-from compactify.converter.export.onnx_io import check_onnx, run_ort_feeds, save_onnx, short_error
+from compactify.targets.onnx_simplify import simplify
+from compactify.targets.onnx_io import check_onnx, run_ort_feeds, save_onnx, short_error
 from compactify.tensors import flatten_outputs
 
 MIN_OPSET = 18

@@ -135,7 +135,7 @@ def held_out_accuracy(path: str, shape: Sequence[int]) -> tuple[Callable[[nn.Mod
     """The accuracy of a model on a --data file's inputs and labels, and what to call them."""
     from pathlib import Path
 
-    from compactify.converter.export.calibration import read_npz
+    from compactify.targets.calibration import read_npz
 
     x, labels, _ = read_npz(path, shape)
     if labels is None:

@@ -14,9 +14,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from compactify.converter.export.calibration import read_npz
 from compactify.errors import BadInputError
 from compactify.models.data import load_digits_data
+from compactify.targets.calibration import read_npz
 
 DIGITS = "digits"
 PREDICT_BATCH = 256

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from compactify import __version__
-from compactify.converter.export.calibration import read_npz
 from compactify.converter.load.checkpoint import load_checkpoint
 from compactify.converter.load.ingest import build_source
 from compactify.errors import BadInputError
@@ -40,6 +39,7 @@ from compactify.harness.sweep.layout import SweepFolder
 from compactify.harness.sweep.plot import frontier_png
 from compactify.harness.sweep.ray_backend import ray_session, run_conversions, time_target
 from compactify.harness.sweep.tables import sweep_markdown
+from compactify.targets.calibration import read_npz
 
 DEFAULT_BUDGETS = "flops:0.3,flops:0.5,energy:0.99"
 DEFAULT_SECONDS = 2.0  # of interleaved rounds per batch size

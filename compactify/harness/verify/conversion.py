@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from compactify.converter.export.calibration import trained_on_digits
 from compactify.errors import BadInputError
 from compactify.harness.inputs import DEFAULT_SEED, Inputs, inputs_for
 from compactify.harness.region_errors import annotate_truncation, region_errors, truncated_elsewhere
@@ -27,6 +26,7 @@ from compactify.harness.verify.runnable import Runnable, fixed_batch, run_all
 from compactify.harness.verify.tolerances import FP16_ATOL, FP16_RTOL, INT8_TOL, check_tolerances
 from compactify.harness.verify.truncation import truncation_effect, truncation_note
 from compactify.measure.metrics import DEFAULT_ATOL, DEFAULT_RTOL
+from compactify.targets.calibration import trained_on_digits
 
 NO_REGIONS = ("--per-region compares merged layers of a PyTorch conversion; this conversion's source is an ONNX "
               "graph, checked as a whole")

@@ -8,13 +8,13 @@ from typing import Collection, Sequence
 
 import numpy as np
 
-from compactify.converter.export.calibration import held_out_inputs
 from compactify.errors import BadInputError
 from compactify.harness.inputs import Inputs
 from compactify.harness.verify.results import CandidateResult
 from compactify.harness.verify.runnable import Runnable, run_all
 from compactify.harness.verify.tolerances import INT8_BATCH
 from compactify.measure.metrics import compare, compare_all
+from compactify.targets.calibration import held_out_inputs
 
 
 def judge(candidate: Runnable, inputs: Inputs, reference: dict[str, np.ndarray], tolerance: tuple[float, float], *,

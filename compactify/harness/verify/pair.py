@@ -10,7 +10,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from compactify.converter.contract import reference_float64
-from compactify.converter.export.calibration import trained_on_digits
 from compactify.converter.load.checkpoint import load_checkpoint
 from compactify.converter.load.ingest import build_source
 from compactify.errors import BadInputError, CompactifyError
@@ -24,6 +23,7 @@ from compactify.harness.verify.results import VerifyResult
 from compactify.harness.verify.runnable import Runnable, fixed_batch, runner_runnable, torch_runnable
 from compactify.harness.verify.tolerances import check_tolerances
 from compactify.measure.metrics import DEFAULT_ATOL, DEFAULT_RTOL
+from compactify.targets.calibration import trained_on_digits
 from compactify.targets.onnx import read_onnx_model
 
 DTYPES = ("float32", "float64")

@@ -18,7 +18,7 @@ from torch import nn
 from compactify import models
 from compactify.converter.export import onnx_export
 from compactify.converter.contract import contract, reference_float64
-from compactify.converter.export.fp16 import to_fp16
+from compactify.targets.fp16_convert import to_fp16
 from compactify.converter.export.onnx_export import export_onnx
 from compactify.errors import BadInputError, VerificationError
 

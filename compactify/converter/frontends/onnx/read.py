@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from compactify.converter.export.onnx_io import short_error
+from compactify.targets.onnx_io import short_error
 from compactify.converter.load.sniff import detect
 from compactify.errors import BadInputError
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from compactify.converter.export.onnx_io import run_ort
+from compactify.targets.onnx_io import run_ort
 from compactify.converter.frontends.onnx.transposes import cancel_transposes
 
 NHWC_TO_NCHW, NCHW_TO_NHWC = [0, 3, 1, 2], [0, 2, 3, 1]

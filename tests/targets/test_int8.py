@@ -1,4 +1,4 @@
-"""INT8 (``convert --int8``): the QDQ model onnxruntime.quantization writes, the calibration inputs, and
+"""INT8 (the onnx_int8 target): the QDQ model onnxruntime.quantization writes, the calibration inputs, and
 the measured cost of quantization.
 
 Thresholds stated here: on the built-in digits a trained SmallNet-7 CL (94% accurate) quantized with
@@ -17,12 +17,13 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from compactify.converter.export import calibration as C
-from compactify.converter.export import int8 as Q
-from compactify.converter.load.checkpoint import save_checkpoint
-from compactify.converter.convert import ConvertOptions, convert_checkpoint
+from compactify.converter.contract import contract
 from compactify.converter.export.onnx_export import export_onnx
 from compactify.errors import BadInputError, CompactifyError
+from compactify.targets import Int8Settings, OnnxGraph, build_artifacts, prepare_artifacts
+from compactify.targets import calibration as C
+from compactify.targets import int8_quantize as Q
+from torch_compact import TorchCompact
 
 SHAPE = (1, 3, 8, 8)
 MIN_AGREEMENT = 0.97
@@ -273,11 +274,12 @@ def test_held_out_of_a_changed_file_is_refused(tmp_path):
         C.held_out_inputs(desc, SHAPE)
 
 
-# ------------------------------------------------------------------ through convert_checkpoint, on digits
+# ------------------------------------------------------------------ through build_artifacts, on digits
 
 
 @pytest.fixture(scope="module")
-def digits_checkpoint(tmp_path_factory):
+def digits_compact():
+    """A SmallNet-7 CL trained on the digits, contracted: what the converter hands the int8 target."""
     from compactify.models import build_model
     from compactify.models.train import train
 
@@ -285,34 +287,36 @@ def digits_checkpoint(tmp_path_factory):
     model = build_model(DIGITS_META)
     result = train(model, 3, input_shape=DIGITS_META["input_shape"], progress=False)
     meta = dict(DIGITS_META, training={"dataset": "digits", "epochs": 3, "test_accuracy": result.test_accuracy})
-    return save_checkpoint(tmp_path_factory.mktemp("digits") / "sn7cl.pt", model.state_dict(), meta), result
+    model.eval()
+    contraction = contract(model, tuple(DIGITS_META["input_shape"]))
+    return TorchCompact(contraction.compact, model, (2, *DIGITS_META["input_shape"][1:]), meta), result
 
 
 @pytest.fixture(scope="module")
-def converted(digits_checkpoint, tmp_path_factory):
-    path, _ = digits_checkpoint
-    out = tmp_path_factory.mktemp("conv") / "out"
-    return out, convert_checkpoint(path, out, ConvertOptions(int8=True))
+def converted(digits_compact, tmp_path_factory):
+    compact, _ = digits_compact
+    out = tmp_path_factory.mktemp("conv")
+    return out, build_artifacts(compact, out, {"onnx": None, "onnx_int8": Int8Settings()})
 
 
-def test_digits_agreement_and_accuracy_above_the_stated_thresholds(converted, digits_checkpoint):
+def test_digits_agreement_and_accuracy_above_the_stated_thresholds(converted, digits_compact):
     out, report = converted
     r = report["int8"]
     assert (out / "compact.int8.onnx").is_file() and report["artifacts"]["onnx_int8"] == "compact.int8.onnx"
     assert r["held_out"]["source"] == "digits" and r["held_out"]["held_out_samples"] == 360
     assert r["calibration"]["calibration_samples"] == C.DIGITS_CALIBRATION
     assert r["top1_agreement"] >= MIN_AGREEMENT
-    assert r["accuracy_fp32"] == pytest.approx(digits_checkpoint[1].test_accuracy, abs=1e-6)
+    assert r["accuracy_fp32"] == pytest.approx(digits_compact[1].test_accuracy, abs=1e-6)
     assert r["accuracy_int8"] >= r["accuracy_fp32"] - MAX_ACCURACY_DROP
     assert r["reference"] == "source float64"
     assert 0 < r["mean_abs_error"] <= r["max_abs_error"] and r["max_rel_error"] < 0.2
     assert r["fp32_max_abs_error"] < 1e-4 < r["max_abs_error"]  # int8, not fp32, is what is measured
     assert r["quantized_layers"] == r["linear_layers"] == len(r["layers"]) == 5
-    assert "## INT8" in (out / "report.md").read_text()
+    assert "## INT8" in "\n".join(Q.int8_markdown(r))
 
 
-def test_min_agreement_failure_writes_nothing(digits_checkpoint, tmp_path, monkeypatch):
-    path, _ = digits_checkpoint
+def test_min_agreement_failure_raises_after_measuring(digits_compact, tmp_path, monkeypatch):
+    compact, _ = digits_compact
     real = Q.measure
 
     def lower(*args, **kwargs):  # as if int8 had flipped 10% of the predictions
@@ -323,26 +327,38 @@ def test_min_agreement_failure_writes_nothing(digits_checkpoint, tmp_path, monke
     monkeypatch.setattr(Q, "measure", lower)
     with pytest.raises(CompactifyError, match="0.9000 on the digits test split.*below --int8-min-agreement 0.95.*"
                                               "--int8-keep") as info:
-        convert_checkpoint(path, tmp_path / "out", ConvertOptions(int8=True, int8_min_agreement=0.95))
+        build_artifacts(compact, tmp_path, {"onnx": None, "onnx_int8": Int8Settings(min_agreement=0.95)})
     assert not isinstance(info.value, BadInputError)  # exit 1: the conversion ran and failed its bar
-    assert list(tmp_path.iterdir()) == []
 
 
-def test_options_are_checked_before_any_work(digits_checkpoint, tmp_path):
-    path, _ = digits_checkpoint
+def test_settings_are_checked_before_any_work(tmp_path):
     cases = [
-        (ConvertOptions(int8_keep=("a",)), "--int8-keep applies only with --int8"),
-        (ConvertOptions(int8=True, onnx=False), "drop --no-onnx"),
-        (ConvertOptions(int8=True, int8_method="kl"), "minmax, entropy, percentile"),
-        (ConvertOptions(int8=True, int8_min_agreement=1.5), "fraction in [0, 1]"),
-        (ConvertOptions(int8=True, fp16=True, trt=True), "--trt builds one engine"),
+        (lambda: prepare_artifacts({"onnx_int8": Int8Settings()}, {}, SHAPE), "drop --no-onnx"),
+        (lambda: Int8Settings(method="kl"), "minmax, entropy, percentile"),
+        (lambda: Int8Settings(min_agreement=1.5), "fraction in [0, 1]"),
+        (lambda: prepare_artifacts({"onnx": None, "onnx_fp16": None, "onnx_int8": None, "engine": None}, {}, SHAPE),
+         "--trt builds one engine"),
+        (lambda: prepare_artifacts({"onnx": None, "onnx_int8": Int8Settings(calibration=str(tmp_path / "no.npz"))},
+                                   {}, SHAPE), "does not exist"),
     ]
-    for options, message in cases:
+    for make, message in cases:
         with pytest.raises(BadInputError, match=message.replace("[", r"\[").replace("]", r"\]")):
-            Q.check_options(options)
-    with pytest.raises(BadInputError, match="does not exist"):
-        convert_checkpoint(path, tmp_path / "out", ConvertOptions(int8=True, int8_calibration=str(tmp_path / "no.npz")))
-    assert list(tmp_path.iterdir()) == []
+            make()
+    assert Int8Settings(keep=(" a ", "", "b")).keep == ("a", "b")
+
+
+def test_an_onnx_source_quantizes_too(fp32, tmp_path):
+    """int8 needs only compact.onnx and the source's float64 outputs: what an ONNX source has."""
+    np.savez(tmp_path / "c.npz", x=calib(40))
+    net = Net().eval()
+    compact = TorchCompact(net, net, (2, *SHAPE[1:]))
+    compact.program = lambda: None  # as for an ONNX source: no PyTorch graph, only the ONNX one
+    compact.onnx = lambda: OnnxGraph(onnx.load(str(fp32)), {"exporter": "compactify.onnx_rewrite"})
+    out = tmp_path / "out"
+    out.mkdir()
+    added = build_artifacts(compact, out, {"onnx": None,
+                                           "onnx_int8": Int8Settings(calibration=str(tmp_path / "c.npz"))})
+    assert added["artifacts"]["onnx_int8"] == "compact.int8.onnx" and added["int8"]["max_rel_error"] < 0.2
 
 
 def test_outputs_beyond_the_calibrated_range_are_counted_as_clipped(fp32, tmp_path):
@@ -351,7 +367,7 @@ def test_outputs_beyond_the_calibrated_range_are_counted_as_clipped(fp32, tmp_pa
     assert lo < 0 < hi
     narrow = C.CalibrationSet(calib() * 0.2, calib(32, seed=1) * 0.2, None, {})
     wide = C.CalibrationSet(calib() * 0.2, calib(32, seed=1) * 3, None, {})
-    source = Net().eval()
+    source = TorchCompact(Net(), Net(), SHAPE)
     names = [o.name for o in onnx.load(str(fp32)).graph.output]
-    assert Q.measure(fp32, tmp_path / "q.onnx", wide, source, names)["clipped"] > 0.1
-    assert Q.measure(fp32, tmp_path / "q.onnx", narrow, source, names)["clipped"] < 0.1
+    assert Q.measure(fp32, tmp_path / "q.onnx", wide, source.reference, names)["clipped"] > 0.1
+    assert Q.measure(fp32, tmp_path / "q.onnx", narrow, source.reference, names)["clipped"] < 0.1

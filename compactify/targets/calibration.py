@@ -19,13 +19,16 @@ model on it): the file's path and sha256 and the split rule, or the digits split
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
+from onnxruntime.quantization import CalibrationDataReader
 
 from compactify.errors import BadInputError
+from compactify.models.data import load_digits_data
 
 HELD_OUT_FRACTION = 0.2
 SPLIT_SEED = 0
@@ -73,8 +76,6 @@ def calibration_set(path: str | Path | None, input_shape: Sequence[int], meta: M
 
 
 def digits_set(input_shape: Sequence[int], meta: Mapping[str, Any] | None) -> CalibrationSet:
-    from compactify.models.data import load_digits_data
-
     training = (meta or {}).get("training") or {}
     seed, fraction = int(training.get("data_seed", 0)), float(training.get("test_fraction", 0.2))
     data = load_digits_data(input_shape, seed=seed, test_fraction=fraction)
@@ -91,15 +92,13 @@ def digits_set(input_shape: Sequence[int], meta: Mapping[str, Any] | None) -> Ca
 def read_npz(path: str | Path, input_shape: Sequence[int],
              input_name: str = "x") -> tuple[np.ndarray, np.ndarray | None, str]:
     """The inputs (float32), the labels (int64 or None) and the sha256 of an .npz calibration file."""
-    from compactify.converter.load.sniff import detect
-
     path = Path(path)
     if not path.is_file():
         raise BadInputError(f"calibration file {path} does not exist" if not path.exists()
                             else f"calibration file {path} is not a file")
-    content = detect(path)
-    if content.kind != "npz":
-        raise BadInputError(f"calibration file {path} is {content.what}, not an .npz archive of arrays; save the "
+    if not _is_npz(path):
+        what = "an empty file, not" if path.stat().st_size == 0 else "not"
+        raise BadInputError(f"calibration file {path} is {what} an .npz archive of arrays; save the "
                             f"inputs with np.savez(FILE, {input_name}=ARRAY, {LABELS}=CLASSES)")
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -141,6 +140,16 @@ def read_npz(path: str | Path, input_shape: Sequence[int],
             raise BadInputError(f"{path.name}: {LABELS!r} holds the negative class {int(labels.min())}")
         labels = labels.astype(np.int64)
     return x.astype(np.float32), labels, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _is_npz(path: Path) -> bool:
+    """Whether ``path`` is a zip archive of .npy arrays (what np.savez writes), by its content."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return False
+    return bool(names) and all(n.endswith(".npy") for n in names)
 
 
 def split_indices(n: int, fraction: float = HELD_OUT_FRACTION, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
@@ -196,8 +205,6 @@ def batches(x: np.ndarray, size: int, fixed: bool = False) -> Iterator[tuple[np.
 def data_reader(x: np.ndarray, input_name: str, batch: int, fixed: bool = False):
     """An onnxruntime.quantization CalibrationDataReader over ``x`` in batches of ``batch``. A static-batch
     model gets only full batches (padding would put zeros into the calibrated ranges)."""
-    from onnxruntime.quantization import CalibrationDataReader
-
     if fixed and len(x) < batch:
         raise BadInputError(f"the ONNX model has a fixed batch of {batch}, but only {len(x)} calibration inputs were "
                             f"given; give at least {batch}, or convert without --static")

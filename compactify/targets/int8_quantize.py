@@ -16,8 +16,9 @@ explicit quantization); nothing here computes a scale by hand. Its settings:
 - ``--int8-keep LAYER,...``: those layers stay in float (``nodes_to_exclude``).
 
 What quantization cost is measured on held-out inputs the calibrator never saw
-(:mod:`compactify.converter.export.calibration`): top-1 agreement of the int8 model with the fp32 compact
-model, accuracy when labels are known, max and mean error against the source model run in float64,
+(:mod:`compactify.targets.calibration`): top-1 agreement of the int8 model with the fp32 compact
+model, accuracy when labels are known, max and mean error against the source run in float64
+(``CompactModel.reference``, so an ONNX source is measured the same way as a PyTorch one),
 and per layer (every Conv/Gemm/MatMul) the relative error of its output between the fp32 and the
 int8 model. For that comparison the layers' outputs and inputs are added as graph outputs of both
 models, which run unoptimized (the int8 one then computes ``DQ(Q(x))`` in float: the same
@@ -34,17 +35,24 @@ import math
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 
-from compactify.converter.export.calibration import CalibrationSet, batches, calibration_set, data_reader
 from compactify.errors import BadInputError, CompactifyError, first_line
+from compactify.measure.metrics import compare
+from compactify.targets.calibration import CalibrationSet, batches, data_reader
+
+# The source run in float64 on named inputs (``CompactModel.reference``).
+Reference = Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]
 
 METHODS = ("minmax", "entropy", "percentile")
-INT8_FILE = "compact.int8.onnx"
 CALIBRATION_BATCH = 32
 EVAL_BATCH = 64
 LAYER_SAMPLES = 64  # held-out inputs of the per-layer comparison (every layer's output is kept per batch)
@@ -55,52 +63,6 @@ SUMMARY_LAYERS = 3
 # quantize_static cannot pass a bin count and ONNX Runtime's default is 128, with which the KL
 # search has one candidate, the whole range: entropy would be MinMax under another name.
 ENTROPY_BINS = 2048
-
-
-@dataclass
-class Int8Request:
-    """What ``--int8`` asks for, with the data and the source model that measure the result."""
-
-    data: CalibrationSet
-    source: Any  # the source nn.Module, run in float64 on the held-out inputs
-    method: str = "minmax"
-    keep: tuple[str, ...] = ()
-    min_agreement: float | None = None
-    tensorrt: bool = False  # write the form TensorRT takes (symmetric activations, float biases)
-
-
-def check_options(options) -> None:
-    """Refuse, before any work, int8 options that cannot go together (``ConvertOptions`` fields)."""
-    given = {"--calibration": options.int8_calibration is not None,
-             "--calibration-method": options.int8_method != "minmax",
-             "--int8-keep": bool(options.int8_keep), "--int8-min-agreement": options.int8_min_agreement is not None}
-    if not options.int8:
-        used = [k for k, v in given.items() if v]
-        if used:
-            raise BadInputError(f"{', '.join(used)} appl{'y' if len(used) > 1 else 'ies'} only with --int8; add --int8")
-        return
-    if not options.onnx:
-        raise BadInputError(f"--int8 writes {INT8_FILE} from compact.onnx; drop --no-onnx")
-    if options.int8_method not in METHODS:
-        raise BadInputError(f"--calibration-method must be one of {', '.join(METHODS)}, got {options.int8_method!r}")
-    a = options.int8_min_agreement
-    if a is not None and not (isinstance(a, (int, float)) and 0.0 <= a <= 1.0):
-        raise BadInputError(f"--int8-min-agreement must be a fraction in [0, 1], got {a!r}")
-    if options.trt and options.fp16:
-        raise BadInputError("--trt builds one engine: from compact.int8.onnx with --int8 or from compact.fp16.onnx "
-                            "with --fp16; drop one of them")
-
-
-def int8_request(options, source, model) -> Int8Request | None:
-    """The request made by ``ConvertOptions`` for a loaded ``Source`` (its metadata says whether it was
-    trained on digits) and its selected model; the calibration file is read and checked here, before
-    the contraction. None without ``--int8``."""
-    check_options(options)
-    if not options.int8:
-        return None
-    data = calibration_set(options.int8_calibration, source.input_shape, source.meta)
-    keep = tuple(k.strip() for k in options.int8_keep if k.strip())
-    return Int8Request(data, model, options.int8_method, keep, options.int8_min_agreement, bool(options.trt))
 
 
 # ---------------------------------------------------------------------------------------
@@ -165,9 +127,6 @@ def resolve_keep(model, names: Sequence[str]) -> list[str]:
 def quantize(fp32_path: str | Path, out_path: str | Path, calibration: np.ndarray, *, method: str = "minmax",
              per_channel: bool = True, keep: Sequence[str] = (), tensorrt: bool = False) -> list[str]:
     """Write the QDQ int8 model of ``fp32_path`` calibrated on ``calibration``; returns the kept node names."""
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
     if method not in METHODS:
         raise BadInputError(f"calibration method must be one of {', '.join(METHODS)}, got {method!r}")
     model = onnx.load(str(fp32_path))
@@ -190,8 +149,6 @@ def quantize(fp32_path: str | Path, out_path: str | Path, calibration: np.ndarra
         with _quiet(), tempfile.TemporaryDirectory(prefix="compactify-calib-") as tmp:
             cache = None
             if method == "entropy":  # ONNX Runtime's own entropy calibrator, run with enough bins
-                from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
-
                 calibrator = create_calibrator(Path(fp32_path), augmented_model_path=str(Path(tmp) / "augmented.onnx"),
                                                calibrate_method=calibrate,
                                                extra_options={"num_bins": ENTROPY_BINS, "num_quantized_bins": 128})
@@ -222,11 +179,9 @@ def qdq_structure(model) -> list[dict[str, Any]]:
         dq = producers.get(node.input[1])
         row: dict[str, Any] = {"layer": node.name, "op": node.op_type, "weight": None}
         if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[1] in inits:
-            import onnx.numpy_helper as nh
-
-            scale = nh.to_array(inits[dq.input[1]])
+            scale = numpy_helper.to_array(inits[dq.input[1]])
             axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
-            zero = nh.to_array(inits[dq.input[2]]) if len(dq.input) > 2 and dq.input[2] in inits else np.zeros(1)
+            zero = numpy_helper.to_array(inits[dq.input[2]]) if len(dq.input) > 2 and dq.input[2] in inits else np.zeros(1)
             source = producers.get(dq.input[0])
             weight_name = source.input[0] if source is not None and source.op_type == "QuantizeLinear" else dq.input[0]
             row["weight"] = {"scales": int(scale.size), "axis": int(axis) if scale.size > 1 else None,
@@ -241,8 +196,6 @@ def qdq_structure(model) -> list[dict[str, Any]]:
 
 
 def _session(path: str | Path | bytes, optimized: bool = True):
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if not optimized:
@@ -260,26 +213,18 @@ def run_onnx(session, x: np.ndarray, fixed: int | None, batch: int = EVAL_BATCH)
     return [np.concatenate(p) for p in zip(*parts)]
 
 
-def _reference(module, x: np.ndarray) -> tuple[list[np.ndarray], str]:
-    import torch
-
-    from compactify.converter.contract import reference_float64
-    from compactify.tensors import flatten_outputs
-
-    ref = reference_float64(module)
-    dtype, what = (torch.float64, "source float64") if ref is not None else (torch.float32, "source float32")
-    ref = ref if ref is not None else module
-    outs: list[list[np.ndarray]] = []
-    with torch.no_grad():
-        for chunk, _ in batches(x, EVAL_BATCH):
-            outs.append([t.numpy() for t in flatten_outputs(ref(torch.from_numpy(chunk).to(dtype)))])
-    return [np.concatenate(p) for p in zip(*outs)], what
+def run_reference(reference: Reference, input_name: str, x: np.ndarray, fixed: int | None,
+                  batch: int = EVAL_BATCH) -> list[np.ndarray]:
+    """Every output of the float64 source on ``x``, batch by batch like :func:`run_onnx` (a static batch
+    padded, the padding dropped)."""
+    parts: list[list[np.ndarray]] = []
+    for chunk, n in batches(x, fixed or batch, fixed is not None):
+        parts.append([np.asarray(o)[:n] for o in reference({input_name: chunk})])
+    return [np.concatenate(p) for p in zip(*parts)]
 
 
 def output_ranges(model) -> dict[str, tuple[float, float]]:
     """The float range each quantized graph output can take (its last DequantizeLinear, per tensor)."""
-    from onnx import numpy_helper
-
     producers = {o: n for n in model.graph.node for o in n.output}
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     out = {}
@@ -306,8 +251,6 @@ def layer_errors(fp32_path: str | Path, int8_path: str | Path, x: np.ndarray) ->
     is quantized) and of the input it reads (after it is quantized), between the fp32 and the int8 model;
     ``added`` (their difference: what its own int8 weights add) largest first. Both models run unoptimized
     with those tensors as extra graph outputs."""
-    import onnx
-
     fp, q = onnx.load(str(fp32_path)), onnx.load(str(int8_path))
     fixed = fixed_batch(fp)
     q_nodes = {n.name: n for n in q.graph.node}
@@ -361,20 +304,17 @@ def layer_errors(fp32_path: str | Path, int8_path: str | Path, x: np.ndarray) ->
     return sorted(layers, key=lambda r: -r["added"])
 
 
-def measure(fp32_path: str | Path, int8_path: str | Path, data: CalibrationSet, source,
+def measure(fp32_path: str | Path, int8_path: str | Path, data: CalibrationSet, reference: Reference,
             output_names: Sequence[str]) -> dict[str, Any]:
     """The cost of quantization on the held-out inputs (see the module docstring)."""
-    import onnx
-
-    from compactify.measure.metrics import compare
-
-    fixed = fixed_batch(onnx.load(str(fp32_path), load_external_data=False))
+    fp32_model = onnx.load(str(fp32_path), load_external_data=False)
+    fixed = fixed_batch(fp32_model)
     x = data.held_out
     fp32 = run_onnx(_session(fp32_path), x, fixed)
     int8 = run_onnx(_session(int8_path), x, fixed)
-    ref, ref_what = _reference(source, x)
+    ref = run_reference(reference, fp32_model.graph.input[0].name, x, fixed)
     ranges = output_ranges(onnx.load(str(int8_path)))
-    out: dict[str, Any] = {"reference": ref_what, "outputs": {}}
+    out: dict[str, Any] = {"reference": "source float64", "outputs": {}}
     for i, name in enumerate(output_names):
         c = compare(int8[i], ref[i], name=name, classifier=False)
         c32 = compare(fp32[i], ref[i], name=name, classifier=False)
@@ -409,19 +349,17 @@ def measure(fp32_path: str | Path, int8_path: str | Path, data: CalibrationSet, 
 # The artifact
 
 
-def write_int8(request: Int8Request, fp32_path: str | Path, out_path: str | Path,
-               output_names: Sequence[str]) -> dict[str, Any]:
-    """Quantize ``fp32_path`` into ``out_path`` as ``request`` says and measure it; the report.json entry.
-    CompactifyError (exit 1) when the top-1 agreement falls below ``request.min_agreement``."""
-    import onnx
-
+def write_int8(request, data: CalibrationSet, fp32_path: str | Path, out_path: str | Path,
+               output_names: Sequence[str], reference: Reference) -> dict[str, Any]:
+    """Quantize ``fp32_path`` into ``out_path`` as ``request`` (``Int8Settings``) says, calibrated on ``data``,
+    and measure it against ``reference``; the report.json entry. CompactifyError (exit 1) when the top-1
+    agreement falls below ``request.min_agreement``."""
     t = time.perf_counter()
-    data = request.data
     kept = quantize(fp32_path, out_path, data.calibration, method=request.method, keep=request.keep,
                     tensorrt=request.tensorrt)
     quantize_s = time.perf_counter() - t
     structure = qdq_structure(onnx.load(str(out_path)))
-    result = measure(fp32_path, out_path, data, request.source, output_names)
+    result = measure(fp32_path, out_path, data, reference, output_names)
     layers = layer_errors(fp32_path, out_path, data.held_out)
     report = {
         "artifact": Path(out_path).name,

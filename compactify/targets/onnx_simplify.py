@@ -10,19 +10,15 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import onnx
+import onnxsim
 
-from compactify.converter.export.onnx_io import check_onnx, run_ort, short_error
-from compactify.errors import CompactifyError, MissingRuntimeError, VerificationError
+from compactify.errors import CompactifyError, VerificationError
+from compactify.targets.onnx_io import check_onnx, run_ort, short_error
 
 SIMPLIFY_RTOL = 1e-5  # of the output scale: onnxsim folds constants in float32, in another order
 
 
 def simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
-    try:
-        import onnxsim
-    except ImportError as exc:
-        raise MissingRuntimeError("ONNX simplification needs onnxsim, which is not installed; pip install onnxsim or "
-                                  "pass --no-simplify") from exc
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
                 contextlib.redirect_stderr(io.StringIO()):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from compactify.errors import CompactifyError
 from compactify.outputs import atomic_file
@@ -38,8 +39,6 @@ def run_ort(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.nda
 
 def run_ort_feeds(proto: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
     """Each feed through one session (making a session costs more than running these small feeds)."""
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = 1  # check inputs are tiny; extra threads only spin on a busy machine

@@ -27,11 +27,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from compactify.errors import BadInputError, CompactifyError
 from compactify.outputs import atomic_file
 from compactify.runtimes.devices import require_tensorrt
+from compactify.runtimes.trt_runner import make_logger
+from compactify.targets.fp16_convert import to_fp16
 
 DEFAULT_WORKSPACE_MB = 1024
 
@@ -95,8 +99,6 @@ def build_engine(
     timing_cache = None if timing_cache is None else Path(timing_cache)
 
     trt = require_tensorrt("building a TensorRT engine")
-    from compactify.runtimes.trt_runner import make_logger
-
     notes: list[str] = []
     int8 = _check_qdq(onnx_path)
     if int8 and fp16:
@@ -107,8 +109,6 @@ def build_engine(
     with tempfile.TemporaryDirectory(prefix="compactify-trt-") as tmp:
         source = onnx_path
         if fp16 and not _has_fp16(onnx_path):
-            from compactify.converter.export.fp16 import to_fp16
-
             source = Path(tmp) / "fp16.onnx"
             to_fp16(onnx_path, source, keep_io_types=True)
             notes.append("converted the fp32 ONNX model to fp16 (fp32 inputs/outputs) before building")
@@ -218,9 +218,6 @@ def _check_qdq(onnx_path: Path) -> bool:
     """Whether the model is quantized with QuantizeLinear/DequantizeLinear nodes; BadInputError for a QDQ
     model TensorRT cannot build (asymmetric zero points, int32 DequantizeLinear). A file onnx cannot read is
     left to TensorRT's parser, which says why."""
-    import numpy as np
-    from onnx import numpy_helper
-
     try:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception:

@@ -26,7 +26,7 @@ from torch import nn
 
 from compactify.cli import main
 from compactify.converter.export.onnx_export import export_onnx
-from compactify.converter.export.tensorrt_build import build_engine
+from compactify.targets.tensorrt_build import build_engine
 from compactify.errors import BadInputError, MissingRuntimeError
 from compactify.runtimes import devices, open_runner
 from compactify.runtimes.devices import tensorrt_missing
@@ -349,7 +349,7 @@ def test_engine_from_another_version_is_bad_input(tmp_path, recorded):
     engine = tmp_path / "other.engine"
     engine.write_bytes(b"PLAN-from-TensorRT-8")
     with pytest.raises(BadInputError, match="another GPU or TensorRT version") as info:
-        open_runner(engine)
+        open_runner(engine, "trt")
     assert "compactify engine" in str(info.value) and "\n" not in str(info.value)
 
 
@@ -368,7 +368,7 @@ def test_real_engine_matches_onnxruntime(onnx_files, tmp_path):
     _, dynamic, _ = onnx_files
     info = build_engine(dynamic, tmp_path / "m.engine", min_batch=1, opt_batch=4, max_batch=8, timing_cache=tmp_path / "t.cache")
     assert info.layers >= 1 and info.path.stat().st_size > 0
-    with open_runner(info.path) as r:
+    with open_runner(info.path, "trt") as r:
         assert r.name == "trt" and r.inputs[0].shape == (None, 3, 8, 8)
         for n in (1, 7):
             x = np.random.default_rng(n).standard_normal((n, 3, 8, 8)).astype(np.float32)
@@ -390,7 +390,7 @@ def test_real_fp16_engine_is_close(onnx_files, tmp_path):
     _, dynamic, _ = onnx_files
     info = build_engine(dynamic, tmp_path / "h.engine", fp16=True, max_batch=8)
     x = np.random.default_rng(3).standard_normal((7, 3, 8, 8)).astype(np.float32)
-    with open_runner(info.path) as r:
+    with open_runner(info.path, "trt") as r:
         assert r.inputs[0].dtype == "float32"
         got = r.infer({"x": x})["y"]
     ref = ort_run(dynamic, x)
@@ -403,7 +403,7 @@ def test_real_static_engine_and_corrupt_engine(onnx_files, tmp_path):
     _, _, static = onnx_files
     info = build_engine(static, tmp_path / "s.engine")
     assert info.min_batch is None
-    with open_runner(info.path) as r:
+    with open_runner(info.path, "trt") as r:
         assert r.inputs[0].shape == (1, 3, 8, 8)
         with pytest.raises(BadInputError):
             r.infer({"x": np.zeros((2, 3, 8, 8), np.float32)})
@@ -411,7 +411,7 @@ def test_real_static_engine_and_corrupt_engine(onnx_files, tmp_path):
     blob[: len(blob) // 2] = bytes(len(blob) // 2)
     (tmp_path / "bad.engine").write_bytes(bytes(blob))
     with pytest.raises(BadInputError, match="another GPU or TensorRT version"):
-        open_runner(tmp_path / "bad.engine")
+        open_runner(tmp_path / "bad.engine", "trt")
 
 
 @pytest.mark.tensorrt

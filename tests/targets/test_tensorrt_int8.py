@@ -17,17 +17,17 @@ import torch
 from click.testing import CliRunner
 
 from compactify.cli import main
-from compactify.converter.export import int8 as Q
-from compactify.converter.load.checkpoint import save_checkpoint
-from compactify.converter.convert import ConvertOptions, convert_checkpoint
+from compactify.converter.contract import contract
 from compactify.converter.export.onnx_export import export_onnx
-from compactify.converter.export.tensorrt_build import build_engine
 from compactify.errors import BadInputError
 from compactify.runtimes import devices, open_runner
 from compactify.runtimes.devices import tensorrt_missing
-
-from .test_int8 import SHAPE, Net, calib
-from .test_tensorrt_build import recorded  # noqa: F401  (the stand-in TensorRT, as a fixture)
+from compactify.targets import EngineSettings, Int8Settings, build_artifacts
+from compactify.targets import int8_quantize as Q
+from compactify.targets.tensorrt_build import build_engine
+from test_int8 import SHAPE, Net, calib
+from test_tensorrt_build import recorded  # noqa: F401  (the stand-in TensorRT, as a fixture)
+from torch_compact import TorchCompact
 
 TRT_MISSING = tensorrt_missing()
 needs_tensorrt = pytest.mark.skipif(TRT_MISSING is not None, reason=TRT_MISSING or "")
@@ -74,20 +74,22 @@ def test_engine_command_says_int8(qdq, tmp_path, recorded):
     assert ", int8, batch 1..32" in result.output
 
 
-def test_convert_int8_trt_builds_the_engine_from_the_tensorrt_form(tmp_path, recorded):
+def test_int8_and_engine_build_the_engine_from_the_tensorrt_form(tmp_path, recorded):
     from compactify.models import build_model
 
     meta = {"arch": "smallnet7", "arch_kwargs": {"input_size": 8, "width": 0.25, "hidden": 8}, "expand": "cl",
             "rate": 2, "input_shape": [1, 3, 8, 8], "training": {"dataset": "digits"}}
     torch.manual_seed(0)
-    ckpt = save_checkpoint(tmp_path / "net.pt", build_model(meta).state_dict(), meta)
-    report = convert_checkpoint(ckpt, tmp_path / "out", ConvertOptions(int8=True, trt=True, max_batch=8))
+    model = build_model(meta).eval()
+    compact = TorchCompact(contract(model, (1, 3, 8, 8)).compact, model, (2, 3, 8, 8), meta)
+    report = build_artifacts(compact, tmp_path, {"onnx": None, "onnx_int8": Int8Settings(),
+                                                 "engine": EngineSettings(max_batch=8)})
     assert report["artifacts"]["engine"] == "compact.engine" and report["engine"]["int8"]
     assert report["int8"]["form"] == "tensorrt" and "symmetric" in report["int8"]["activations"]
-    parsed = onnx.load(str(tmp_path / "out" / "compact.int8.onnx"))
+    parsed = onnx.load(str(tmp_path / "compact.int8.onnx"))
     assert recorded["network_flags"] == 1 << 5
     assert report["engine"]["network_layers"] == len(parsed.graph.node)
-    assert json.loads((tmp_path / "out" / "report.json").read_text())["engine"]["int8"] is True
+    assert json.loads(json.dumps(report, default=str))["engine"]["int8"] is True
 
 
 @pytest.mark.tensorrt
@@ -99,7 +101,7 @@ def test_real_int8_engine_matches_onnxruntime_on_the_same_qdq_model(qdq, tmp_pat
     assert info.int8 and info.layers >= 1
     x = calib(16, seed=3)
     ref = ort.InferenceSession(str(qdq / "trt.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    with open_runner(info.path) as r:
+    with open_runner(info.path, "trt") as r:
         got = r.infer({"x": x})["y"]
     # The same scales on both; TensorRT may fuse differently (int8 accumulation, output rounding).
     assert np.abs(got - ref).max() <= 0.05 * np.abs(ref).max()
