@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
+from rich.console import Console
 
+from compactify.harness.bench import BENCH_COLUMNS, markdown_report
+from compactify.harness.bench import bench as run_bench
+from compactify.harness.machine import machine_summary
+from compactify.harness.model_files import model_kinds_table
+from compactify.harness.report import latency_plot, print_table, to_jsonable, write_json, write_text
 from compactify.measure.latency import DEFAULT_ITERS, DEFAULT_WARMUP
-from compactify.targets import kinds_table
+from compactify.outputs import check_output_file
 
 
 @click.command("bench")
@@ -45,13 +52,6 @@ def bench(models, runtime, device, batch, threads, warmup, iters, seconds, input
 
     {kinds}
     """
-    from rich.console import Console
-
-    from compactify.harness.bench import BENCH_COLUMNS, bench as run_bench, markdown_report
-    from compactify.harness.machine import machine_summary
-    from compactify.harness.report import latency_plot, print_table, to_jsonable, write_json, write_text
-    from compactify.outputs import check_output_file
-
     to_stdout = json_path is not None and str(json_path) == "-"
     for option, path in (("--json file", None if to_stdout else json_path), ("--md file", md_path),
                          ("--png file", png_path)):
@@ -71,8 +71,6 @@ def bench(models, runtime, device, batch, threads, warmup, iters, seconds, input
         progress=False if (no_progress or to_stdout) else None,
     )
     if to_stdout:
-        import json
-
         click.echo(json.dumps(to_jsonable(result.to_dict()), indent=2, allow_nan=False))
     else:
         console = Console()  # the terminal's width: the table is fitted to it, never widened past it
@@ -92,4 +90,4 @@ def bench(models, runtime, device, batch, threads, warmup, iters, seconds, input
         click.echo(f"wrote {png_path}", err=to_stdout)
 
 
-bench.help = bench.help.replace("    {kinds}", kinds_table(indent="    "))
+bench.help = bench.help.replace("    {kinds}", model_kinds_table(indent="    "))

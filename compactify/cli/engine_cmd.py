@@ -6,6 +6,9 @@ from pathlib import Path
 
 import click
 
+from compactify.outputs import check_output_file
+from compactify.targets.tensorrt_build import build_engine
+
 
 def default_engine_path(onnx_path: Path, fp16: bool) -> Path:
     return onnx_path.with_suffix(".fp16.engine" if fp16 and not onnx_path.stem.endswith(".fp16") else ".engine")
@@ -28,10 +31,6 @@ def default_engine_path(onnx_path: Path, fp16: bool) -> Path:
 def engine(model: Path, output: Path | None, min_batch: int, opt_batch: int | None, max_batch: int | None,
            workspace_mb: int, timing_cache: Path | None, fp16: bool, force: bool) -> None:
     """Build a serialized TensorRT engine from MODEL.onnx (needs TensorRT and a CUDA device)."""
-    from compactify.targets.tensorrt_build import build_engine
-
-    from compactify.outputs import check_output_file
-
     output = output or default_engine_path(model, fp16)
     # The engine never replaces its own ONNX input or the timing cache, even with --force.
     check_output_file(output, force=force, inputs=[model, timing_cache], what="engine file")

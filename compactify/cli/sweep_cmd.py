@@ -7,6 +7,10 @@ from pathlib import Path
 
 import click
 
+from compactify.converter.load.ingest import parse_arch_kwargs, parse_input_shape
+from compactify.harness.sweep import SweepOptions, run_sweep
+from compactify.harness.sweep.tables import recommendation_lines
+
 
 @click.command("sweep")
 @click.argument("checkpoints", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -58,10 +62,6 @@ def sweep(checkpoints, out, budgets, fp16, int8, calibration, data, runtime, bat
     one node. A point that fails is listed with its error and the rest complete; an interrupted
     sweep resumes from OUT without redoing finished points.
     """
-    from compactify.converter.load.ingest import parse_arch_kwargs, parse_input_shape
-    from compactify.harness.sweep import SweepOptions, run_sweep
-    from compactify.harness.sweep.tables import recommendation_lines
-
     options = SweepOptions(
         budgets=budgets, fp16=fp16, int8=int8, data=data, calibration=calibration, runtime=runtime, batches=batches,
         threads=threads, seconds=seconds if seconds is not None or iters is not None else 2.0, iters=iters,

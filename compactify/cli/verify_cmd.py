@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import json
+import warnings
 from pathlib import Path
 
 import click
+from rich.console import Console
 
+from compactify.converter.load.ingest import parse_arch_kwargs, parse_input_shape
+from compactify.errors import BadInputError
+from compactify.harness.model_files import model_kinds_table
+from compactify.harness.report import print_table, to_jsonable, write_json
+from compactify.harness.verify import (
+    FP16_ATOL,
+    FP16_RTOL,
+    INT8_TOL,
+    REGION_COLUMNS,
+    VERIFY_COLUMNS,
+    VerifyResult,
+    verify_conversion,
+    verify_models,
+)
 from compactify.measure.metrics import DEFAULT_ATOL, DEFAULT_RTOL
-from compactify.targets import kinds_table
+from compactify.outputs import check_output_file
 
 
 @click.command("verify")
@@ -29,9 +46,9 @@ from compactify.targets import kinds_table
 @click.option("--seed", type=int, default=1234, show_default=True, help="Seed of the generated inputs.")
 @click.option("--atol", type=float, default=DEFAULT_ATOL, show_default=True, help="Absolute tolerance (allclose rule).")
 @click.option("--rtol", type=float, default=DEFAULT_RTOL, show_default=True, help="Relative tolerance (allclose rule).")
-@click.option("--fp16-atol", type=float, default=1e-2, show_default=True, help="Absolute tolerance for fp16 artifacts.")
-@click.option("--fp16-rtol", type=float, default=1e-2, show_default=True, help="Relative tolerance for fp16 artifacts.")
-@click.option("--int8-tol", type=float, default=0.1, show_default=True,
+@click.option("--fp16-atol", type=float, default=FP16_ATOL, show_default=True, help="Absolute tolerance for fp16 artifacts.")
+@click.option("--fp16-rtol", type=float, default=FP16_RTOL, show_default=True, help="Relative tolerance for fp16 artifacts.")
+@click.option("--int8-tol", type=float, default=INT8_TOL, show_default=True,
               help="Tolerance of an int8 artifact, as a fraction of each output's largest reference value (it is "
                    "judged on the held-out inputs of its calibration set unless --inputs is given).")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
@@ -60,11 +77,6 @@ def verify(outdir, reference, candidate, runtime_a, runtime_b, reference_dtype, 
 
     {kinds}
     """
-    import warnings
-
-    from compactify.errors import BadInputError
-    from compactify.harness.verify import verify_conversion, verify_models
-
     warnings.simplefilter("ignore", FutureWarning)  # torch.export.load's deprecation chatter, not the user's concern
 
     pair = reference is not None or candidate is not None
@@ -85,14 +97,10 @@ def verify(outdir, reference, candidate, runtime_a, runtime_b, reference_dtype, 
 
     to_stdout = json_path is not None and str(json_path) == "-"
     if json_path is not None and not to_stdout:
-        from compactify.outputs import check_output_file
-
         check_output_file(json_path, inputs=[reference, candidate, inputs,
                                              *(outdir.glob("*") if outdir is not None and outdir.is_dir() else [])],
                           what="--json file")
     if pair:
-        from compactify.converter.load.ingest import parse_arch_kwargs, parse_input_shape
-
         result = verify_models(
             reference, candidate, runtime_a=runtime_a, runtime_b=runtime_b, device=device,
             reference_dtype=reference_dtype, inputs=inputs, batches=batches, batch_size=batch_size, seed=seed,
@@ -105,29 +113,18 @@ def verify(outdir, reference, candidate, runtime_a, runtime_b, reference_dtype, 
             fp16_atol=fp16_atol, fp16_rtol=fp16_rtol, device=device, per_region=per_region, int8_tol=int8_tol,
         )
     if to_stdout:
-        import json
-
-        from compactify.harness.report import to_jsonable
-
         click.echo(json.dumps(to_jsonable(result.to_dict()), indent=2, allow_nan=False))
     else:
         print_result(result, wide=wide)
     if json_path and not to_stdout:
-        from compactify.harness.report import write_json
-
         write_json(json_path, result.to_dict())
         click.echo(f"wrote {json_path}")
     result.raise_if_failed()
     click.echo(f"verification passed: {len(result.judged)} model(s) within tolerance", err=to_stdout)
 
 
-def print_result(result, wide: bool = False) -> None:
+def print_result(result: VerifyResult, wide: bool = False) -> None:
     """The comparison table (and the per-region table), fitted to the terminal (``wide``: every column)."""
-    from rich.console import Console
-
-    from compactify.harness.report import print_table
-    from compactify.harness.verify import REGION_COLUMNS, VERIFY_COLUMNS
-
     d = result.inputs
     what = d.get("source", "")
     if "seed" in d:
@@ -150,4 +147,4 @@ def print_result(result, wide: bool = False) -> None:
         click.echo(f"note: {w}", err=True)
 
 
-verify.help = verify.help.replace("    {kinds}", kinds_table(indent="    "))
+verify.help = verify.help.replace("    {kinds}", model_kinds_table(indent="    "))

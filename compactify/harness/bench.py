@@ -1,11 +1,10 @@
 """Benchmark models: load each on its runtime, time them interleaved per batch size, compare.
 
-The Python API behind ``compactify bench``. Each model is a file of a kind in
-``compactify.runtimes.kinds`` (the one table bench, verify and the CLI help share): a
-torch.export program (.pt2, torch runtime), an ONNX file (.onnx, ONNX Runtime), a TensorRT
-engine (.engine/.plan/.trt), or a checkpoint (.pt/.pth/.bin/.ckpt/.safetensors) that is rebuilt
-from its metadata and run on the torch runtime. All models of one batch size run round-robin (see ``latency``) and are
-quoted as ratios to the first.
+The Python API behind ``compactify bench``. Each model is an artifact of a registered target
+(``compactify.targets``: a .pt2 on torch, an .onnx on ONNX Runtime, a TensorRT engine, ...), opened
+through its target, or a checkpoint (.pt/.pth/.bin/.ckpt/.safetensors) that is rebuilt from its
+metadata and run on the torch runtime (``harness.model_files``). All models of one batch size run
+round-robin (see ``latency``) and are quoted as ratios to the first.
 """
 
 from __future__ import annotations
@@ -16,8 +15,16 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
+from compactify import __version__
+from compactify.converter.load.checkpoint import load_checkpoint
+from compactify.converter.load.ingest import parse_input_shape
 from compactify.errors import BadInputError
+from compactify.harness.devices import only_device
+from compactify.harness.machine import machine_info, machine_summary
+from compactify.harness.model_files import CHECKPOINT, is_checkpoint, model_target, runtime_mismatch
+from compactify.harness.report import Column, markdown_table
 from compactify.measure.latency import (
     DEFAULT_WARMUP,
     Candidate,
@@ -25,12 +32,10 @@ from compactify.measure.latency import (
     compare_latency,
     pinned_threads,
 )
-from compactify.harness.report import Column
+from compactify.models import build_model, default_input_shape
+from compactify.runtimes import RUNTIMES, Runner, open_runner
+from compactify.targets import Target
 
-from compactify.runtimes import RUNTIMES as _RUNTIME_NAMES
-from compactify.targets import kinds_help, mismatch, target_for as kind_of
-
-RUNTIMES = tuple(_RUNTIME_NAMES)
 DEVICES = ("cpu", "cuda")
 
 # Without --wide the terminal shows the median, its spread and the ratio; --wide adds the rest.
@@ -72,8 +77,6 @@ def parse_shape(text: str | Sequence[int] | None) -> tuple[int, ...] | None:
     if text is None:
         return None
     if isinstance(text, str):
-        from compactify.converter.load.ingest import parse_input_shape
-
         if not text.strip():
             raise BadInputError("--input-shape is empty; give N,C,H,W such as 1,3,32,32")
         return parse_input_shape(text)
@@ -90,10 +93,11 @@ class BenchModel:
     path: Path
     runtime: str
     label: str
+    target: Target | None = None  # None: a checkpoint, rebuilt from its metadata
 
     @property
     def kind(self) -> str:
-        return kind_of(self.path).name
+        return self.target.name if self.target is not None else "checkpoint"
 
 
 def resolve_models(paths: Sequence[str | Path], runtime: str | None = None) -> list[BenchModel]:
@@ -109,14 +113,12 @@ def resolve_models(paths: Sequence[str | Path], runtime: str | None = None) -> l
             raise BadInputError(f"model file {path} does not exist")
         if not path.is_file():
             raise BadInputError(f"model {path} is not a file")
-        try:
-            native = kind_of(path).runtime
-        except BadInputError:
-            raise BadInputError(f"cannot benchmark {path.name}: expected one of {kinds_help()}") from None
+        target = None if is_checkpoint(path) else model_target(path, f"cannot benchmark {path.name}")
+        native = target.runtime if target is not None else CHECKPOINT.runtime
         chosen = runtime or native
         if chosen != native:
-            raise BadInputError(mismatch(path, chosen))
-        models.append(BenchModel(path, chosen, ""))
+            raise BadInputError(runtime_mismatch(path, chosen))
+        models.append(BenchModel(path, chosen, "", target))
     _assign_labels(models)
     return models
 
@@ -140,28 +142,26 @@ def _assign_labels(models: list[BenchModel]) -> None:
 @dataclasses.dataclass
 class _Loaded:
     model: BenchModel
-    runner: Any
+    runner: Runner
     shape_hint: tuple[int, ...] | None  # dims after the batch from checkpoint metadata
 
 
-def _open(model: BenchModel, device: str, threads: int | None, trust_pickle: bool, input_shape: tuple[int, ...] | None):
-    from compactify.runtimes import open_runner
-
-    if model.kind == "checkpoint":
+def _open(model: BenchModel, device: str, threads: int | None, trust_pickle: bool,
+          input_shape: tuple[int, ...] | None) -> tuple[Runner, tuple[int, ...] | None]:
+    """The model's loaded runner, and for a checkpoint the input dims its metadata gives."""
+    if model.target is None:
         module, hint = _module_from_checkpoint(model.path, trust_pickle)
         shape = input_shape or hint
         opts = {"input_shape": (None, *shape)} if shape else {}
-        return open_runner(module, runtime="torch", device=device, **opts), shape
+        return open_runner(module, runtime=CHECKPOINT.runtime, device=device, **opts), shape
     opts = {}
-    if model.runtime == "ort" and threads:
+    if model.runtime == "ort" and threads:  # torch threads are pinned process-wide (pinned_threads)
         opts["intra_op_threads"] = threads
-    return open_runner(model.path, runtime=model.runtime, device=device, **opts), None
+    return model.target.open(model.path, device=device, **opts), None
 
 
-def _module_from_checkpoint(path: Path, trust_pickle: bool):
+def _module_from_checkpoint(path: Path, trust_pickle: bool) -> tuple[torch.nn.Module, tuple[int, ...] | None]:
     """Rebuild the network a checkpoint stands for, weights loaded, in eval mode."""
-    from compactify.converter.load.checkpoint import load_checkpoint
-
     ckpt = load_checkpoint(path, trust_pickle=trust_pickle)
     meta = ckpt.meta or {}
     shape = meta.get("input_shape")
@@ -169,8 +169,6 @@ def _module_from_checkpoint(path: Path, trust_pickle: bool):
     if ckpt.module is not None:  # a whole pickled module, loaded because the user trusts it
         module = ckpt.module
     else:
-        from compactify.models import build_model, default_input_shape
-
         if not meta.get("arch"):
             raise BadInputError(
                 f"checkpoint {path} has no compactify metadata naming its architecture; benchmark its .pt2 or .onnx export instead"
@@ -233,8 +231,6 @@ class BenchResult:
     warnings: list[str]
 
     def to_dict(self, samples: bool = True) -> dict[str, Any]:
-        from compactify import __version__
-
         return {
             "compactify_version": __version__,
             "machine": self.machine,
@@ -268,8 +264,6 @@ def bench(
     when ``batches`` is not given).
     ``iters`` rounds (each model once per round) or ``seconds`` of rounds per batch size.
     """
-    from compactify.harness.machine import machine_info
-
     if device is not None and device not in DEVICES:
         raise BadInputError(f"unknown device {device!r}; use cpu or cuda")
     if threads is not None and threads < 1:
@@ -280,8 +274,8 @@ def bench(
         batches = (full_shape[0],) if full_shape else (1,)
     batch_list = parse_batches(batches)
     resolved = resolve_models(models, runtime)
-    if device is None:  # TensorRT engines only run on cuda; everything else defaults to cpu
-        device = "cuda" if any(m.runtime == "trt" for m in resolved) else "cpu"
+    if device is None:  # a model whose runtime runs on one device only (TensorRT: cuda) sets it; else cpu
+        device = next((d for m in resolved if (d := only_device(m.runtime))), "cpu")
     if iters is not None and seconds is not None:
         raise BadInputError("give either --iters or --seconds, not both")
 
@@ -343,9 +337,6 @@ def bench(
 
 def markdown_report(result: BenchResult) -> str:
     """The bench table in Markdown, with the machine and settings it was measured with."""
-    from compactify.harness.machine import machine_summary
-    from compactify.harness.report import markdown_table
-
     s = result.settings
     budget = f"{s['seconds']} s" if s["seconds"] is not None else f"{s['iters'] or 'default'} iterations"
     lines = [

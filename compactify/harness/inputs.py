@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
+from compactify.converter.load.sniff import detect
 from compactify.errors import BadInputError
 
 DEFAULT_BATCHES = 2
@@ -28,8 +30,6 @@ class Inputs:
 def seeded_inputs(names: Sequence[str], shapes: Sequence[Sequence[int]], batches: int, batch_size: int,
                   seed: int = DEFAULT_SEED) -> Inputs:
     """``batches`` batches of N(0, 1) inputs; ``shapes`` are the dims after the batch, per input."""
-    import torch
-
     if batches < 1 or batch_size < 1:
         raise BadInputError(f"--batches and --batch-size must be >= 1, got {batches} and {batch_size}")
     out = []
@@ -53,7 +53,6 @@ def load_inputs(path: str | Path, names: Sequence[str], shapes: Sequence[Sequenc
     path = Path(path)
     if not path.is_file():
         raise BadInputError(f"inputs file {path} does not exist")
-    from compactify.converter.load.sniff import detect
 
     content = detect(path)
     if content.kind != "npz":

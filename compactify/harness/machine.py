@@ -13,6 +13,11 @@ import sys
 from importlib import metadata
 from typing import Any
 
+import onnxruntime
+import torch
+
+from compactify import __version__
+
 
 def cpu_model() -> str:
     """The CPU's marketing name; falls back to ``platform.processor()`` off Linux."""
@@ -50,10 +55,6 @@ def _tensorrt_version() -> str | None:
 
 
 def _torch_info() -> dict[str, Any]:
-    try:
-        import torch
-    except ImportError:
-        return {"torch": None}
     info: dict[str, Any] = {
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
@@ -70,17 +71,11 @@ def _torch_info() -> dict[str, Any]:
 
 
 def _ort_providers() -> list[str] | None:
-    try:
-        import onnxruntime
-    except ImportError:
-        return None
     return list(onnxruntime.get_available_providers())
 
 
 def machine_info() -> dict[str, Any]:
     """A flat, JSON-ready description of this machine and the versions that matter for speed."""
-    from compactify import __version__
-
     info: dict[str, Any] = {
         "compactify": __version__,
         "platform": platform.platform(),

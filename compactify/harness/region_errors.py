@@ -25,6 +25,9 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from compactify.converter.contract import plan_contraction
+from compactify.converter.engine import algebra as A
+from compactify.converter.frontends.fx.float64 import run_graph
 from compactify.measure.metrics import OutputComparison, compare
 
 
@@ -75,8 +78,6 @@ def region_errors(
     ``inputs`` are float32 batches of the model's single input. Returns the errors and notes
     (regions whose shipped weights could not be found, a float32 fallback reference, ...).
     """
-    from compactify.converter.contract import plan_contraction
-
     notes: list[str] = []
     planned = plan_contraction(model, tuple(int(d) for d in input_shape), allow_approximate)
     gm, plan = planned.gm, planned.decisions
@@ -135,8 +136,6 @@ def _shipped_state(path: str | Path | None, notes: list[str]) -> dict[str, torch
 def _record(gm: fx.GraphModule, x: torch.Tensor, wanted: set[str], notes: list[str]) -> dict[str, torch.Tensor]:
     """The wanted nodes' values from one float64 run of the captured graph (its constants cast as
     they are read: no float64 copy of the model), or float32 where it does not run in float64."""
-    from compactify.converter.frontends.fx.float64 import run_graph
-
     try:
         return run_graph(gm, x, torch.float64, wanted)[1]
     except Exception:  # constants that refuse float64: fall back, and say so
@@ -161,8 +160,6 @@ def _deployed_layer(decision, shipped: dict[str, torch.Tensor] | None) -> tuple[
 
 
 def _apply64(op, x: torch.Tensor) -> torch.Tensor:
-    from compactify.converter.engine import algebra as A
-
     return A.apply(op, x)
 
 

@@ -17,6 +17,13 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from rich import box
+from rich.table import Table
+from rich.text import Text
+
 from compactify.errors import BadInputError
 from compactify.outputs import atomic_file
 
@@ -65,10 +72,6 @@ def _is_number(value: Any) -> bool:
 
 
 def _is_numpy_number(value: Any) -> bool:
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover
-        return False
     return isinstance(value, np.number)
 
 
@@ -144,9 +147,6 @@ def rich_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column | str
     With ``width``, the columns are sized to fit it (``fit_widths``): text columns wrap at their
     words and long headers wrap, numbers are never broken. Without ``wide``, columns marked
     ``wide`` are left out."""
-    from rich import box
-    from rich.table import Table
-
     cols, cells, specs = _layout(rows, columns, wide)
     widths = fit_widths(specs, width) if width is not None else None
     table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True,
@@ -172,7 +172,6 @@ def print_table(console, rows: Sequence[Mapping[str, Any]], columns: Sequence[Co
     if table_min_width(rows, columns, wide) <= console.width:
         console.print(rich_table(rows, columns, title=title, wide=wide, width=console.width))
         return
-    from rich.text import Text
 
     cols = [c for c in _columns(columns) if wide or not c.wide]
     # Few rows: one column per row instead (the headers down the side) fits where the row did not.
@@ -211,19 +210,14 @@ def to_jsonable(obj: Any) -> Any:
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover
-        np = None
-    if np is not None:
-        if isinstance(obj, np.ndarray):
-            return to_jsonable(obj.tolist())
-        if isinstance(obj, np.bool_):
-            return bool(obj)
-        if isinstance(obj, np.integer):
-            return int(obj)
-        if isinstance(obj, np.floating):
-            return to_jsonable(float(obj))
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return to_jsonable(float(obj))
     if isinstance(obj, (list, tuple, set, frozenset)):
         return [to_jsonable(v) for v in obj]
     raise TypeError(f"cannot write {type(obj).__name__} to JSON")
@@ -261,9 +255,6 @@ def latency_plot(
 ) -> Path:
     """PNG of latency: one panel per batch size, one bar per model at its p50, and a whisker
     from p90 to p99 (the tail that the median hides). Rows need p50_ms, p90_ms, p99_ms."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     if not rows:
         raise BadInputError("nothing to plot: no latency results")
     for row in rows:

@@ -288,3 +288,35 @@ def test_truncated_conversion_verifies_its_export_and_per_region_lists_truncated
     assert result.regions[:len(marked)] == marked
     assert [r.energy_kept for r in marked] == sorted(r.energy_kept for r in marked)
     assert any("--rank" in w for w in result.warnings)
+
+
+def test_the_plan_is_the_target_registry(converted, tmp_path, monkeypatch):
+    """A target registered anywhere is verified with its own runtime and tolerance; unregistered, its
+    artifact is listed as skipped."""
+    from compactify.targets import TARGETS, Target
+
+    class CopiedOnnx(Target):  # a throwaway kind: compact.onnx under another name, judged 10x looser
+        name = "copied_onnx"
+        file = "compact.copied.onnx"
+        suffixes = (".copied.onnx",)
+        description = "copied ONNX model"
+        runtime = "ort"
+
+        def tolerance(self, atol, rtol, artifacts):
+            return 10 * atol, 10 * rtol
+
+    out = _copy(converted, tmp_path)
+    shutil.copy(out / "compact.onnx", out / CopiedOnnx.file)
+    report = _report(out)
+    report["artifacts"][CopiedOnnx.name] = CopiedOnnx.file
+    (out / "report.json").write_text(json.dumps(report))
+
+    unknown = verify_conversion(out, batches=1, accuracy=False).candidates[-1]
+    assert unknown.label == CopiedOnnx.file and unknown.skipped == "unknown artifact kind"
+
+    monkeypatch.setitem(TARGETS._entries, CopiedOnnx.name, CopiedOnnx())  # removed again after the test
+    result = verify_conversion(out, batches=1, accuracy=False, atol=1e-5, rtol=1e-4)
+    copied = result.candidates[-1]
+    assert copied.label == "compact.copied.onnx (ort)" and copied.passed
+    assert (copied.atol, copied.rtol) == pytest.approx((1e-4, 1e-3))
+    assert any(row["candidate"] == copied.label for row in result.rows())

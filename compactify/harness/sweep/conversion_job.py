@@ -17,13 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from compactify.converter.convert import ConvertOptions, convert_checkpoint
+from compactify.converter.load.checkpoint import load_checkpoint
+from compactify.converter.load.ingest import build_source
+from compactify.errors import CompactifyError, first_line
 from compactify.harness.sweep.evaluation import DIGITS, EvalData, load_eval_data, predict, scores
-from compactify.harness.sweep.grid import UNTRUNCATED
-
-# The artifact each precision is judged and timed on, per runtime.
-ARTIFACTS = {("fp32", "ort"): "compact.onnx", ("fp32", "torch"): "compact.pt2",
-             ("fp16", "ort"): "compact.fp16.onnx", ("int8", "ort"): "compact.int8.onnx"}
+from compactify.harness.sweep.grid import UNTRUNCATED, precision_target
+from compactify.targets import Target
 
 
 @dataclasses.dataclass
@@ -47,10 +49,6 @@ def run_job(spec: JobSpec, checkpoint: bytes, data: EvalData | None = None,
             calibration: bytes | None = None) -> dict[str, Any]:
     """The job's result: ``status`` ok or failed (with ``error``, one line), its artifacts' bytes, and
     per precision the accuracy and top-1 agreement on the held-out data."""
-    import torch
-
-    from compactify.errors import first_line
-
     start = time.perf_counter()
     torch.set_num_threads(spec.threads)  # a worker shares its node with the others
     try:
@@ -58,8 +56,6 @@ def run_job(spec: JobSpec, checkpoint: bytes, data: EvalData | None = None,
             warnings.simplefilter("ignore")
             result = _convert_and_judge(spec, checkpoint, data, calibration, Path(tmp))
     except Exception as exc:
-        from compactify.errors import CompactifyError
-
         what = "" if isinstance(exc, CompactifyError) else f"{type(exc).__name__}: "
         result = {"status": "failed", "error": what + _one_line(first_line(exc))}
     result.update(id=spec.id, seconds=round(time.perf_counter() - start, 2))
@@ -72,8 +68,6 @@ def _one_line(text: str) -> str:
 
 def _convert_and_judge(spec: JobSpec, checkpoint: bytes, data: EvalData | None, calibration: bytes | None,
                        tmp: Path) -> dict[str, Any]:
-    from compactify.converter.convert import ConvertOptions, convert_checkpoint
-
     ckpt_path = tmp / spec.checkpoint_name
     ckpt_path.write_bytes(checkpoint)
     cal_path = None
@@ -94,8 +88,9 @@ def _convert_and_judge(spec: JobSpec, checkpoint: bytes, data: EvalData | None, 
     source_accuracy = float(np.mean(reference == data.labels)) if data.labels is not None else None
     points = []
     for precision in spec.precisions:
-        artifact = ARTIFACTS[(precision, spec.runtime)]
-        preds = _artifact_predictions(out / artifact, spec, data.x)
+        target = precision_target(precision, spec.runtime)
+        artifact = report["artifacts"][target.name]
+        preds = _artifact_predictions(target, out / artifact, spec, data.x)
         points.append({"precision": precision, "artifact": artifact, "source_accuracy": source_accuracy,
                        **scores(preds, reference, data.labels)})
     truncation = report.get("truncation") or {}
@@ -119,11 +114,6 @@ def _convert_and_judge(spec: JobSpec, checkpoint: bytes, data: EvalData | None, 
 
 def _source_runner(path: Path, spec: JobSpec):
     """The untruncated source network (float32, torch): the reference of top-1 agreement."""
-    import torch
-
-    from compactify.converter.load.checkpoint import load_checkpoint
-    from compactify.converter.load.ingest import build_source
-
     model = build_source(load_checkpoint(path), spec.arch, spec.arch_kwargs, spec.input_shape).model.eval()
 
     def run(x: np.ndarray) -> np.ndarray:
@@ -134,11 +124,9 @@ def _source_runner(path: Path, spec: JobSpec):
     return run
 
 
-def _artifact_predictions(path: Path, spec: JobSpec, x: np.ndarray) -> np.ndarray:
+def _artifact_predictions(target: Target, path: Path, spec: JobSpec, x: np.ndarray) -> np.ndarray:
     """Top-1 classes of ``x`` from the artifact itself, on the runtime the sweep times it on."""
-    from compactify.runtimes import open_runner
-
-    opts = {"intra_op_threads": spec.threads} if spec.runtime == "ort" else {}
-    with open_runner(path, runtime=spec.runtime, **opts) as runner:
+    opts = {"intra_op_threads": spec.threads} if spec.runtime == "ort" else {}  # torch's: set_num_threads
+    with target.open(path, **opts) as runner:
         name = runner.inputs[0].name
         return predict(lambda batch: next(iter(runner.infer({name: np.ascontiguousarray(batch)}).values())), x)

@@ -15,6 +15,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from compactify.errors import BadInputError
+from compactify.models.data import load_digits_data
+from compactify.targets.calibration import read_npz
 
 DIGITS = "digits"
 PREDICT_BATCH = 256
@@ -30,11 +32,8 @@ class EvalData:
 def load_eval_data(data: str, input_shape: Sequence[int]) -> EvalData:
     """``data`` is ``digits`` or the path of an .npz file; checked against ``input_shape`` (N, C, H, W)."""
     if data == DIGITS:
-        from compactify.models.data import load_digits_data
-
         d = load_digits_data(input_shape)
         return EvalData(d.x_test.numpy(), d.y_test.numpy(), f"the digits test split ({len(d.y_test)} images)")
-    from compactify.targets.calibration import read_npz
 
     x, labels, _ = read_npz(data, input_shape)
     with_labels = "with labels" if labels is not None else "no labels: judged by top-1 agreement"

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from compactify.harness.sweep.grid import UNTRUNCATED
+
 
 def quality(point: dict[str, Any]) -> float | None:
     """Accuracy when labels were given, else top-1 agreement (a fraction), None for a failed point."""
@@ -53,8 +55,6 @@ def recommend(points: Sequence[dict[str, Any]], batch: str, max_drop: float) -> 
 def speedups(points: Sequence[dict[str, Any]], batch: str) -> dict[str, float]:
     """Each point's speedup over its checkpoint's untruncated fp32 point at ``batch`` (p50 over p50, both
     from the same interleaved run)."""
-    from compactify.harness.sweep.grid import UNTRUNCATED
-
     base = {p["checkpoint"]: p["latency"][batch]["p50_ms"] for p in points
             if p.get("budget") == UNTRUNCATED and p.get("precision") == "fp32" and batch in (p.get("latency") or {})}
     return {p["key"]: base[p["checkpoint"]] / p["latency"][batch]["p50_ms"] for p in points

@@ -19,17 +19,18 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
+from compactify.converter.lowrank.rank_rules import parse_rank_rule
 from compactify.errors import BadInputError
+from compactify.targets import TARGETS, Target
 
 UNTRUNCATED = "none"  # the budget of the untruncated conversion
-PRECISIONS = ("fp32", "fp16", "int8")
+FULL_PRECISION = "fp32"  # what convert writes by default; every other precision is a convert flag (--fp16, --int8)
+PRECISIONS = (FULL_PRECISION, "fp16", "int8")
 RUNTIMES = ("ort", "torch")
 
 
 def parse_budgets(text: str | Sequence[str]) -> list[str]:
     """``"flops:0.3,flops:0.5,energy:0.99"`` -> the rules, each checked; ``none`` is always added first."""
-    from compactify.converter.lowrank.rank_rules import parse_rank_rule
-
     parts = [p.strip() for p in (text.split(",") if isinstance(text, str) else text)]
     if not parts or any(not p for p in parts):
         raise BadInputError(f"--rank must list rules separated by commas, like flops:0.3,flops:0.5,energy:0.99; "
@@ -84,13 +85,24 @@ def make_jobs(checkpoints: Sequence[Checkpoint], budgets: Sequence[str], precisi
     return [Job(c, b, tuple(precisions), key) for c in checkpoints for b in budgets]
 
 
+def precision_target(precision: str, runtime: str) -> Target | None:
+    """The target a precision is judged and timed on with ``runtime``: among the registered targets that
+    run there, the one convert writes by default (fp32) or with --<precision>; None when none does."""
+    flag = None if precision == FULL_PRECISION else f"--{precision}"
+    return next((t for t in TARGETS.values() if t.runtime == runtime and t.flag == flag), None)
+
+
 def check_precisions(precisions: Sequence[str], runtime: str) -> tuple[str, ...]:
     if runtime not in RUNTIMES:
         raise BadInputError(f"--runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
-    extra = [p for p in precisions if p != "fp32"]
-    if runtime == "torch" and extra:
-        raise BadInputError(f"--{extra[0]} writes an ONNX model, which runs on ONNX Runtime: use --runtime ort")
-    return ("fp32", *[p for p in PRECISIONS[1:] if p in precisions])
+    for p in precisions:
+        if precision_target(p, runtime) is None:
+            elsewhere = next((t for r in RUNTIMES if (t := precision_target(p, r)) is not None), None)
+            where = f": use --runtime {elsewhere.runtime}" if elsewhere else ""
+            what = f"writes the {elsewhere.description}, which runs on {elsewhere.runtime}" if elsewhere \
+                else "writes no artifact the sweep can time"
+            raise BadInputError(f"--{p} {what}{where}")
+    return (FULL_PRECISION, *[p for p in PRECISIONS[1:] if p in precisions])
 
 
 def unique_labels(paths: Sequence[Path]) -> list[str]:

@@ -8,9 +8,16 @@ artifacts (``measure.latency.compare_latency``), ONNX Runtime and torch threads 
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
+
+from compactify.errors import BadInputError
+from compactify.harness.bench import make_feeds
+from compactify.harness.machine import machine_info
+from compactify.measure.latency import HIGH_CV, Candidate, compare_latency, pinned_threads
+from compactify.targets import target_for
 
 DEFAULT_WARMUP = 10
 
@@ -20,14 +27,7 @@ def time_points(artifacts: Sequence[tuple[str, str, str, bytes, Sequence[int]]],
                 warmup: int = DEFAULT_WARMUP) -> dict[str, Any]:
     """``artifacts``: (point key, its label, file name, file bytes, input shape N,C,H,W) per point. Returns
     per batch size each point's latency statistics (ms) by key, and the machine they were measured on."""
-    import contextlib
-
-    from compactify.harness.bench import make_feeds
-    from compactify.harness.machine import machine_info
-    from compactify.measure.latency import Candidate, compare_latency, pinned_threads
-    from compactify.runtimes import open_runner
-
-    opts = {"intra_op_threads": threads} if runtime == "ort" else {}
+    opts = {"intra_op_threads": threads} if runtime == "ort" else {}  # torch threads: pinned_threads
     by_batch: dict[str, dict[str, dict]] = {}
     noisy: list[str] = []
     with tempfile.TemporaryDirectory(prefix="compactify-sweep-bench-") as tmp, contextlib.ExitStack() as stack, \
@@ -36,8 +36,10 @@ def time_points(artifacts: Sequence[tuple[str, str, str, bytes, Sequence[int]]],
         for i, (key, label, name, data, shape) in enumerate(artifacts):
             path = Path(tmp) / f"{i}-{name}"
             path.write_bytes(data)
-            runner = open_runner(path, runtime=runtime, **opts)
-            stack.callback(runner.close)
+            target = target_for(path)  # the file keeps its name's suffix: compact.int8.onnx is the int8 artifact
+            if target.runtime != runtime:
+                raise BadInputError(f"{name} runs on {target.runtime}, not on the sweep's --runtime {runtime}")
+            runner = stack.enter_context(target.open(path, **opts))
             runners.append((key, label, runner, tuple(int(d) for d in shape[1:])))
         machine = machine_info()
         for batch in batches:
@@ -52,8 +54,6 @@ def time_points(artifacts: Sequence[tuple[str, str, str, bytes, Sequence[int]]],
 
 
 def _noise_warning(noisy: Sequence[str]) -> list[str]:
-    from compactify.measure.latency import HIGH_CV
-
     if not noisy:
         return []
     shown = ", ".join(noisy[:4]) + (f" and {len(noisy) - 4} more" if len(noisy) > 4 else "")

@@ -22,6 +22,7 @@ from typing import Any, Iterator
 
 from compactify.errors import BadInputError
 from compactify.harness.report import write_json, write_text
+from compactify.outputs import _TargetLock, atomic_dir, atomic_file  # _TargetLock: the lock convert takes too
 
 STATE_FILE = "sweep-state.json"
 JOB_FILE = "job.json"
@@ -61,8 +62,6 @@ class SweepFolder:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Held for the whole run: a second sweep into the same OUT is refused at once."""
-        from compactify.outputs import _TargetLock  # the same lock beside the target that convert takes
-
         self.out.parent.mkdir(parents=True, exist_ok=True)
         lock = _TargetLock(self.out).acquire()
         try:
@@ -88,8 +87,6 @@ class SweepFolder:
 
     def save_job(self, result: dict[str, Any], source_path: Path) -> dict:
         """Write one job's result (its artifacts come as bytes); returns it without the bytes."""
-        from compactify.outputs import atomic_dir
-
         result = dict(result)
         files = result.pop("files", None) or {}
         worker_path = result.pop("source_checkpoint", None)
@@ -123,8 +120,6 @@ class SweepFolder:
     def write(self, name: str, content: str | bytes) -> Path:
         path = self.out / name
         if isinstance(content, bytes):
-            from compactify.outputs import atomic_file
-
             with atomic_file(path) as tmp:
                 tmp.write_bytes(content)
             return path

@@ -6,6 +6,9 @@ from __future__ import annotations
 import io
 from typing import Any, Sequence
 
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
 from compactify.harness.sweep.frontier import quality
 
 FRONTIER_COLOR = "#d62728"
@@ -15,9 +18,6 @@ MARKERS = {"fp32": "o", "fp16": "s", "int8": "^"}
 
 def frontier_png(points: Sequence[dict[str, Any]], batches: Sequence[str], runtime: str, quality_name: str) -> bytes:
     """The plot as PNG bytes (written to frontier.png and inlined in report.html)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     checkpoints = list(dict.fromkeys(p["checkpoint"] for p in points))
     colors = {c: f"C{i % 10}" for i, c in enumerate(checkpoints)}
     fig = Figure(figsize=(min(6.0 * len(batches), 18.0), 4.6), layout="constrained")

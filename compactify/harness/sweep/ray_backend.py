@@ -11,18 +11,28 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import platform
+import socket
+from types import ModuleType
 from typing import Any, Callable, Iterator, Sequence
 
 from compactify.errors import BadInputError
+from compactify.harness.sweep.conversion_job import run_job
+from compactify.harness.sweep.latency_job import time_points
+from compactify.optional import optional_import
+
+RAY_INSTALL = "pip install 'ray==2.60.0'"
+
+
+def _ray() -> ModuleType:
+    """Ray, imported when a sweep runs: compactify installs and runs its other commands without it."""
+    return optional_import("ray", what="compactify sweep", hint=RAY_INSTALL)
 
 
 @contextlib.contextmanager
 def ray_session(address: str | None, num_cpus: int | None, bench_resource: str | None) -> Iterator[dict[str, Any]]:
     """Ray connected (``address``) or started locally; yields what the sweep reports about it."""
-    try:
-        import ray
-    except ImportError:
-        raise BadInputError("compactify sweep runs on Ray, which is not installed: pip install 'ray==2.60.0'") from None
+    ray = _ray()
     common = dict(logging_level=logging.ERROR, log_to_driver=False, configure_logging=True)
     if ray.is_initialized():
         raise BadInputError("Ray is already initialized in this process; call the sweep outside a Ray session")
@@ -50,8 +60,6 @@ def ray_session(address: str | None, num_cpus: int | None, bench_resource: str |
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
     """Refuse at once an address nothing listens on: Ray itself retries for minutes before it gives up."""
-    import socket
-
     hostport = address.split("://", 1)[-1].rstrip("/")
     if hostport == "auto" or ":" not in hostport:
         return  # "auto" (and a bare host) are Ray's to resolve
@@ -67,10 +75,7 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
 def run_conversions(calls: Sequence[tuple[str, tuple]], on_done: Callable[[dict], None]) -> None:
     """Run ``conversion_job.run_job(*args)`` for each (job id, args) in parallel; ``on_done`` gets each
     result as it finishes."""
-    import ray
-
-    from compactify.harness.sweep.conversion_job import run_job
-
+    ray = _ray()
     remote = ray.remote(num_cpus=1, max_retries=0)(run_job)
     stored: dict[int, Any] = {}  # each checkpoint's bytes (and data) go into the object store once
 
@@ -99,10 +104,7 @@ def run_conversions(calls: Sequence[tuple[str, tuple]], on_done: Callable[[dict]
 
 def time_target(args: tuple, kwargs: dict, bench_resource: str | None) -> dict[str, Any]:
     """``latency_job.time_points(*args, **kwargs)`` as one task, on the labelled node if asked."""
-    import ray
-
-    from compactify.harness.sweep.latency_job import time_points
-
+    ray = _ray()
     options: dict[str, Any] = {"num_cpus": 1, "max_retries": 0}
     if bench_resource:
         options["resources"] = {bench_resource: 1}
@@ -119,10 +121,7 @@ def time_target(args: tuple, kwargs: dict, bench_resource: str | None) -> dict[s
 
 
 def _timed_on_node(fn, args, kwargs):
-    import platform
-
-    import ray
-
+    ray = _ray()
     result = fn(*args, **kwargs)
     result["node"] = {"hostname": platform.node(), "ray_node_id": ray.get_runtime_context().get_node_id()}
     return result

@@ -16,13 +16,30 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from compactify import __version__
+from compactify.converter.load.checkpoint import load_checkpoint
+from compactify.converter.load.ingest import build_source
 from compactify.errors import BadInputError
+from compactify.harness.bench import parse_batches
+from compactify.harness.machine import machine_summary
+from compactify.harness.report import write_json
 from compactify.harness.sweep import frontier as F
 from compactify.harness.sweep.conversion_job import JobSpec
 from compactify.harness.sweep.evaluation import DIGITS, load_eval_data
-from compactify.harness.sweep.grid import (Checkpoint, check_precisions, make_jobs, parse_budgets, settings_key,
-                                           unique_labels)
+from compactify.harness.sweep.grid import (
+    Checkpoint,
+    check_precisions,
+    make_jobs,
+    parse_budgets,
+    settings_key,
+    unique_labels,
+)
+from compactify.harness.sweep.html_report import sweep_html
 from compactify.harness.sweep.layout import SweepFolder
+from compactify.harness.sweep.plot import frontier_png
+from compactify.harness.sweep.ray_backend import ray_session, run_conversions, time_target
+from compactify.harness.sweep.tables import sweep_markdown
+from compactify.targets.calibration import read_npz
 
 DEFAULT_BUDGETS = "flops:0.3,flops:0.5,energy:0.99"
 DEFAULT_SECONDS = 2.0  # of interleaved rounds per batch size
@@ -54,8 +71,6 @@ class SweepOptions:
 def run_sweep(checkpoints: Sequence[str | Path], out: str | Path, options: SweepOptions | None = None,
               echo: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
     """Run the sweep into ``out``; returns the summary written to sweep.json."""
-    from compactify.harness.bench import parse_batches
-
     options = options or SweepOptions()
     budgets = parse_budgets(options.budgets)
     precisions = check_precisions([p for p, on in (("fp16", options.fp16), ("int8", options.int8)) if on],
@@ -116,9 +131,6 @@ def _check_numbers(options: SweepOptions) -> None:
 
 def _read_checkpoints(paths: Sequence[str | Path], options: SweepOptions) -> tuple[list[Checkpoint], dict[str, bytes]]:
     """Each checkpoint loaded once here, so that a bad one is refused before any work."""
-    from compactify.converter.load.checkpoint import load_checkpoint
-    from compactify.converter.load.ingest import build_source
-
     if not paths:
         raise BadInputError("give at least one checkpoint to sweep")
     paths = [Path(p) for p in paths]
@@ -163,8 +175,6 @@ def _read_calibration(options: SweepOptions, ckpts: Sequence[Checkpoint]) -> byt
             raise BadInputError("--calibration is for --int8; add --int8 or drop it")
         return None
     if options.calibration:
-        from compactify.targets.calibration import read_npz
-
         for c in ckpts:
             read_npz(options.calibration, c.input_shape)
         return Path(options.calibration).read_bytes()
@@ -190,8 +200,6 @@ class _NoRay:
 
 def _ray_if_needed(options, todo, latency, timing, jobs, results):
     """Ray is started only when there is work: a finished sweep re-run just rewrites its reports."""
-    from compactify.harness.sweep.ray_backend import ray_session
-
     ok = sorted(f"{j.id}:{p['precision']}" for j in jobs if (results[j.id] or {}).get("status") == "ok"
                 for p in results[j.id]["points"])
     if not todo and latency is not None and latency.get("settings") == {**timing, "points": ok}:
@@ -200,8 +208,6 @@ def _ray_if_needed(options, todo, latency, timing, jobs, results):
 
 
 def _run_jobs(todo, options, payloads, data_arrays, calibration, folder, results, echo) -> None:
-    from compactify.harness.sweep.ray_backend import run_conversions
-
     by_id = {j.id: j for j in todo}
     calls = []
     for j in todo:
@@ -252,8 +258,6 @@ def _points(jobs, results, folder: SweepFolder) -> list[dict[str, Any]]:
 
 
 def _time_points(points, options, batches, folder: SweepFolder, session, echo) -> dict[str, Any]:
-    from compactify.harness.sweep.ray_backend import time_target
-
     ok = [p for p in points if p["status"] == "ok"]
     where = f"on a node with {options.bench_resource}" if options.bench_resource else "in one Ray task"
     echo(f"timing {len(ok)} point(s) on {options.runtime} at batch {', '.join(batches)}, interleaved, {where}")
@@ -265,9 +269,6 @@ def _time_points(points, options, batches, folder: SweepFolder, session, echo) -
 
 
 def _summary(ckpts, budgets, precisions, batches, points, latency, options, data_name, session) -> dict[str, Any]:
-    from compactify import __version__
-    from compactify.harness.machine import machine_summary
-
     for p in points:
         p["latency"] = {b: latency["latency"][b][p["key"]] for b in batches
                         if latency and p["key"] in latency["latency"].get(b, {})}
@@ -323,12 +324,7 @@ def _summary(ckpts, budgets, precisions, batches, points, latency, options, data
 
 
 def _write_outputs(folder: SweepFolder, summary: dict, points: list[dict]) -> None:
-    from compactify.harness.sweep.html_report import sweep_html
-    from compactify.harness.sweep.plot import frontier_png
-    from compactify.harness.sweep.tables import sweep_markdown
-
     png = frontier_png(points, summary["batches"], summary["runtime"], summary["quality_name"])
-    from compactify.harness.report import write_json
 
     write_json(folder.out / "sweep.json", summary)
     folder.write("sweep.md", sweep_markdown(summary, points))
