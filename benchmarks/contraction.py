@@ -57,8 +57,8 @@ def build(config: Config, folder: Path, exporter: str = "auto", seed: int = 0) -
     """Export the three ONNX models of one configuration into ``folder``; returns paths and sizes."""
     import torch
 
-    from compactify.converter.contract import contract
-    from compactify.converter.export.onnx_export import export_onnx
+    from compactify.converter.pipeline.contraction import contract
+    from compactify.converter.backends.onnx_export import export_onnx
     from compactify.models import create_model, model_entry
 
     kwargs = dict(config.kwargs)

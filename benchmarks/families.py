@@ -7,7 +7,7 @@ eval mode) is converted twice:
   FastViT, RepViT, LeViT): ``timm.utils.model.reparameterize_model(copy.deepcopy(model))``;
   the reproductions in tests/families/catalog.py (DBB, ACNet, RepLKNet, YOLOv6, ExpandNets):
   ``Family.deploy(model)``, written from the public code;
-- ours: ``compactify.converter.convert.contract(model, input_shape).compact``.
+- ours: ``compactify.converter.pipeline.contraction.contract(model, input_shape).compact``.
 
 Both are exported the same way (``export_onnx``: same exporter, onnxsim, dynamic batch, fixed
 height and width) and timed interleaved (theirs, ours, ours, theirs, ...) on ONNX Runtime CPU
@@ -140,8 +140,10 @@ def build(config: Config, folder: Path, exporter: str = "auto", seed: int = 0) -
     """Contract one model, deploy it the family's way, export both into ``folder``."""
     import torch
 
-    from compactify.converter.contract import contract, measure_error
-    from compactify.converter.export.onnx_export import export_onnx
+    from compactify.converter.pipeline.contraction import contract
+
+    from compactify.converter.frontends.fx.check import measure_error
+    from compactify.converter.backends.onnx_export import export_onnx
     from compactify.converter.frontends.fx.capture import capture_graph
 
     model, deployed, shape = training_and_deploy(config, seed)

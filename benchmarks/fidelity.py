@@ -55,7 +55,9 @@ def measure(base: str, mode: str | None, kwargs: dict, *, batches: int = BATCHES
             seed: int = 0) -> dict[str, Any]:
     import torch
 
-    from compactify.converter.contract import contract, reference_float64
+    from compactify.converter.pipeline.contraction import contract
+
+    from compactify.converter.frontends.fx.check import reference_float64
     from compactify.measure.metrics import compare
     from compactify.models import create_model, model_entry
 

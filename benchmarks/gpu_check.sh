@@ -132,7 +132,7 @@ except Exception as exc:
     print(f"SKIP: compactify.models is not importable ({type(exc).__name__}: {exc})")
     sys.exit(3)
 try:
-    from compactify.converter.convert import contract
+    from compactify.converter.pipeline.contraction import contract
 except Exception as exc:
     contract = None
     print(f"note: the contraction engine is not importable ({type(exc).__name__}: {exc}); "

@@ -99,10 +99,11 @@ def quantize_variants(checkpoint: Path, folder: Path, exporter: str = "auto") ->
     from compactify.targets.calibration import calibration_set
     from compactify.converter.frontends.fx.capture import select_outputs
     from compactify.converter.load.checkpoint import load_checkpoint
-    from compactify.converter.contract import example_input
-    from compactify.converter.convert import ConvertOptions, convert_checkpoint
+    from compactify.converter.frontends.fx.check import example_input
+    from compactify.converter.pipeline.settings import ConvertOptions
+    from compactify.converter.pipeline.convert import convert_checkpoint
     from compactify.converter.load.ingest import build_source
-    from compactify.converter.export.onnx_export import export_onnx
+    from compactify.converter.backends.onnx_export import export_onnx
 
     out = folder / "converted"
     t = time.perf_counter()

@@ -83,8 +83,8 @@ def sweep(checkpoint: Path, label: str, rules: list[str], batch: int, seconds: f
           threads: int, folder: Path) -> list[dict]:
     """Every rule through contract(); then all truncated networks timed interleaved."""
     from compactify.converter.load.checkpoint import load_checkpoint
-    from compactify.converter.contract import contract
-    from compactify.converter.convert import ConvertOptions
+    from compactify.converter.pipeline.contraction import contract
+    from compactify.converter.pipeline.settings import ConvertOptions
     from compactify.converter.load.ingest import build_source
     from compactify.converter.lowrank.truncate import rank_request
     from compactify.measure.latency import Candidate, compare_latency
@@ -138,7 +138,7 @@ def torch_call(module, x):
 
 
 def ort_runner(module, x: torch.Tensor, path: Path, threads: int):
-    from compactify.converter.export.onnx_export import export_onnx
+    from compactify.converter.backends.onnx_export import export_onnx
     from compactify.runtimes import open_runner
 
     export_onnx(module, x[:2], path, input_names=["x"], dynamic_batch=True, simplify=True)

@@ -79,7 +79,7 @@ def build(config: Config, folder: Path, exporter: str = "torchscript", seed: int
     import onnx
     import torch
 
-    from compactify.converter.convert_onnx import contract_onnx
+    from compactify.converter.pipeline.contraction import contract_onnx
     from compactify.targets.onnx_simplify import simplify_checked
     from compactify.measure.onnx_float64 import Float64Reference
     from compactify.models import create_model, model_entry
@@ -100,7 +100,7 @@ def build(config: Config, folder: Path, exporter: str = "torchscript", seed: int
     peer_s = time.perf_counter() - t
     t = time.perf_counter()
     result = contract_onnx(source)
-    ours, _ = simplify_checked(result.model, feeds)
+    ours, _ = simplify_checked(result.compact, feeds)
     ours_s = time.perf_counter() - t
     limit, _ = simplify_checked(_export(hand, example, exporter=exporter), feeds)
 

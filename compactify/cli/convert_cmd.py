@@ -79,8 +79,10 @@ def convert(checkpoint, arch, arch_kwargs, input_shape, out_dir, outputs, allow_
     needed, and OUTDIR gets compact.onnx (+ fp16, TensorRT) and the report, checked against the
     source graph evaluated in float64.
     """
-    from compactify.converter.convert import ConvertOptions, convert_checkpoint
+    from compactify.converter.pipeline.settings import ConvertOptions
+    from compactify.converter.pipeline.convert import convert_checkpoint
     from compactify.converter.load.ingest import parse_arch_kwargs, parse_input_shape
+    from compactify.converter.load.resources import parse_size
 
     options = ConvertOptions(
         arch=arch,
@@ -109,11 +111,9 @@ def convert(checkpoint, arch, arch_kwargs, input_shape, out_dir, outputs, allow_
         rank_data=rank_data,
         max_accuracy_drop=max_accuracy_drop,
         progress=click.get_text_stream("stderr").isatty() if progress is None else progress,
+        max_memory=parse_size(max_memory) if max_memory is not None else None,
     )
-    from compactify.converter.load.resources import memory_budget, parse_size
-
-    budget = parse_size(max_memory) if max_memory is not None else None
-    with warnings.catch_warnings(), memory_budget(budget):
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the report's own warnings are printed below, once
         report = convert_checkpoint(checkpoint, out_dir, options)
     for message in report["warnings"]:

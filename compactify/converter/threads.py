@@ -14,6 +14,10 @@ import contextlib
 import os
 from typing import Iterator
 
+import torch
+
+from compactify.measure.latency import pinned_threads
+
 
 def usable_cores() -> int:
     try:
@@ -38,10 +42,6 @@ def conversion_threads(current: int | None = None) -> int:
 @contextlib.contextmanager
 def conversion_thread_limit() -> Iterator[int]:
     """Run the block with torch's intra-op threads set by ``conversion_threads``; yields the count."""
-    import torch
-
-    from compactify.measure.latency import pinned_threads
-
     threads = conversion_threads(torch.get_num_threads())
     with pinned_threads(threads):
         yield threads

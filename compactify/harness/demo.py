@@ -16,7 +16,20 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
+from compactify.converter.backends.onnx_export import export_onnx
+from compactify.converter.load.checkpoint import save_checkpoint
+from compactify.converter.pipeline.convert import convert_checkpoint
+from compactify.converter.pipeline.settings import ConvertOptions
 from compactify.errors import BadInputError
+from compactify.harness.bench import bench
+from compactify.harness.report import write_json
+from compactify.harness.verify import verify_conversion
+from compactify.measure.latency import pinned_threads
+from compactify.models import create_model
+from compactify.models.metadata import CheckpointMeta
+from compactify.models.train import train
 
 MARKER = "demo.json"  # written first: a folder holding it is the demo's own and may be overwritten
 
@@ -113,18 +126,6 @@ def prepare_folder(out_dir: str | Path, force: bool = False) -> Path:
 
 def run_demo(out_dir: str | Path, config: DemoConfig | None = None, *, force: bool = False, progress: bool = True,
              log: Callable[[str], None] = lambda s: None) -> DemoResult:
-    import torch
-
-    from compactify.converter.load.checkpoint import save_checkpoint
-    from compactify.converter.convert import ConvertOptions, convert_checkpoint
-    from compactify.converter.export.onnx_export import export_onnx
-    from compactify.harness.bench import bench
-    from compactify.measure.latency import pinned_threads
-    from compactify.harness.report import write_json
-    from compactify.harness.verify import verify_conversion
-    from compactify.models import create_model
-    from compactify.models.metadata import CheckpointMeta
-    from compactify.models.train import train
 
     config = config or DemoConfig()
     if config.epochs < 1:

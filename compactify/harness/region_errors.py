@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from compactify.converter.contract import plan_contraction
+from compactify.converter.pipeline.contraction import plan_contraction
 from compactify.converter.engine import algebra as A
 from compactify.converter.frontends.fx.float64 import run_graph
 from compactify.measure.metrics import OutputComparison, compare

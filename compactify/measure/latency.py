@@ -26,8 +26,17 @@ import time
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
-from compactify.errors import BadInputError
+from compactify.errors import BadInputError, MissingRuntimeError
 
 # Coefficient of variation (std / mean) above which a measurement gets a warning. At 10 % the
 # p50 of a few hundred runs is still stable, but single-run noise is as large as the effects
@@ -114,8 +123,6 @@ def pinned_threads(threads: int | None) -> Iterator[None]:
         return
     if threads < 1:
         raise BadInputError(f"--threads must be >= 1, got {threads}")
-    import torch
-
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -146,11 +153,7 @@ def _cpu_timer(sync: Callable[[], None]) -> Callable[[Callable[[], object]], flo
 
 
 def _cuda_timer(sync: Callable[[], None]) -> Callable[[Callable[[], object]], float]:
-    import torch
-
     if not torch.cuda.is_available():
-        from compactify.errors import MissingRuntimeError
-
         raise MissingRuntimeError("CUDA timing needs a CUDA device, and torch sees none; use --device cpu")
     start = torch.cuda.Event(enable_timing=True)
     end = torch.cuda.Event(enable_timing=True)
@@ -169,8 +172,6 @@ def _cuda_timer(sync: Callable[[], None]) -> Callable[[Callable[[], object]], fl
 
 def _default_sync(device: str) -> Callable[[], None]:
     if device == "cuda":
-        import torch
-
         return torch.cuda.synchronize
     return lambda: None
 
@@ -306,9 +307,6 @@ def compare_latency(
         expected = warm_round_s * iters
 
     samples: list[list[float]] = [[] for _ in candidates]
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     columns = [TextColumn("{task.description}"), BarColumn()]
     columns.append(MofNCompleteColumn() if iters is not None else TextColumn("{task.completed:.1f}/{task.total:.1f} s"))
     columns.append(TimeRemainingColumn())

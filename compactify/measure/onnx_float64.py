@@ -30,6 +30,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import onnx
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+from onnx.reference.op_run import OpRun
 
 from compactify.errors import BadInputError, first_line
 
@@ -171,8 +173,6 @@ def _batchnorm_op():
     output means inference; only more outputs mean training) and off by O(1) from the model.
     Training mode (``training_mode=1``, ``is_test=0``, or extra outputs before opset 14) is refused:
     it is not the model a converter reads."""
-    from onnx.reference.op_run import OpRun
-
     class BatchNormalization(OpRun):
         op_domain = ""
         op_schema = None  # no schema defaults: every attribute is read from the node below
@@ -206,8 +206,6 @@ class Float64Reference:
     declares float32 are cast to float64; other inputs are passed as given."""
 
     def __init__(self, model: onnx.ModelProto):
-        from onnx.reference import ReferenceEvaluator
-
         self.model = as_float64(model)
         initializers = {t.name for t in model.graph.initializer}
         # Old (IR < 4) files list initializers among the inputs: those need no feed.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -75,3 +75,9 @@ def load_digits_data(input_shape: Sequence[int], seed: int = 0, test_fraction: f
         raise BadInputError(f"test_fraction must be in (0, 1), got {test_fraction}")
     c, h, w = shape
     return _load(c, h, w, int(seed), float(test_fraction))
+
+
+def trained_on_digits(meta: Mapping[str, Any] | None) -> bool:
+    """Whether a checkpoint's metadata says it was trained on the built-in digits (as ``compactify train`` writes)."""
+    training = (meta or {}).get("training") or {}
+    return isinstance(training, Mapping) and str(training.get("dataset", "")).lower() == "digits"

@@ -19,6 +19,7 @@ import dataclasses
 from typing import Any, Mapping
 
 from compactify.errors import BadInputError
+from compactify.models.expand import normalize_mode
 
 _FIELDS = ("arch", "arch_kwargs", "expand", "rate", "layers", "aux", "input_shape", "expanded_layers", "seed",
            "training")
@@ -63,8 +64,6 @@ class CheckpointMeta:
         if not isinstance(self.arch_kwargs, dict) or not all(isinstance(k, str) for k in self.arch_kwargs):
             raise self._bad("arch_kwargs", self.arch_kwargs, "a JSON object of keyword arguments")
         if self.expand is not None:
-            from compactify.models.expand import normalize_mode
-
             if not isinstance(self.expand, str):
                 raise self._bad("expand", self.expand, "an expansion mode: fc, cl, ck, cl+fc or ck+fc")
             try:

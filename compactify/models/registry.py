@@ -19,7 +19,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from compactify.errors import BadInputError
+from compactify.errors import BadInputError, first_line
+from compactify.models.auxiliary import attach_auxiliary
+from compactify.models.expand import expand, expandable_layers, normalize_mode
 
 # Canonical spellings of the expansion modes (see compactify.models.expand).
 MODES = ("fc", "cl", "ck", "cl+fc", "ck+fc")
@@ -119,8 +121,6 @@ def split_name(name: str) -> tuple[str, str | None]:
 
     Raises BadInputError for names that are neither registered nor ``BASE-MODE``.
     """
-    from compactify.models.expand import normalize_mode
-
     _ensure_builtin()
     key = name.strip().lower()
     if key in _REGISTRY:
@@ -164,16 +164,12 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     _check_kwargs(entry, kwargs)
     model = _call_factory(entry.factory, base, kwargs)
     if mode is not None:
-        from compactify.models.expand import expand
-
         model = expand(model, mode, rate=rate, layers=layers)
     return model
 
 
 def applicable_modes(name: str, **kwargs: Any) -> list[str]:
     """Expansion modes that apply to a registered model, found on the meta device."""
-    from compactify.models.expand import expandable_layers
-
     base, _ = split_name(name)
     entry = _REGISTRY[base]
     _check_kwargs(entry, kwargs)
@@ -211,8 +207,6 @@ def _call_factory(factory: Callable[..., nn.Module], arch: str, kwargs: dict[str
     except BadInputError:
         raise
     except Exception as exc:
-        from compactify.errors import first_line
-
         given = f" with arch_kwargs {json.dumps(kwargs, default=repr)}" if kwargs else ""
         raise BadInputError(f"building {arch}{given} failed: {type(exc).__name__}: {first_line(exc)}; "
                             "check --arch-kwargs (their names, types and values)") from exc
@@ -249,13 +243,9 @@ def build_model(meta: dict[str, Any]) -> nn.Module:
         model = _call_factory(_REGISTRY[base].factory, base, kwargs)
 
     if mode:
-        from compactify.models.expand import expand
-
         model = expand(model, mode, rate=int(rate), layers=layers)
     aux = meta.get("aux")
     if aux:
-        from compactify.models.auxiliary import attach_auxiliary
-
         aux_kwargs = dict(aux)
         if "input_shape" not in aux_kwargs and meta.get("input_shape"):
             aux_kwargs["input_shape"] = meta["input_shape"]

@@ -16,6 +16,14 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from torch import nn
 
 from compactify.errors import BadInputError
@@ -123,9 +131,6 @@ def _train(model, epochs, data, lr, batch_size, weight_decay, seed, nuclear, nuc
     history: list[dict] = []
     stats: dict[str, dict[str, int]] = {}
     start = time.perf_counter()
-
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     bar = Progress(TextColumn("[bold]train[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), TextColumn("{task.fields[status]}"),

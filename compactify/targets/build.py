@@ -16,14 +16,14 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from compactify.errors import BadInputError
+from compactify.errors import BadInputError, MissingRuntimeError
 from compactify.targets.base import TARGETS, CompactModel, Target
 
 
-def prepare_artifacts(requests: Mapping[str, Any], source_meta: Mapping[str, Any],
-                      input_shape: Sequence[int]) -> dict[str, Any]:
-    """The requests checked (names, settings, what each is built from) and each target's settings
-    prepared (its files read and checked), in build order. Safe to call again on its own result."""
+def check_requests(requests: Mapping[str, Any]) -> dict[str, Any]:
+    """The requests checked (names, settings, what each is built from, whether this machine can build
+    each), in build order, with every target's settings filled in: what needs no source, so that a
+    conversion refuses such a request before it loads anything."""
     unknown = [name for name in requests if name not in TARGETS]
     if unknown:
         raise BadInputError(f"no artifact kind {', '.join(map(repr, unknown))}; known: {', '.join(TARGETS)}")
@@ -32,6 +32,19 @@ def prepare_artifacts(requests: Mapping[str, Any], source_meta: Mapping[str, Any
         _check_sources(TARGETS[name], chosen)
     if "engine" in chosen and "onnx_int8" in chosen:  # TensorRT reads only symmetric Q/DQ with float biases
         chosen["onnx_int8"] = dataclasses.replace(chosen["onnx_int8"], tensorrt=True)
+    for name in chosen:
+        target = TARGETS[name]
+        missing = target.missing()
+        if missing and target.flag:
+            raise MissingRuntimeError(f"{target.flag} {missing}")
+    return chosen
+
+
+def prepare_artifacts(requests: Mapping[str, Any], source_meta: Mapping[str, Any],
+                      input_shape: Sequence[int]) -> dict[str, Any]:
+    """``check_requests``, then each target's settings prepared (its files read and checked), in build
+    order. Safe to call again on its own result."""
+    chosen = check_requests(requests)
     return {name: TARGETS[name].prepare(settings, source_meta, input_shape) for name, settings in chosen.items()}
 
 

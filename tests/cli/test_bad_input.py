@@ -312,12 +312,12 @@ def test_verify_batches_zero_in_the_api_is_refused(converted):
 
 
 def test_an_internal_error_is_one_line_exit_1_and_says_how_to_report(tmp_path, monkeypatch):
-    import compactify.converter.convert as convert_module
+    import compactify.converter.pipeline.convert as convert_module
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(convert_module, "contract", broken)
+    monkeypatch.setattr(convert_module, "contract_source", broken)
     ckpt = tiny_checkpoint(tmp_path / "tiny.safetensors")
     before = snapshot(tmp_path)
     r = run("convert", ckpt, "-o", tmp_path / "out")
@@ -329,14 +329,14 @@ def test_an_internal_error_is_one_line_exit_1_and_says_how_to_report(tmp_path, m
 
 
 def test_an_interrupt_that_torch_turned_into_another_error_is_still_an_interrupt(tmp_path, monkeypatch):
-    import compactify.converter.convert as convert_module
+    import compactify.converter.pipeline.convert as convert_module
     from compactify.cli import Interrupted
 
     def interrupted_inside_torch(*args, **kwargs):
         Interrupted.received = signal.SIGINT  # what the handler records before raising KeyboardInterrupt
         raise AssertionError("Trying to pop empty mode stack")
 
-    monkeypatch.setattr(convert_module, "contract", interrupted_inside_torch)
+    monkeypatch.setattr(convert_module, "contract_source", interrupted_inside_torch)
     ckpt = tiny_checkpoint(tmp_path / "tiny.safetensors")
     before = snapshot(tmp_path)
     r = run("convert", ckpt, "-o", tmp_path / "new" / "out")

@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from clihelp import error_line, run
-from compactify.converter.convert_onnx import contract_onnx
+from compactify.converter.pipeline.contraction import contract_onnx
 from compactify.targets.onnx_io import run_ort
 from compactify.measure.onnx_float64 import run_float64
 

@@ -8,7 +8,7 @@ import torch
 from click.testing import CliRunner
 
 from compactify.cli import main
-from compactify.converter.contract import reference_float64
+from compactify.converter.frontends.fx.check import reference_float64
 
 import user_models
 

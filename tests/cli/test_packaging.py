@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from compactify.errors import BadInputError
-from compactify.runtimes import guess_runtime
-from compactify.runtimes.kinds import FILE_KINDS, kind_of
+from compactify.harness.model_files import CHECKPOINT, is_checkpoint
+from compactify.targets import TARGETS, runtime_for, target_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,12 +35,12 @@ def test_install_requires_takes_ranges_and_requirements_txt_pins():
 def test_one_table_of_file_kinds(tmp_path):
     from compactify.harness.bench import resolve_models
 
-    suffixes = [s for k in FILE_KINDS for s in k.suffixes]
+    suffixes = [s for t in TARGETS.values() for s in t.suffixes] + list(CHECKPOINT.suffixes)
     assert len(suffixes) == len(set(suffixes))
-    assert kind_of("x.bin").name == kind_of("x.pt").name == "checkpoint"  # .bin is a checkpoint everywhere
-    for kind in FILE_KINDS:
-        if kind.name != "checkpoint":
-            assert guess_runtime(f"m{kind.suffixes[0]}") == kind.runtime
+    assert is_checkpoint("x.bin") and is_checkpoint("x.pt")  # .bin is a checkpoint everywhere
+    for target in TARGETS.values():
+        assert target_for(f"m{target.suffixes[0]}") is target
+        assert runtime_for(f"m{target.suffixes[0]}") == target.runtime
     ckpt = tmp_path / "pytorch_model.bin"
     ckpt.write_bytes(b"x")
     assert resolve_models([ckpt])[0].runtime == "torch"
@@ -56,7 +56,7 @@ def test_an_unknown_suffix_is_read_by_content(tmp_path):
     torch.export.save(torch.export.export(torch.nn.Linear(2, 2), (torch.randn(2, 2),)), src)
     odd = tmp_path / "model.weights"
     odd.write_bytes(src.read_bytes())
-    assert kind_of(odd).name == "pt2"
+    assert target_for(odd).name == "pt2"
 
 
 def test_help_shows_the_table():
@@ -66,6 +66,6 @@ def test_help_shows_the_table():
         r = run(command, "--help", env={"COLUMNS": "80"})
         assert r.exit_code == 0
         text = " ".join(r.stdout.split())
-        for kind in FILE_KINDS:
+        for kind in [*TARGETS.values(), CHECKPOINT]:
             assert " ".join(kind.suffixes) in text and kind.description.split()[0] in text
         assert max(len(line) for line in r.stdout.splitlines()) <= 80

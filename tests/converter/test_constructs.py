@@ -11,7 +11,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from compactify.converter.contract import contract, reference_float64
+from compactify.converter.pipeline.contraction import contract
+
+from compactify.converter.frontends.fx.check import reference_float64
 from compactify.converter.backends.size_guard import InputSizeError
 from compactify.tensors import flatten_outputs
 

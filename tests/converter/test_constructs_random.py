@@ -15,8 +15,11 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from compactify.converter.contract import contract, reference_float64
+from compactify.converter.pipeline.contraction import contract
+
+from compactify.converter.frontends.fx.check import reference_float64
 from compactify.converter.backends.size_guard import InputSizeError
+from compactify.converter.engine.exactness import SOURCE_ERROR_FACTOR
 
 from .test_constructs import _bn
 
@@ -130,6 +133,13 @@ def _rel(model, compact, shape, seed):
     return float((got.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
 
 
+def _exact(model, compact, shape, seed) -> bool:
+    """The project's exactness rule: within 1e-5 of the output scale, or within the rule's factor of
+    the source's own float32 error (a net whose ReLU leaves a tiny output is ill-conditioned in
+    float32 whatever is merged: hypothesis found one at 2.3e-5 for the source itself)."""
+    return _rel(model, compact, shape, seed) <= max(1e-5, SOURCE_ERROR_FACTOR * _rel(model, model, shape, seed))
+
+
 def _accepts(model, shape) -> bool:
     try:
         with torch.no_grad():
@@ -149,11 +159,11 @@ def test_random_compositions_are_exact_where_merged(specs, size, seed):
     others = [(1, C, n, n) for n in (size + 1, size + 3) if _accepts(model, (1, C, n, n))]
     # Proved at the traced size: exact there, and other sizes are refused.
     r = contract(model, shape)
-    assert _rel(model, r.compact, (3, C, size, size), seed + 1) <= 1e-5
+    assert _exact(model, r.compact, (3, C, size, size), seed + 1)
     for other in others:
         with pytest.raises(InputSizeError):
             r.compact(torch.zeros(other))
     # --dynamic-hw: captured with symbolic sizes, merged only where exact at every size.
     r = contract(model, shape, dynamic_hw=True)
     for other in [(3, C, size, size)] + others:
-        assert _rel(model, r.compact, other, seed + 2) <= 1e-5, other
+        assert _exact(model, r.compact, other, seed + 2), other

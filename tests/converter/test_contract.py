@@ -7,7 +7,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from compactify.converter.contract import contract, example_input, reference_float64
+from compactify.converter.pipeline.contraction import contract
+
+from compactify.converter.frontends.fx.check import example_input, reference_float64
 
 
 def _randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:

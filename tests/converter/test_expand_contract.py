@@ -9,8 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from compactify.converter.contract import contract, example_input, reference_float64
-from compactify.converter.export.onnx_export import export_onnx
+from compactify.converter.pipeline.contraction import contract
+
+from compactify.converter.frontends.fx.check import example_input, reference_float64
+from compactify.converter.backends.onnx_export import export_onnx
 from compactify.models import applicable_modes, create_model
 
 TINY = {"num_classes": 10, "input_size": 32}

@@ -11,7 +11,8 @@ import torch
 from click.testing import CliRunner
 
 from compactify.cli import main
-from compactify.converter.contract import contract, reference_float64
+from compactify.converter.pipeline.contraction import contract
+from compactify.converter.frontends.fx.check import reference_float64
 
 from ._common import param_count
 from .catalog import FAMILIES

@@ -12,7 +12,7 @@ import onnx
 import pytest
 import torch
 
-from compactify.converter.convert_onnx import contract_onnx
+from compactify.converter.pipeline.contraction import contract_onnx
 from compactify.targets.onnx_io import run_ort
 from compactify.measure.onnx_float64 import run_float64
 
@@ -45,12 +45,12 @@ def _check(source: onnx.ModelProto, deploy_params: int | None, shape) -> None:
     # batch into the reshapes of DBB's and ShuffleNet's graphs, which then run at that batch only).
     x = np.random.default_rng(7).standard_normal(shape).astype(np.float32)
     ref = run_float64(source, {"x": x})
-    got, own = run_ort(result.model, {"x": x}), run_ort(source, {"x": x})
+    got, own = run_ort(result.compact, {"x": x}), run_ort(source, {"x": x})
     for g, o, r in zip(got, own, ref):
         scale = np.abs(r).max()
         assert np.abs(g - r).max() / scale <= max(REL, 3 * np.abs(o - r).max() / scale)
-    assert [i.name for i in result.model.graph.input] == ["x"]
-    assert result.model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert [i.name for i in result.compact.graph.input] == ["x"]
+    assert result.compact.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
 
 
 @pytest.mark.parametrize("name", sorted(set(FAMILIES) - SLOW))

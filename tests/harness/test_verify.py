@@ -12,7 +12,8 @@ import torch
 from onnx import numpy_helper
 
 from compactify.converter.load.checkpoint import save_checkpoint
-from compactify.converter.convert import ConvertOptions, convert_checkpoint
+from compactify.converter.pipeline.settings import ConvertOptions
+from compactify.converter.pipeline.convert import convert_checkpoint
 from compactify.errors import BadInputError, VerificationError
 from compactify.harness.inputs import load_inputs, seeded_inputs
 from compactify.harness.verify import verify_conversion, verify_models
@@ -230,7 +231,7 @@ def test_verify_any_two_models(converted, tmp_path):
         verify_models(ckpt, out / "compact.onnx", runtime_b="torch")
 
     # A candidate for another input size does not fit.
-    from compactify.converter.export.onnx_export import export_onnx
+    from compactify.converter.backends.onnx_export import export_onnx
 
     other = build_model({**META, "expand": None, "arch_kwargs": {**KW, "input_size": 16}}).eval()
     export_onnx(other, torch.randn(2, 3, 16, 16), tmp_path / "other.onnx", simplify=False)

@@ -47,7 +47,7 @@ def net():
 
 @pytest.fixture(scope="module")
 def onnx_file(net, tmp_path_factory):
-    from compactify.converter.export.onnx_export import export_onnx
+    from compactify.converter.backends.onnx_export import export_onnx
 
     path = tmp_path_factory.mktemp("runners") / "net.onnx"
     export_onnx(net, torch.randn(SHAPE), path, output_names=("logits", "aux"), exporter="torchscript", simplify=False)

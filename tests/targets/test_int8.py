@@ -17,8 +17,8 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from compactify.converter.contract import contract
-from compactify.converter.export.onnx_export import export_onnx
+from compactify.converter.backends.onnx_export import export_onnx
+from compactify.converter.pipeline.contraction import contract
 from compactify.errors import BadInputError, CompactifyError
 from compactify.targets import Int8Settings, OnnxGraph, build_artifacts, prepare_artifacts
 from compactify.targets import calibration as C

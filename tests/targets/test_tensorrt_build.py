@@ -25,7 +25,7 @@ from click.testing import CliRunner
 from torch import nn
 
 from compactify.cli import main
-from compactify.converter.export.onnx_export import export_onnx
+from compactify.converter.backends.onnx_export import export_onnx
 from compactify.targets.tensorrt_build import build_engine
 from compactify.errors import BadInputError, MissingRuntimeError
 from compactify.runtimes import devices, open_runner

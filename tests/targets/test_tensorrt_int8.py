@@ -17,8 +17,8 @@ import torch
 from click.testing import CliRunner
 
 from compactify.cli import main
-from compactify.converter.contract import contract
-from compactify.converter.export.onnx_export import export_onnx
+from compactify.converter.backends.onnx_export import export_onnx
+from compactify.converter.pipeline.contraction import contract
 from compactify.errors import BadInputError
 from compactify.runtimes import devices, open_runner
 from compactify.runtimes.devices import tensorrt_missing

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-from compactify.converter.frontends.fx.classify import shape_of, static
+from compactify.converter.frontends.fx.nodes import known_size, shape_of
 from compactify.converter.engine.plan import Decision
 from compactify.converter.backends.names import fresh_name
 from compactify.converter.backends.size_guard import check_spatial_size
@@ -69,7 +69,7 @@ def _restore_shape(gm: fx.GraphModule, new: fx.Node, entry: fx.Node, exit: fx.No
     a, b = shape_of(entry), shape_of(exit)
     if a is None or b is None or [str(d) for d in a[:-1]] == [str(d) for d in b[:-1]]:
         return new
-    target = [static(d) if static(d) is not None else -1 for d in b]
+    target = [known_size(d) if known_size(d) is not None else -1 for d in b]
     return gm.graph.call_function(torch.ops.aten.reshape.default, (new, target))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import pickle
 import re
 import warnings
@@ -19,9 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from compactify.converter.load.sniff import detect
 from compactify.errors import BadInputError, first_line
+from compactify.models.metadata import CheckpointMeta, validate_meta
 from compactify.outputs import atomic_file
 from compactify.targets.pt2 import PT2_META_FILE
 
@@ -62,8 +67,6 @@ _DEFAULT_HINT = "expected a torch.save file (.pt/.pth/.bin), a .safetensors file
 
 def load_checkpoint(path: str | Path, trust_pickle: bool = False) -> Checkpoint:
     """Load a checkpoint, choosing the reader from the file's content (never its suffix)."""
-    from compactify.converter.load.sniff import detect
-
     path = Path(path)
     if not path.exists():
         raise BadInputError(f"checkpoint {path} does not exist")
@@ -111,9 +114,6 @@ def _check_zip_crc(path: Path, content) -> None:
 
 
 def _load_safetensors(path: Path) -> Checkpoint:
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     try:
         state = load_file(str(path), device="cpu")
         with safe_open(str(path), framework="pt") as fh:
@@ -128,8 +128,6 @@ def _load_safetensors(path: Path) -> Checkpoint:
 @contextlib.contextmanager
 def _quiet_torch_logs():
     """torch.export.load logs a traceback of a failed attempt before raising; the user gets one line instead."""
-    import logging
-
     previous = logging.root.manager.disable
     logging.disable(logging.CRITICAL)
     try:
@@ -237,8 +235,6 @@ def _parse_meta(text: str | None, path: Path) -> dict:
 
 def _checked_meta(meta: Any, path: Path) -> dict:
     """The metadata checked against the schema (compactify.models.metadata); a bad field is bad input."""
-    from compactify.models.metadata import validate_meta
-
     if not isinstance(meta, dict):
         raise BadInputError(f"checkpoint {path} carries compactify metadata that is a {type(meta).__name__}, "
                             "not a JSON object")
@@ -248,8 +244,6 @@ def _checked_meta(meta: Any, path: Path) -> dict:
 def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], meta: dict, force: bool = True) -> Path:
     """Write a state_dict with its metadata (checked against the schema), atomically (.safetensors, else a
     torch .pt file)."""
-    from compactify.models.metadata import CheckpointMeta
-
     path = Path(path)
     if not isinstance(meta, CheckpointMeta):
         meta = CheckpointMeta.from_dict(meta, where=f"metadata for {path}")
@@ -257,8 +251,6 @@ def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], meta:
     state = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     with atomic_file(path, force=force) as tmp:
         if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import save_file
-
             save_file(state, str(tmp), metadata={META_KEY: json.dumps(meta)})
         else:
             torch.save({"state_dict": state, META_KEY: meta}, str(tmp))

@@ -8,8 +8,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from compactify.converter.frontends.fx.capture import graph_module, program_inputs
 from compactify.converter.load.checkpoint import Checkpoint
+from compactify.converter.load.resources import check_memory
 from compactify.errors import BadInputError
+from compactify.models import build_model, default_input_shape
+from compactify.models.metadata import check_shape, validate_meta
 
 
 @dataclass
@@ -53,6 +57,7 @@ def build_source(
     arch_kwargs: dict | None = None,
     input_shape: tuple[int, ...] | None = None,
     run_memory_check: bool = True,
+    max_memory: int | None = None,
 ) -> Source:
     """The eval-mode float32 model a checkpoint stands for, its metadata and its input shape.
 
@@ -60,26 +65,22 @@ def build_source(
     variances, and the input shape against the memory budget (``converter.resources``), before
     the model ever runs: by a forward pass on the meta device, or with ``run_memory_check=False``
     by the input's size alone (``convert`` then checks the activations on the captured graph)."""
-    from compactify.models.metadata import check_shape, validate_meta
 
     where = f"checkpoint {ckpt.path} metadata"
     if ckpt.format == "pt2":
-        from compactify.converter.frontends.fx.capture import graph_module, program_inputs
-
         model = graph_module(ckpt.exported)
         inputs = program_inputs(ckpt.exported)
         traced = tuple(1 if d is None else d for d in inputs[0][1]) if inputs else None
         meta = validate_meta(ckpt.meta, where)
         shape = input_shape or tuple(meta.get("input_shape") or ()) or traced
         check_weights(model.state_dict(), ckpt.path)
-        return _checked(Source(model, meta, shape), run_memory_check)
+        return _checked(Source(model, meta, shape), run_memory_check, max_memory)
     if ckpt.format == "module":
         model = ckpt.module.float().eval()
         check_weights(model.state_dict(), ckpt.path)
         meta = validate_meta(ckpt.meta, where)
         shape = input_shape or tuple(meta.get("input_shape") or ()) or None
-        return _checked(Source(model, meta, shape), run_memory_check)
-    from compactify.models import build_model, default_input_shape
+        return _checked(Source(model, meta, shape), run_memory_check, max_memory)
 
     meta = dict(ckpt.meta)
     if arch:
@@ -101,17 +102,13 @@ def build_source(
         shape = default_input_shape(meta)
     if shape is not None:
         shape = tuple(check_shape(list(shape), "the input shape"))
-    return _checked(Source(model.float().eval(), meta, tuple(shape) if shape else None), run_memory_check)
+    return _checked(Source(model.float().eval(), meta, tuple(shape) if shape else None), run_memory_check, max_memory)
 
 
-def _checked(source: Source, run_memory_check: bool = True) -> Source:
-    from compactify.converter.load.resources import check_memory
-
+def _checked(source: Source, run_memory_check: bool = True, max_memory: int | None = None) -> Source:
     if source.input_shape:
-        from compactify.models.metadata import check_shape
-
         source.input_shape = tuple(check_shape(list(source.input_shape), "the input shape"))
-        check_memory(source.model, source.input_shape, run=run_memory_check)
+        check_memory(source.model, source.input_shape, run=run_memory_check, budget_bytes=max_memory)
     return source
 
 

@@ -12,16 +12,17 @@ input alone.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import re
 import weakref
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
+
+import torch
+from torch.func import functional_call
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from compactify.errors import BadInputError
 
-_BUDGET: contextvars.ContextVar[int | None] = contextvars.ContextVar("compactify_max_memory", default=None)
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20,
           "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40}
 
@@ -39,16 +40,6 @@ def human(n: float) -> str:
         if n >= scale:
             return f"{n / scale:.1f} {unit}"
     return f"{int(n)} bytes"
-
-
-@contextlib.contextmanager
-def memory_budget(max_bytes: int | None) -> Iterator[None]:
-    """Within the block, refuse work whose estimate exceeds ``max_bytes`` (None: what is available)."""
-    token = _BUDGET.set(max_bytes)
-    try:
-        yield
-    finally:
-        _BUDGET.reset(token)
 
 
 def available_memory() -> int | None:
@@ -84,19 +75,16 @@ def available_memory() -> int | None:
     return min(found) if found else None
 
 
-def budget() -> tuple[int | None, str]:
-    """The budget in bytes and where it comes from (for the message)."""
-    chosen = _BUDGET.get()
-    if chosen is not None:
-        return chosen, "--max-memory"
+def budget(max_bytes: int | None = None) -> tuple[int | None, str]:
+    """The budget in bytes (``max_bytes``, the user's --max-memory, else what is available) and where
+    it comes from (for the message)."""
+    if max_bytes is not None:
+        return max_bytes, "--max-memory"
     return available_memory(), "available memory"
 
 
 def peak_activation_bytes(model, shape: Sequence[int]) -> int | None:
     """Peak bytes of tensors alive at once in one float32 forward pass at ``shape``, on the meta device."""
-    import torch
-    from torch.func import functional_call
-    from torch.utils._python_dispatch import TorchDispatchMode
 
     class Live(TorchDispatchMode):
         def __init__(self):
@@ -129,13 +117,14 @@ def peak_activation_bytes(model, shape: Sequence[int]) -> int | None:
         return None
 
 
-def check_memory(model, shape: Sequence[int], what: str = "input shape", run: bool = True) -> int:
+def check_memory(model, shape: Sequence[int], what: str = "input shape", run: bool = True,
+                 budget_bytes: int | None = None) -> int:
     """Raise BadInputError when converting at ``shape`` needs more memory than the budget; returns the
     estimate. With ``run=False`` only what the shape alone says is checked (the float64 input):
     ``convert`` checks the activations on the captured graph instead (``check_graph_memory``),
     which costs nothing, where a forward pass on the meta device takes seconds for a large model."""
     shape = tuple(int(d) for d in shape)
-    budget_bytes, source = budget()
+    budget_bytes, source = budget(budget_bytes)
     floor = _floor(shape)
     if budget_bytes is not None and floor > budget_bytes:  # no need to run anything
         return _refuse(shape, what, floor, budget_bytes, source, "its float64 input alone")
@@ -146,18 +135,17 @@ def check_memory(model, shape: Sequence[int], what: str = "input shape", run: bo
     return _judge(shape, what, None if peak is None else peak * batch, _weight_bytes(model), budget_bytes, source)
 
 
-def check_graph_memory(gm, shape: Sequence[int], what: str = "input shape") -> int:
+def check_graph_memory(gm, shape: Sequence[int], what: str = "input shape", budget_bytes: int | None = None) -> int:
     """``check_memory`` from a graph captured at batch max(2, N): the shapes its nodes record say
     which tensors are alive at once, before anything runs on real data."""
     shape = tuple(int(d) for d in shape)
-    budget_bytes, source = budget()
+    budget_bytes, source = budget(budget_bytes)
     return _judge(shape, what, graph_peak_bytes(gm), _weight_bytes(gm), budget_bytes, source)
 
 
 def graph_peak_bytes(gm) -> int | None:
     """Peak bytes of the float32 tensors alive at once when ``gm`` runs, from its recorded shapes
     (each tensor freed after its last reader; views share their base's memory)."""
-    import torch
 
     nodes = list(gm.graph.nodes)
     last = {}

@@ -90,3 +90,32 @@ def _after(op: AffineConv, shape: tuple[int, ...]) -> tuple[int, ...]:
     if op.ndim == 0:
         return (*shape[:-1], op.out_channels)
     return (shape[0], op.out_channels, *op.output_size(shape[2:]))
+
+
+def truncation_section(ranked: RankPlan, rule: str, multiple: int, error: tuple[float, float], inputs: int) -> dict:
+    """The --rank report section of a plan-only truncation, in the PyTorch path's schema: per layer
+    the ranks and costs, and ``error`` = (max_abs, max_rel) of the truncated model against the
+    untruncated one in float64 on ``inputs`` seeded inputs."""
+    ratio = ranked.flops_truncated / ranked.flops_untruncated if ranked.flops_untruncated else 1.0
+    return {
+        "rule": parse_rank_rule(rule).text,
+        "multiple": multiple,
+        "cost": "flops",
+        "layers": ranked.rows,
+        "pruning": [],
+        "pruning_limits": "all-zero units are not removed from ONNX sources (pruning runs on PyTorch sources)",
+        "params_untruncated": ranked.params_untruncated,
+        "params_pruned": ranked.params_untruncated,
+        "params_truncated": ranked.params_truncated,
+        "flops_untruncated": ranked.flops_untruncated,
+        "flops_pruned": ranked.flops_untruncated,
+        "flops_truncated": ranked.flops_truncated,
+        "flops_ratio": ratio,
+        "flops_ratio_of_pruned": ratio,
+        "output_error": {
+            "max_abs": error[0], "max_rel": error[1], "inputs": f"{inputs} seeded N(0,1) input(s)",
+            "dtype": "float32 (ONNX Runtime) vs float64 (onnx.reference)",
+            "definition": "compact.onnx with --rank vs the contracted model without it, on the check inputs; "
+                          "max_rel = max|truncated - untruncated| / max|untruncated|",
+        },
+    }

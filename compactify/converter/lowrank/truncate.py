@@ -38,21 +38,34 @@ import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 from torch import fx, nn
+from torch.utils import _pytree as pytree
 
-from compactify.converter.lowrank import factor as L
+from compactify.converter.backends.fx_rewrite import rewrite
 from compactify.converter.engine.algebra import AffineConv
 from compactify.converter.engine.plan import Decision
-from compactify.converter.frontends.fx.profile import GraphProfile
+from compactify.converter.engine.regions import Region
+from compactify.converter.frontends.fx.profile import GraphProfile, count_flops
+from compactify.converter.lowrank import factor as L
 from compactify.converter.lowrank.layers import Layer, conv_layers
 from compactify.converter.lowrank.pruning import PRUNING_LIMITS, prune_dead_units
+from compactify.converter.lowrank.rank_rules import (
+    RankChoice,
+    RankRule,
+    choose_ranks,
+    parse_rank_rule,
+)
 from compactify.converter.lowrank.truncation_report import prune_text, report_row
-from compactify.converter.lowrank.rank_rules import RankChoice, RankRule, choose_ranks, parse_rank_rule
-from compactify.converter.engine.regions import Region
 from compactify.errors import BadInputError
+from compactify.measure.latency import Candidate, compare_latency
+from compactify.models.data import load_digits_data, trained_on_digits
+from compactify.models.train import evaluate as accuracy_on
+from compactify.models.train import predict
+from compactify.targets.calibration import read_npz
 
 COSTS = ("flops", "latency")
 CALIBRATIONS = ("random", "digits")
@@ -78,54 +91,28 @@ class RankRequest:
     prune: bool = True
 
 
-def rank_request(options, source) -> RankRequest | None:
-    """The request made by ``ConvertOptions`` (``rank``, ``rank_multiple``, ``cost``,
-    ``calibration``) for a loaded ``Source``; None when no rule was given."""
-    rule_text = getattr(options, "rank", None)
-    multiple = getattr(options, "rank_multiple", 1)
-    cost = getattr(options, "cost", "flops")
-    calibration = getattr(options, "calibration", None)
-    rank_data = getattr(options, "rank_data", None)
-    max_drop = getattr(options, "max_accuracy_drop", None)
-    if not rule_text:
-        if multiple != 1 or cost != "flops":
-            raise BadInputError("--rank-multiple and --cost choose how ranks are cut; add --rank RULE, e.g. --rank energy:0.99")
-        if rank_data is not None or max_drop is not None:
-            raise BadInputError("--data and --max-accuracy-drop judge what --rank costs; add --rank RULE, e.g. "
-                                "--rank flops:0.5")
-        return None
-    if max_drop is not None and not (isinstance(max_drop, (int, float)) and math.isfinite(max_drop) and max_drop >= 0):
-        raise BadInputError(f"--max-accuracy-drop must be a number of percentage points >= 0, got {max_drop!r}")
-    rule = parse_rank_rule(rule_text)
-    if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
-        raise BadInputError(f"--rank-multiple must be a whole number >= 1, got {multiple!r}")
-    if cost not in COSTS:
-        raise BadInputError(f"--cost must be flops or latency, got {cost!r}")
-    if calibration is not None and calibration not in CALIBRATIONS:
-        raise BadInputError(f"calibration must be random or digits, got {calibration!r}")
-    shape = tuple(int(s) for s in source.input_shape)
-    training = (source.meta or {}).get("training") or {}
-    on_digits = isinstance(training, dict) and training.get("dataset") == "digits"
-    request = RankRequest(rule, multiple, cost, batch=shape[0])
+def rank_request(settings, input_shape: Sequence[int], meta: dict) -> RankRequest:
+    """What the truncation runs on, for ``settings`` (a checked ``pipeline.settings.RankSettings``) and a
+    source of ``input_shape`` whose metadata ``meta`` says what it was trained on: the calibration
+    inputs of the output error and, where labels are known, the accuracy to judge it by."""
+    shape = tuple(int(s) for s in input_shape)
+    on_digits = trained_on_digits(meta)
+    request = RankRequest(parse_rank_rule(settings.rule), settings.multiple, settings.cost, batch=shape[0])
     data = None
-    if on_digits or calibration == "digits":
-        from compactify.models.data import load_digits_data
-
+    if on_digits or settings.calibration == "digits":
         data = load_digits_data(shape)
-    if calibration == "digits" or (calibration is None and on_digits):
+    if settings.calibration == "digits" or (settings.calibration is None and on_digits):
         request.calibration = data.x_train[:CALIBRATION_SAMPLES]
         request.calibration_source = f"{len(request.calibration)} digits training images"
     else:
         request.calibration = random_calibration(shape)
         request.calibration_source = f"{CALIBRATION_SAMPLES} seeded N(0,1) inputs"
-    if rank_data is not None:
-        request.evaluate, request.evaluate_on = held_out_accuracy(rank_data, shape)
+    if settings.data is not None:
+        request.evaluate, request.evaluate_on = held_out_accuracy(settings.data, shape)
     elif on_digits:
-        from compactify.models.train import evaluate
-
-        request.evaluate = lambda model: evaluate(model, data)
+        request.evaluate = lambda model: accuracy_on(model, data)
         request.evaluate_on = f"digits test split ({len(data.y_test)} images)"
-    if max_drop is not None and request.evaluate is None:
+    if settings.max_accuracy_drop is not None and request.evaluate is None:
         raise BadInputError("--max-accuracy-drop needs held-out labels: a checkpoint trained on the built-in digits, "
                             "or --data FILE.npz with arrays x and labels")
     return request
@@ -133,10 +120,6 @@ def rank_request(options, source) -> RankRequest | None:
 
 def held_out_accuracy(path: str, shape: Sequence[int]) -> tuple[Callable[[nn.Module], float], str]:
     """The accuracy of a model on a --data file's inputs and labels, and what to call them."""
-    from pathlib import Path
-
-    from compactify.targets.calibration import read_npz
-
     x, labels, _ = read_npz(path, shape)
     if labels is None:
         raise BadInputError(f"--data {Path(path).name} has no 'labels' array: accuracy needs the true class of each "
@@ -144,8 +127,6 @@ def held_out_accuracy(path: str, shape: Sequence[int]) -> tuple[Callable[[nn.Mod
     inputs, truth = torch.from_numpy(x), torch.from_numpy(labels)
 
     def accuracy(model: nn.Module) -> float:
-        from compactify.models.train import predict
-
         return float((predict(model, inputs) == truth).float().mean())
 
     return accuracy, f"{Path(path).name} ({len(labels)} held-out inputs)"
@@ -166,8 +147,6 @@ class _Builder:
         self.gm, self.decisions, self.example = gm, decisions, example
 
     def build(self, modules: dict[int, nn.Module | None], dtype: torch.dtype = torch.float32) -> fx.GraphModule:
-        from compactify.converter.backends.fx_rewrite import rewrite
-
         with warnings.catch_warnings():  # copying exported graphs trips torch-internal FutureWarnings
             warnings.simplefilter("ignore", FutureWarning)
             gm = copy.deepcopy(self.gm)
@@ -190,8 +169,6 @@ class _Builder:
 
 
 def _outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    from torch.utils import _pytree as pytree
-
     with torch.no_grad():
         out = model(x)
     return [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
@@ -226,8 +203,6 @@ def _params(module: nn.Module) -> int:
 
 
 def _faster_factored(dense: nn.Module, factored: nn.Module, shape: tuple[int, ...]) -> tuple[bool, float, float]:
-    from compactify.measure.latency import Candidate, compare_latency
-
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
 
     def run(module):
@@ -398,8 +373,6 @@ def _example(gm: fx.GraphModule, profile: GraphProfile) -> torch.Tensor:
 
 
 def _count(model: nn.Module, example: torch.Tensor) -> int:
-    from compactify.converter.frontends.fx.profile import count_flops
-
     return count_flops(model, example)
 
 

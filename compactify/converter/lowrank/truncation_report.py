@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from compactify.converter.lowrank.layers import Layer
 from compactify.converter.lowrank.rank_rules import RankChoice
+from compactify.errors import VerificationError
 
 # --rank warns when it costs more accuracy than this (percentage points), --max-accuracy-drop or not.
 ACCURACY_WARN_POINTS = 1.0
@@ -20,8 +21,6 @@ def accuracy_drop(section: dict) -> float | None:
 def judge_accuracy(section: dict, max_drop: float | None) -> list[str]:
     """The warnings about what truncation cost in accuracy; raises VerificationError when it lost more
     than ``max_drop`` points (the conversion then writes nothing)."""
-    from compactify.errors import VerificationError
-
     drop = accuracy_drop(section)
     if drop is None:
         return []

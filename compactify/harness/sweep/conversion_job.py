@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from compactify.converter.convert import ConvertOptions, convert_checkpoint
+from compactify.converter.pipeline.settings import ConvertOptions
+
+from compactify.converter.pipeline.convert import convert_checkpoint
 from compactify.converter.load.checkpoint import load_checkpoint
 from compactify.converter.load.ingest import build_source
 from compactify.errors import CompactifyError, first_line

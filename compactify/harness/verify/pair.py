@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from compactify.converter.contract import reference_float64
+from compactify.converter.frontends.fx.check import reference_float64
 from compactify.converter.load.checkpoint import load_checkpoint
 from compactify.converter.load.ingest import build_source
 from compactify.errors import BadInputError, CompactifyError

@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from compactify.converter.contract import reference_float64
-from compactify.converter.convert_onnx import low_precision_outputs
+from compactify.converter.frontends.fx.check import reference_float64
+from compactify.converter.frontends.onnx.check import low_precision_outputs
 from compactify.converter.frontends.onnx.read import read_onnx
 from compactify.converter.frontends.onnx.shapes import graph_inputs
 from compactify.errors import BadInputError

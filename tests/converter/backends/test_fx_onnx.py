@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from compactify.converter.backends import fx_onnx
-from compactify.converter.contract import contract
-from compactify.converter.export.onnx_export import export_onnx
+from compactify.converter.backends.onnx_export import export_onnx
+from compactify.converter.pipeline.contraction import contract
 from compactify.converter.frontends.fx.capture import capture_graph
 from compactify.registry import DuplicateRegistration
 from compactify.tensors import flatten_outputs
@@ -133,7 +133,7 @@ def test_contracted_model_with_padded_merge(tmp_path):
                                     nn.ReLU(), nn.Flatten(), nn.Linear(6 * 8 * 8, 4), nn.Linear(4, 3)))
     r = contract(model, (1, 3, 8, 8))
     assert any(d.kind == "dense" for d in r.decisions)
-    result = export_onnx(r.compact, r.example, tmp_path / "c.onnx")
+    result = export_onnx(r.compact, r.source.example, tmp_path / "c.onnx")
     assert result.exporter == "fx"
     x = np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)
     assert_close(ort_run(tmp_path / "c.onnx", x), reference64(model, x))

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from compactify.converter.engine import algebra as A
 from compactify.converter.lowrank import factor as L
-from compactify.converter.contract import contract, example_input, reference_float64
+from compactify.converter.pipeline.contraction import contract
+from compactify.converter.frontends.fx.check import example_input, reference_float64
 from compactify.converter.lowrank.rank_rules import parse_rank_rule
 from compactify.converter.lowrank.truncate import RankRequest, random_calibration
 

@@ -19,7 +19,7 @@ from torch import fx
 from compactify.converter.engine import algebra as A
 from compactify.converter.engine.op_semantics import INT_MAX, need
 from compactify.converter.frontends.fx.constants import Constants
-from compactify.converter.frontends.fx.nodes import describe, shape_of, static
+from compactify.converter.frontends.fx.nodes import describe, shape_of, known_size
 
 aten = torch.ops.aten
 
@@ -54,7 +54,7 @@ def border_fill(pad: fx.Node, x: fx.Node, pairs: tuple[tuple[int, int], ...], ch
     vectors = [_per_channel(value, channels, len(shape_of(x))) for _, value in writes]
     need(all(v is not None for v in vectors))
     need(all(A._same_values(vectors[0], v) for v in vectors[1:]))
-    in_size = [static(d) for d in shape_of(x)[2:]]
+    in_size = [known_size(d) for d in shape_of(x)[2:]]
     if None in in_size:  # symbolic sizes (--dynamic-hw): the writes must cover the border at every size
         widest = max(max(b, a) for b, a in pairs)
         sizes = [[2 * widest + 1 + k] * len(in_size) for k in range(6)]

@@ -25,7 +25,7 @@ from compactify.converter.engine.op_semantics import NotAffine, keeps_rows, need
 from compactify.converter.engine.steps import Scalar, Step
 from compactify.converter.frontends.fx.border_writes import border_fill
 from compactify.converter.frontends.fx.constants import Constants
-from compactify.converter.frontends.fx.nodes import arg, describe, engine_dims, shape_of, static
+from compactify.converter.frontends.fx.nodes import arg, describe, engine_dims, shape_of, known_size
 from compactify.registry import Registry
 
 aten = torch.ops.aten
@@ -178,7 +178,7 @@ def _pad(node, data, consts) -> Step:
     need(0 < len(pads) // 2 <= nd)
     pairs = [(pads[2 * i], pads[2 * i + 1]) for i in range(len(pads) // 2)][::-1]
     pairs = [(0, 0)] * (nd - len(pairs)) + pairs  # F.pad lists the last dimension first
-    channels = static(in_shape[1])
+    channels = known_size(in_shape[1])
     need(channels is not None)
     fill = border_fill(node, x, tuple(pairs), channels, consts)
     if fill is None:
@@ -204,12 +204,12 @@ def _avg_pool(node, data, consts) -> Step:
     include_pad = arg(node, 5, "count_include_pad", True)
     divisor = arg(node, 6, "divisor_override", None) if nd > 1 else None
     need(divisor is None and (include_pad or not any(padding)))
-    channels = static(in_shape[1])
+    channels = known_size(in_shape[1])
     need(channels is not None)
     op = A.avg_pool(channels, kernel, A._tuple(stride, nd), padding)
     if ceil_mode:  # harmless only where it adds no partial window
         out = shape_of(node)
-        need(op.output_size([static(d) for d in in_shape[2:]]) == tuple(static(d) for d in out[2:]))
+        need(op.output_size([known_size(d) for d in in_shape[2:]]) == tuple(known_size(d) for d in out[2:]))
     return Step(node, "avgpool", (x,), op, (nd, 1))
 
 

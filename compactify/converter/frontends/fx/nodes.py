@@ -12,7 +12,7 @@ def shape_of(node: fx.Node) -> tuple | None:
     return tuple(val.shape) if isinstance(val, torch.Tensor) else None
 
 
-def static(dim) -> int | None:
+def known_size(dim) -> int | None:
     """The dimension as an int, or None when it is symbolic (``int()`` of a SymInt would give
     the example's value, the batch of 2 the graph was traced with)."""
     if isinstance(dim, torch.SymInt):
@@ -25,7 +25,7 @@ def static(dim) -> int | None:
 
 def engine_dims(shape) -> tuple:
     """A shape as the engine states it: ints, and names for symbolic dims."""
-    return tuple(static(d) if static(d) is not None else str(d) for d in shape)
+    return tuple(known_size(d) if known_size(d) is not None else str(d) for d in shape)
 
 
 def arg(node: fx.Node, index: int, name: str, default):

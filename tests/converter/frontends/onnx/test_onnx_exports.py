@@ -1,6 +1,6 @@
 """ONNX files from torch.onnx (the TorchScript exporter and the dynamo exporter) of the registry's
 expansions, converted by contract_onnx: compared with the source file run in float64, and with the
-parameter count the PyTorch path (compactify.converter.contract.contract) gives for the same model.
+parameter count the PyTorch path (compactify.converter.pipeline.contraction.contract) gives for the same model.
 
 What runs by default fits the suite's time budget on 2 cores: the TorchScript exporter for every
 expansion, the dynamo exporter (3-20 s an export) for one expansion of every base model, and the
@@ -22,8 +22,8 @@ import pytest
 import torch
 from torch import nn
 
-from compactify.converter.contract import contract
-from compactify.converter.convert_onnx import contract_onnx
+from compactify.converter.pipeline.contraction import contract
+from compactify.converter.pipeline.contraction import contract_onnx
 from compactify.measure.onnx_float64 import Float64Reference
 from compactify.models.registry import create_model, list_models, model_entry
 
@@ -87,9 +87,9 @@ def _run(name: str, dynamo: bool):
     model, shape = _tiny(name)
     src = export(model, shape, dynamo=dynamo)
     r = contract_onnx(src)
-    onnx.checker.check_model(r.model)
+    onnx.checker.check_model(r.compact)
     assert r.params_after < r.params_before
-    assert len(r.model.graph.node) < len(src.graph.node)
+    assert len(r.compact.graph.node) < len(src.graph.node)
     assert r.max_rel_error <= 1e-6, r.max_rel_error
     # Independently of the converter's own check: fresh inputs at batches other than planned.
     ref = Float64Reference(src)
@@ -97,13 +97,13 @@ def _run(name: str, dynamo: bool):
     for batch in (1, 3):
         x = rng.standard_normal((batch, *shape[1:])).astype(np.float32)
         (truth,) = ref.run({"x": x})
-        (got,) = ort_run(r.model, {"x": x})
+        (got,) = ort_run(r.compact, {"x": x})
         assert got.shape == truth.shape
         assert np.abs(got - truth).max() <= 1e-6 * np.abs(truth).max()
         with torch.no_grad():  # and the file is the model: torch in float64 within float32 folding
             t64 = _double(model)(torch.from_numpy(x).double()).numpy()
         assert np.abs(truth - t64).max() <= 1e-5 * np.abs(t64).max()
-    assert r.model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert r.compact.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     if FULL or name in QUICK_TORCH:
         assert r.params_after == torch_params_after(name), [d["name"] for d in r.regions if d["decision"] != "dense"]
     return r

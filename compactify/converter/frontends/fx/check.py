@@ -17,13 +17,24 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
 from torch import fx, nn
 
-from compactify.converter.frontends.fx.float64 import NotIsolated, part_nodes, run_graph, run_part
+from compactify.converter.engine.exactness import (
+    EXACT_REL,
+    EXACT_RULE,
+    NetworkCheck,
+    RegionCheck,
+    within,
+)
+from compactify.converter.frontends.fx.float64 import (
+    NotIsolated,
+    part_nodes,
+    run_graph,
+    run_part,
+)
 from compactify.tensors import flatten_outputs
 
 ERROR_SEED = 0
@@ -31,13 +42,6 @@ ERROR_SEED = 0
 # conversions are traced at) runs whole, a larger one costs no more than 2 samples in float64.
 FLOAT64_BATCH = 2
 REGION_SEED = 1000
-# A result is called exact when its float32 error is within EXACT_REL of the output scale, or
-# within SOURCE_ERROR_FACTOR times the float32 error of what it replaces (deep nets whose float32
-# run is already further off than EXACT_REL, ill-conditioned batch statistics).
-EXACT_REL = 1e-6
-SOURCE_ERROR_FACTOR = 4.0
-
-
 def example_input(shape: tuple[int, ...], seed: int = ERROR_SEED) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
@@ -54,38 +58,7 @@ def scale_error(got: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     return max_abs, (max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf")))
 
 
-def within(error: float, own_float32_error: float) -> bool:
-    return error <= max(EXACT_REL, SOURCE_ERROR_FACTOR * own_float32_error)
-
-
 # --------------------------------------------------------------------------- regions
-
-
-@dataclass
-class RegionCheck:
-    name: str
-    decision: str
-    input_shape: list[int]
-    max_abs: float | None = None
-    max_rel: float | None = None  # merged float32 layer vs its layers in float64, of the output scale
-    # Its layers in float32 vs float64, what rounding alone costs: run only when the merged layer is
-    # further off than EXACT_REL (below that it passes whatever they give).
-    layers_float32_rel: float | None = None
-    exact_claimed: bool = True
-    skipped: str | None = None
-
-    @property
-    def passed(self) -> bool:
-        return self.skipped is not None or within(self.max_rel, self.layers_float32_rel or 0.0)
-
-    def as_dict(self) -> dict:
-        out = {"region": self.name, "decision": self.decision, "input_shape": self.input_shape}
-        if self.skipped is not None:
-            out["skipped"] = self.skipped
-        else:
-            out.update(max_abs=self.max_abs, max_rel=self.max_rel, layers_float32_rel=self.layers_float32_rel,
-                       passed=self.passed)
-        return out
 
 
 def check_regions(gm: fx.GraphModule, decisions, profile, truncated: bool = False) -> list[RegionCheck]:
@@ -147,19 +120,6 @@ def check_regions(gm: fx.GraphModule, decisions, profile, truncated: bool = Fals
 # --------------------------------------------------------------------------- network
 
 
-@dataclass
-class NetworkCheck:
-    batch: int
-    float64_batch: int
-    max_abs: float = 0.0  # compact float32 vs source float64 (first float64_batch samples)
-    max_rel: float = 0.0
-    source_rel: float = 0.0  # source float32 vs source float64: rounding alone
-    float32_max_abs: float = 0.0  # compact float32 vs source float32, whole batch
-    float32_max_rel: float = 0.0
-    reference: str = "source model, weights cast to float64 one module at a time"
-    notes: list[str] = field(default_factory=list)
-
-
 def check_network(model: nn.Module, compact: nn.Module, input_shape, seed: int = ERROR_SEED + 1) -> NetworkCheck:
     x = example_input(tuple(input_shape), seed=seed)
     with torch.no_grad():
@@ -172,7 +132,8 @@ def check_network(model: nn.Module, compact: nn.Module, input_shape, seed: int =
             small = x
             ref, how = float64_forward(model, small)
     n = int(small.shape[0])
-    result = NetworkCheck(batch=int(x.shape[0]), float64_batch=n, reference=how)
+    result = NetworkCheck(batch=int(x.shape[0]), float64_batch=n, reference=how, float32_max_abs=0.0,
+                          float32_max_rel=0.0)
     if n != x.shape[0]:  # the same first samples through both float32 models (outputs need not be batch-first)
         with torch.no_grad():
             src_n, got_n = flatten_outputs(model(x[:n])), flatten_outputs(compact(x[:n]))
@@ -268,7 +229,7 @@ def check_section(regions: list[RegionCheck], network: NetworkCheck) -> dict:
                  "compact network in float32 against the source in float32 on one seeded batch, and its first "
                  f"{FLOAT64_BATCH} samples at most against the source in float64; `compactify verify` runs the "
                  "full float64 proof"),
-        "exact_rule": f"error <= max({EXACT_REL:g}, {SOURCE_ERROR_FACTOR:g} x the float32 error of what it replaces)",
+        "exact_rule": EXACT_RULE,
         "regions_checked": len(checked),
         "regions_skipped": len(regions) - len(checked),
         "regions_max_rel": worst.max_rel if worst is not None else None,
@@ -282,3 +243,37 @@ def check_section(regions: list[RegionCheck], network: NetworkCheck) -> dict:
             "source_float32_rel_error": network.source_rel,
         },
     }
+
+
+def reference_float64(model: nn.Module) -> nn.Module | None:
+    """A float64 copy of the model, or None when it cannot run in float64 (tests and tools that want
+    a float64 twin; the conversion's own check casts weights as it goes)."""
+    try:
+        return copy.deepcopy(model).double().eval()
+    except Exception:  # e.g. a captured graph holding float32 constants
+        return None
+
+
+def measure_error(model: nn.Module, compact: nn.Module, input_shape, batches: int = 1) -> tuple[float, float]:
+    """Max-abs and normalised relative error of ``compact`` (float32) against ``model`` in float64."""
+    max_abs, max_rel, _ = measure_errors(model, compact, input_shape, batches)
+    return max_abs, max_rel
+
+
+def measure_errors(model: nn.Module, compact: nn.Module, input_shape, batches: int = 1):
+    """``(max_abs, max_rel)`` of ``compact`` against ``model`` in float64, and the normalised
+    relative error of ``model``'s own float32 run on the same inputs (``batches`` seeded batches of
+    ``input_shape``, the model's weights cast to float64 one module at a time)."""
+    max_abs, max_rel, source_rel = 0.0, 0.0, 0.0
+    with torch.no_grad():
+        for b in range(batches):
+            x = example_input(tuple(input_shape), seed=ERROR_SEED + 1 + b)
+            ref, _ = float64_forward(model, x)
+            for candidate in (compact, model):
+                for g, r in zip(flatten_outputs(candidate(x)), ref):
+                    a, rel = scale_error(g, r)
+                    if candidate is compact:
+                        max_abs, max_rel = max(max_abs, a), max(max_rel, rel)
+                    else:
+                        source_rel = max(source_rel, rel)
+    return max_abs, max_rel, source_rel

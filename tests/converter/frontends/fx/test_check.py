@@ -1,4 +1,4 @@
-"""The check every conversion does (converter.check): it catches a merged layer that is off, it
+"""The check every conversion does (converter.frontends.fx.check): it catches a merged layer that is off, it
 runs the network in float64 without a float64 copy of the whole model, and the FLOPs added up from
 the plan equal a count of the compact graph run."""
 
@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compactify.converter import check as C
-from compactify.converter.contract import contract, example_input
+from compactify.converter.frontends.fx import check as C
+from compactify.converter.pipeline.contraction import contract
+from compactify.converter.frontends.fx.check import example_input
 from compactify.converter.frontends.fx.profile import count_flops
 from compactify.models import create_model
 
@@ -44,7 +45,7 @@ def test_every_merged_region_is_checked_in_float64():
 
 def test_a_merged_layer_that_is_off_is_caught(monkeypatch):
     """Corrupt one merged weight by 1e-4 of its scale between planning and the check."""
-    from compactify.converter import contract as K
+    from compactify.converter.frontends.fx import source as K
 
     real = K.check_regions
 
@@ -123,4 +124,4 @@ def test_flops_after_from_the_plan_equal_a_count_of_the_compact_graph(name, shap
         kwargs["width"] = 0.5
     r = contract(randomize(create_model(name, **kwargs), seed=1), shape)
     assert any(d.kind == "dense" for d in r.decisions)
-    assert r.flops_after == count_flops(r.compact, r.example) < r.flops_before
+    assert r.flops_after == count_flops(r.compact, r.source.example) < r.flops_before

@@ -16,10 +16,11 @@ import torch
 from torch import nn
 
 from compactify import models
-from compactify.converter.export import onnx_export
-from compactify.converter.contract import contract, reference_float64
+from compactify.converter.backends import onnx_export
+from compactify.converter.backends.onnx_export import export_onnx
+from compactify.converter.frontends.fx.check import reference_float64
+from compactify.converter.pipeline.contraction import contract
 from compactify.targets.fp16_convert import to_fp16
-from compactify.converter.export.onnx_export import export_onnx
 from compactify.errors import BadInputError, VerificationError
 
 

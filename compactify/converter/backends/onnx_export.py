@@ -8,8 +8,8 @@ the file on random inputs (batch 1 and 3 for a dynamic batch) and its outputs ar
 with the PyTorch model's, and again after onnxsim, so a file that computes something else
 never reaches the disk.
 
-``to_fp16`` turns an fp32 ONNX file into an fp16 one for GPU targets (TensorRT 11 takes its
-precision from the graph, not from builder flags), keeping fp32 inputs and outputs by default.
+``torch_to_onnx`` is the conversion's fx -> ONNX back-end: the same export and check, unsimplified
+and unwritten, for the onnx target to simplify and write.
 """
 
 from __future__ import annotations
@@ -30,9 +30,11 @@ import onnx
 import torch
 from onnx import helper
 
+from compactify.converter.backends import fx_onnx
 from compactify.errors import BadInputError, CompactifyError, VerificationError
-from compactify.targets.onnx_simplify import simplify
+from compactify.targets.base import OnnxGraph
 from compactify.targets.onnx_io import check_onnx, run_ort_feeds, save_onnx, short_error
+from compactify.targets.onnx_simplify import simplify
 from compactify.tensors import flatten_outputs
 
 MIN_OPSET = 18
@@ -45,8 +47,8 @@ _NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx.exper
 
 @dataclass
 class OnnxExportResult:
-    path: Path
-    exporter: str  # "fx" (export.fx_onnx, the graph written op by op), "dynamo" (torch.export-based) or "torchscript"
+    path: Path | None  # where export_onnx wrote it
+    exporter: str  # "fx" (backends.fx_onnx, the graph written op by op), "dynamo" (torch.export-based) or "torchscript"
     fallback_reason: str | None  # why the preferred exporter did not run, None when it did
     opset: int
     input_names: list[str]
@@ -63,7 +65,7 @@ class OnnxExportResult:
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out["path"] = str(self.path)
+        out["path"] = None if self.path is None else str(self.path)
         return out
 
 
@@ -75,6 +77,35 @@ def export_onnx(
     example_input: torch.Tensor | Sequence[torch.Tensor],
     path: str | Path,
     *,
+    force: bool = True,
+    **kwargs: Any,
+) -> OnnxExportResult:
+    """Write ``model`` to ``path`` as ONNX and return what was done (``export_model`` says how)."""
+    path = Path(path)
+    proto, result = export_model(model, example_input, **kwargs)
+    result.path = path
+    save_onnx(proto, path, force)
+    return result
+
+
+def torch_to_onnx(model: torch.nn.Module, example: torch.Tensor, input_names: Sequence[str],
+                  output_names: Sequence[str], metadata: Mapping[str, Any], *, dynamic_batch: bool = True) -> OnnxGraph:
+    """The compact network as an unsimplified ONNX model checked against PyTorch on ONNX Runtime, and
+    report.json's ``onnx`` entry: the fx -> ONNX back-end of a conversion (the onnx target simplifies
+    and writes it)."""
+    proto, result = export_model(model, example, input_names=input_names, output_names=output_names,
+                                 dynamic_batch=dynamic_batch, simplify=False, metadata=metadata)
+    return OnnxGraph(proto, {
+        "exporter": result.exporter, "fallback_reason": result.fallback_reason, "opset": result.opset,
+        "dynamic_batch": result.dynamic_batch, "nodes_before": result.nodes_before,
+        "max_abs_diff_vs_torch": result.max_abs_diff, "max_rel_diff_vs_torch": result.max_rel_diff,
+        "warnings": result.warnings})
+
+
+def export_model(
+    model: torch.nn.Module,
+    example_input: torch.Tensor | Sequence[torch.Tensor],
+    *,
     input_names: Sequence[str] = ("x",),
     output_names: Sequence[str] | None = None,
     opset: int = MIN_OPSET,
@@ -84,9 +115,8 @@ def export_onnx(
     exporter: str = "auto",
     check_atol: float = 1e-4,
     check_rtol: float = 1e-3,
-    force: bool = True,
-) -> OnnxExportResult:
-    """Write ``model`` to ``path`` as ONNX and return what was done.
+) -> tuple[onnx.ModelProto, OnnxExportResult]:
+    """``model`` as ONNX, checked on ONNX Runtime against PyTorch, and what was done.
 
     ``example_input`` fixes every dimension except the batch (dim 0), which stays symbolic
     ("batch") unless ``dynamic_batch=False``. ``metadata`` values that are not strings are
@@ -95,7 +125,6 @@ def export_onnx(
     PyTorch beyond ``|a - b| <= check_atol + check_rtol * |b|``, or when onnxsim changed the
     outputs.
     """
-    path = Path(path)
     if exporter not in EXPORTERS:
         raise BadInputError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
     if opset < MIN_OPSET:
@@ -169,9 +198,8 @@ def export_onnx(
     helper.set_model_props(proto, props)
     if proto.ByteSize() > _PROTOBUF_LIMIT:
         raise CompactifyError("the ONNX model is larger than 2 GiB and cannot be a single self-contained file")
-    save_onnx(proto, path, force)
-    return OnnxExportResult(
-        path=path,
+    return proto, OnnxExportResult(
+        path=None,
         exporter=used,
         fallback_reason=fallback_reason,
         opset=actual_opset,
@@ -212,8 +240,6 @@ def _export_with_fallback(
     failures: list[str] = []
     for name in order:
         if name == "fx":
-            from compactify.converter.backends import fx_onnx
-
             if not isinstance(module, torch.fx.GraphModule):
                 if exporter == "fx":
                     raise BadInputError("the fx exporter writes torch.fx GraphModules; this is a "

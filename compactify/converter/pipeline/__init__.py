@@ -1,0 +1,1 @@
+"""The conversion pipeline: one sequence of passes for every source format (see ``contraction``)."""

@@ -1,0 +1,141 @@
+"""The one sequence of passes every source runs through:
+
+    capture -> regions -> plan (-> rank) -> check regions -> rewrite -> check network
+
+A source (``frontends.fx.source.TorchSource``, ``frontends.onnx.source.OnnxSource``) brings its
+front-end (capture, regions) and back-end (rewrite) and its float64 checks; the plan, the
+exactness rule and the result are the engine's and the same for all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from compactify.converter.engine.exactness import (
+    NetworkCheck,
+    RegionCheck,
+    check_warnings,
+)
+from compactify.converter.engine.graph import AffineGraph
+from compactify.converter.engine.plan import Decision, PlanSummary, plan_graph
+from compactify.converter.frontends.fx.source import TorchSource
+from compactify.converter.frontends.onnx.source import OnnxSource
+from compactify.converter.pipeline.passes import run_pass
+from compactify.converter.pipeline.settings import RankSettings
+from compactify.converter.stages import Stages, silent
+
+
+class Source(Protocol):
+    """A source format: its front-end, its back-end and the checks that run on its graphs."""
+
+    format: str  # "pytorch", "onnx"
+    every_size: bool  # merges must hold at every input size (known once captured)
+
+    def capture(self) -> Any: ...
+    def regions(self, captured: Any) -> AffineGraph: ...
+    def prepare_plan(self, decisions: list[Decision]) -> None: ...
+    def truncate(self, captured: Any, graph: AffineGraph, decisions: list[Decision],
+                 rank: Any) -> tuple[list[Decision], dict]: ...
+    def check_regions(self, captured: Any, decisions: list[Decision], truncated: bool) -> list[RegionCheck]: ...
+    def rewrite(self, captured: Any, graph: AffineGraph, decisions: list[Decision]) -> Any: ...
+    def counts(self, captured: Any, graph: AffineGraph, decisions: list[Decision], compact: Any,
+               truncated: bool) -> tuple[int, int, int, int]: ...
+    def check_network(self, compact: Any) -> NetworkCheck | None: ...
+    def check_section(self, regions: list[RegionCheck], network: NetworkCheck | None) -> dict | None: ...
+
+
+@dataclass
+class Contraction(PlanSummary):
+    """A compact model (an fx.GraphModule or an onnx.ModelProto, as the source) and what it took."""
+
+    source: Any  # the Source it came from
+    compact: Any
+    decisions: list[Decision]
+    params_before: int
+    params_after: int
+    flops_before: int
+    flops_after: int
+    warnings: list[str] = field(default_factory=list)
+    max_abs_error: float | None = None
+    max_rel_error: float | None = None
+    # The source's own float32 run against its float64 run on the same inputs: what float32
+    # rounding alone costs, against which the compact model's error is judged.
+    source_rel_error: float | None = None
+    truncation: dict | None = None  # the --rank report section
+    check: dict | None = None  # what was checked and how it came out
+
+
+@dataclass
+class Planned:
+    """A source's captured graph, the engine's view of it, and the decision for each linear region."""
+
+    captured: Any
+    graph: AffineGraph
+    decisions: list[Decision]
+
+    def __iter__(self):
+        return iter((self.captured, self.graph, self.decisions))
+
+
+def plan_source(source: Source, allow_approximate: bool = False, stages: Stages | None = None) -> Planned:
+    """The first passes: capture, regions, plan."""
+    stages = stages or silent()
+    captured = run_pass(stages, "capture", "capture", source.capture)
+    graph = run_pass(stages, "regions", "regions", source.regions, captured)
+    decisions = run_pass(stages, "plan", "plan", plan_graph, graph, allow_approximate, source.every_size)
+    run_pass(stages, "plan", "attach layers", source.prepare_plan, decisions)
+    return Planned(captured, graph, decisions)
+
+
+def contract_source(source: Source, allow_approximate: bool = False, rank: Any = None,
+                    stages: Stages | None = None) -> Contraction:
+    """Contract every linear region of ``source`` that merges exactly (and pays); with ``rank`` (what
+    the source's ``truncate`` takes) also factor (and prune) the plan's conv/linear layers."""
+    stages = stages or silent()
+    captured, graph, decisions = plan_source(source, allow_approximate, stages)
+    truncation = None
+    if rank is not None:
+        decisions, truncation = run_pass(stages, "plan", "rank", source.truncate, captured, graph, decisions, rank)
+    # Before the rewrite, which erases the regions' layers from a captured fx graph.
+    regions = run_pass(stages, "check", "check regions", source.check_regions, captured, decisions, rank is not None)
+    compact = run_pass(stages, "rewrite", "rewrite", source.rewrite, captured, graph, decisions)
+    counts = run_pass(stages, "rewrite", "count", source.counts, captured, graph, decisions, compact, rank is not None)
+    result = Contraction(source, compact, decisions, *counts, warnings=[w for d in decisions for w in d.warnings],
+                         truncation=truncation)
+    network = run_pass(stages, "check", "check network", source.check_network, compact)
+    if network is not None:
+        result.max_abs_error, result.max_rel_error = network.max_abs, network.max_rel
+        result.source_rel_error = network.source_rel
+        result.check = source.check_section(regions, network)
+        if rank is None:  # --rank changes the network on purpose: its error is the truncation's report
+            result.warnings += check_warnings(regions, network)
+    return result
+
+
+def contract(model, input_shape: tuple[int, ...], allow_approximate: bool = False, rank=None,
+             dynamic_hw: bool = False, stages: Stages | None = None) -> Contraction:
+    """Contract an ``nn.Module`` at ``input_shape``; with ``rank`` (a ``lowrank.truncate.RankRequest``)
+    also prune and truncate.
+
+    The graph is captured at the traced spatial size and merges are proved there, so the compact
+    module refuses other sizes (and says which merges hold only at this size: padding after a
+    strided layer, a crop measured from the start of an axis). With ``dynamic_hw`` the graph is
+    captured with symbolic spatial sizes, only what is exact at every size is merged, and the
+    compact module takes any size the source takes."""
+    return contract_source(TorchSource(model, tuple(input_shape), dynamic_hw), allow_approximate, rank, stages)
+
+
+def contract_onnx(model, *, allow_approximate: bool = False, input_shape=None, outputs=None,
+                  rank: str | None = None, rank_multiple: int = 1, check: bool = True,
+                  stages: Stages | None = None) -> Contraction:
+    """Contract an ``onnx.ModelProto``; with ``rank`` (a --rank rule) also factor the plan's
+    conv/linear layers at the ranks it chooses. ``check=False`` skips the float64 check."""
+    request = RankSettings(rank, rank_multiple) if rank is not None else None
+    return contract_source(OnnxSource(model, input_shape, outputs, check), allow_approximate, request, stages)
+
+
+def plan_contraction(model, input_shape: tuple[int, ...], allow_approximate: bool = False,
+                     dynamic_hw: bool = False) -> Planned:
+    """The plan of an ``nn.Module`` without the rewrite (``captured.gm`` is the captured graph)."""
+    return plan_source(TorchSource(model, tuple(input_shape), dynamic_hw), allow_approximate)

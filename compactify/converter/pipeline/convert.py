@@ -1,0 +1,75 @@
+"""A source file in, a folder out: the conversion's load, the one sequence of passes, the targets'
+artifacts and the report, written into a temporary folder renamed at the end, whatever the source's
+format (a checkpoint, a .pt2 program, an ONNX file)."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from pathlib import Path
+
+from compactify.converter.backends.onnx_export import torch_to_onnx
+from compactify.converter.frontends.fx.source import TorchSource
+from compactify.converter.frontends.onnx.source import OnnxSource
+from compactify.converter.load.sniff import detect
+from compactify.converter.lowrank.truncation_report import judge_accuracy
+from compactify.converter.pipeline.contraction import contract_source
+from compactify.converter.pipeline.passes import run_pass
+from compactify.converter.pipeline.report import (
+    build_report,
+    file_metadata,
+    write_report,
+)
+from compactify.converter.pipeline.settings import ConvertOptions
+from compactify.converter.stages import Stages
+from compactify.converter.threads import conversion_thread_limit
+from compactify.outputs import atomic_dir, check_output_folder
+from compactify.targets import build_artifacts, prepare_artifacts
+
+
+def convert_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: ConvertOptions | None = None) -> dict:
+    """Convert ``checkpoint`` into ``out_dir`` (compact.pt2 and/or compact.onnx and what the options
+    add, report.json, report.md); returns the report."""
+    options = options or ConvertOptions()
+    out_dir = Path(out_dir)
+    inputs = [checkpoint, *options.inputs()]  # a folder holding one is never replaced
+    check_output_folder(out_dir, options.force, inputs)
+    source_format = "onnx" if is_onnx(checkpoint) else "pytorch"
+    settings = options.split(source_format)
+    stages = Stages(progress=settings.progress)
+    # The folder is claimed (locked, a temporary sibling made) before the work: a second run into the
+    # same target, or an unwritable parent, is refused at once, and any failure leaves nothing behind.
+    with atomic_dir(out_dir, force=settings.force, inputs=inputs) as tmp, conversion_thread_limit():
+        with stages("load"):
+            if source_format == "onnx":
+                source = run_pass(stages, "load", "load", OnnxSource.load, checkpoint, settings.load)
+            else:
+                source = run_pass(stages, "load", "load", TorchSource.load, checkpoint, settings.load,
+                                  settings.dynamic_hw)
+            # Calibration files and data are read and checked here, before the work.
+            requests = prepare_artifacts(settings.targets, source.meta, source.input_shape or ())
+            rank = source.rank_request(settings.rank)
+        result = contract_source(source, settings.allow_approximate, rank, stages)
+        if result.truncation is not None:  # raises when --rank lost more than --max-accuracy-drop
+            result.warnings.extend(judge_accuracy(result.truncation, settings.rank.max_accuracy_drop))
+        for w in result.warnings:
+            warnings.warn(w, stacklevel=2)
+        report = build_report(source.describe(result), result, settings.allow_approximate)
+        with stages("export"):
+            export = functools.partial(torch_to_onnx, dynamic_batch=settings.dynamic_batch)
+            compact = source.compact_model(result.compact, report, file_metadata(report, result), export)
+            built = build_artifacts(compact, tmp, requests)
+            report["warnings"].extend(built.pop("warnings", []))
+            report.update(built)
+        report["stages"] = stages.rounded()
+        write_report(report, tmp)
+    return report
+
+
+def is_onnx(path: str | Path) -> bool:
+    """An ONNX model by its content, or by its name when its content is too damaged to tell (so
+    that a truncated model.onnx is reported as a broken ONNX file, not as a bad checkpoint)."""
+    path = Path(path)
+    if not path.is_file():
+        return path.suffix.lower() == ".onnx"
+    return detect(path).kind == "onnx" or path.suffix.lower() == ".onnx"
