@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import io
 import json
 import tempfile
@@ -94,16 +95,16 @@ def quantize_variants(checkpoint: Path, folder: Path, exporter: str = "auto") ->
     import torch
     from onnxruntime.quantization import quant_pre_process
 
+    from compactify.converter.backends.onnx_export import export_onnx
+    from compactify.converter.frontends.fx.capture import select_outputs
+    from compactify.converter.frontends.fx.check import example_input, float64_outputs
+    from compactify.converter.load.checkpoint import load_checkpoint
+    from compactify.converter.load.ingest import build_source
+    from compactify.converter.pipeline.convert import convert_checkpoint
+    from compactify.converter.pipeline.settings import ConvertOptions
     from compactify.targets import TARGETS
     from compactify.targets import int8_quantize as Q
     from compactify.targets.calibration import calibration_set
-    from compactify.converter.frontends.fx.capture import select_outputs
-    from compactify.converter.load.checkpoint import load_checkpoint
-    from compactify.converter.frontends.fx.check import example_input
-    from compactify.converter.pipeline.settings import ConvertOptions
-    from compactify.converter.pipeline.convert import convert_checkpoint
-    from compactify.converter.load.ingest import build_source
-    from compactify.converter.backends.onnx_export import export_onnx
 
     out = folder / "converted"
     t = time.perf_counter()
@@ -130,8 +131,8 @@ def quantize_variants(checkpoint: Path, folder: Path, exporter: str = "auto") ->
 
     rows = []
     for variant in VARIANTS:
-        measured = report["int8"] if variant == "merged per-channel" else Q.measure(fp32, paths[variant], data, model,
-                                                                                     names)
+        measured = report["int8"] if variant == "merged per-channel" else Q.measure(
+            fp32, paths[variant], data, functools.partial(float64_outputs, model), names)
         base = fp32 if variant.startswith("merged") else folder / "unmerged-pre.onnx"
         layers = report["int8"]["layers"] if variant == "merged per-channel" else Q.layer_errors(
             base, paths[variant], data.held_out)

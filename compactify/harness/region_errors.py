@@ -80,7 +80,7 @@ def region_errors(
     """
     notes: list[str] = []
     planned = plan_contraction(model, tuple(int(d) for d in input_shape), allow_approximate)
-    gm, plan = planned.gm, planned.decisions
+    gm, plan = planned.captured.gm, planned.decisions
     merged = [d for d in plan if d.kind == "dense"]
     if not merged:
         return [], ["no region of this model is merged: there is nothing to check region by region"]

@@ -67,7 +67,7 @@ def test_a_lossy_rank_is_reported_as_truncation_not_as_a_failed_export(tmp_path)
     assert run("convert", src, "-o", out, "--rank", "rank:2").exit_code == 0
     report = json.loads((out / "report.json").read_text())
     truncated = onnx.load(str(out / "compact.onnx"))
-    untruncated = contract_onnx(onnx.load(str(src))).model
+    untruncated = contract_onnx(onnx.load(str(src))).compact
     x = {"x": np.random.default_rng(1).standard_normal((2, 32)).astype(np.float32)}  # the report's own check inputs
     lost = report["truncation"]["output_error"]["max_rel"]
     assert lost > 1e-3  # rank 3 cut to 2

@@ -294,7 +294,7 @@ def test_truncated_conversion_verifies_its_export_and_per_region_lists_truncated
 def test_the_plan_is_the_target_registry(converted, tmp_path, monkeypatch):
     """A target registered anywhere is verified with its own runtime and tolerance; unregistered, its
     artifact is listed as skipped."""
-    from compactify.targets import TARGETS, Target
+    from compactify.targets import TARGETS, Built, Target
 
     class CopiedOnnx(Target):  # a throwaway kind: compact.onnx under another name, judged 10x looser
         name = "copied_onnx"
@@ -302,12 +302,17 @@ def test_the_plan_is_the_target_registry(converted, tmp_path, monkeypatch):
         suffixes = (".copied.onnx",)
         description = "copied ONNX model"
         runtime = "ort"
+        builds_from = ("onnx",)
+
+        def build(self, compact, folder, built, settings):
+            shutil.copy(built["onnx"], folder / self.file)
+            return Built(self.file)
 
         def tolerance(self, atol, rtol, artifacts):
             return 10 * atol, 10 * rtol
 
     out = _copy(converted, tmp_path)
-    shutil.copy(out / "compact.onnx", out / CopiedOnnx.file)
+    assert CopiedOnnx().build(None, out, {"onnx": out / "compact.onnx"}, None).file == CopiedOnnx.file
     report = _report(out)
     report["artifacts"][CopiedOnnx.name] = CopiedOnnx.file
     (out / "report.json").write_text(json.dumps(report))

@@ -19,7 +19,7 @@ from torch import fx
 from compactify.converter.engine import algebra as A
 from compactify.converter.engine.op_semantics import INT_MAX, need
 from compactify.converter.frontends.fx.constants import Constants
-from compactify.converter.frontends.fx.nodes import describe, shape_of, known_size
+from compactify.converter.frontends.fx.nodes import describe, known_size, shape_of
 
 aten = torch.ops.aten
 

@@ -19,6 +19,7 @@ import contextlib
 import copy
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 from torch import fx, nn
 
@@ -277,3 +278,12 @@ def measure_errors(model: nn.Module, compact: nn.Module, input_shape, batches: i
                     else:
                         source_rel = max(source_rel, rel)
     return max_abs, max_rel, source_rel
+
+
+def float64_outputs(model: nn.Module, feeds, input_name: str = "x") -> list:
+    """``model`` run in float64 (``float64_forward``) on a feed of numpy arrays, as numpy arrays: the
+    reference a target that runs outside PyTorch judges its artifact against."""
+    x = torch.from_numpy(np.asarray(feeds[input_name]))
+    with torch.no_grad():
+        out, _ = float64_forward(model, x)
+    return [o.numpy() for o in out]

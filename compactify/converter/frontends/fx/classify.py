@@ -21,11 +21,23 @@ import torch
 from torch import fx
 
 from compactify.converter.engine import algebra as A
-from compactify.converter.engine.op_semantics import NotAffine, keeps_rows, need, scale_shift, slice_op
+from compactify.converter.engine.op_semantics import (
+    NotAffine,
+    keeps_rows,
+    need,
+    scale_shift,
+    slice_op,
+)
 from compactify.converter.engine.steps import Scalar, Step
 from compactify.converter.frontends.fx.border_writes import border_fill
 from compactify.converter.frontends.fx.constants import Constants
-from compactify.converter.frontends.fx.nodes import arg, describe, engine_dims, shape_of, known_size
+from compactify.converter.frontends.fx.nodes import (
+    arg,
+    describe,
+    engine_dims,
+    known_size,
+    shape_of,
+)
 from compactify.registry import Registry
 
 aten = torch.ops.aten

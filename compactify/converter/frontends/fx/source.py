@@ -29,7 +29,7 @@ from compactify.converter.frontends.fx.check import (
     check_regions,
     check_section,
     example_input,
-    float64_forward,
+    float64_outputs,
 )
 from compactify.converter.frontends.fx.graph import affine_graph
 from compactify.converter.frontends.fx.profile import (
@@ -188,8 +188,6 @@ class TorchCompactModel:
         self.input_shape = tuple(report["input_shape"])
         self.source_meta = dict(report["source"].get("meta") or {})
         self.metadata = metadata
-        self.pt2_meta = {"source": report["source"], "input_shape": report["input_shape"],
-                         "compactify_version": report["compactify_version"]}
         self.check_feeds = [{self.input_names[0]: source.example.numpy()}]
 
     def program(self) -> torch.export.ExportedProgram:
@@ -207,10 +205,7 @@ class TorchCompactModel:
         return self._onnx
 
     def reference(self, feeds) -> list[np.ndarray]:
-        x = torch.from_numpy(np.asarray(feeds[self.input_names[0]]))
-        with torch.no_grad():
-            out, _ = float64_forward(self._source.model, x)
-        return [o.numpy() for o in out]
+        return float64_outputs(self._source.model, feeds, self.input_names[0])
 
 
 def output_count(compact: fx.GraphModule, example: torch.Tensor) -> int:

@@ -172,7 +172,6 @@ class OnnxCompactModel:
         self.input_shape = tuple(report["input_shape"])
         self.source_meta = dict(report["source"].get("meta") or {})
         self.metadata = metadata
-        self.pt2_meta = None
         self.check_feeds = [dict(source.feeds)]
 
     def program(self):
