@@ -103,6 +103,7 @@ def quantize_variants(checkpoint: Path, folder: Path, exporter: str = "auto") ->
     from compactify.converter.pipeline.convert import convert_checkpoint
     from compactify.converter.pipeline.settings import ConvertOptions
     from compactify.targets import TARGETS
+    from compactify.targets import int8_measure as M
     from compactify.targets import int8_quantize as Q
     from compactify.targets.calibration import calibration_set
 
@@ -131,10 +132,10 @@ def quantize_variants(checkpoint: Path, folder: Path, exporter: str = "auto") ->
 
     rows = []
     for variant in VARIANTS:
-        measured = report["int8"] if variant == "merged per-channel" else Q.measure(
+        measured = report["int8"] if variant == "merged per-channel" else M.measure(
             fp32, paths[variant], data, functools.partial(float64_outputs, model), names)
         base = fp32 if variant.startswith("merged") else folder / "unmerged-pre.onnx"
-        layers = report["int8"]["layers"] if variant == "merged per-channel" else Q.layer_errors(
+        layers = report["int8"]["layers"] if variant == "merged per-channel" else M.layer_errors(
             base, paths[variant], data.held_out)
         worst = layers[0] if layers else None
         rows.append({

@@ -86,7 +86,7 @@ def sweep(checkpoint: Path, label: str, rules: list[str], batch: int, seconds: f
     from compactify.converter.pipeline.contraction import contract
     from compactify.converter.pipeline.settings import ConvertOptions
     from compactify.converter.load.ingest import build_source
-    from compactify.converter.lowrank.truncate import rank_request
+    from compactify.converter.lowrank.rank_request import rank_request
     from compactify.measure.latency import Candidate, compare_latency
     from compactify.models.data import load_digits_data
     from compactify.models.train import evaluate
@@ -99,7 +99,7 @@ def sweep(checkpoint: Path, label: str, rules: list[str], batch: int, seconds: f
              "flops": base.flops_after, "params": base.params_after, "module": base.compact}]
     for rule in rules:
         t0 = time.perf_counter()
-        request = rank_request(ConvertOptions(rank=rule, cost=cost), source)
+        request = rank_request(ConvertOptions(rank=rule, cost=cost).split("pytorch").rank, shape, source.meta)
         result = contract(source.model, shape, rank=request)
         t = result.truncation
         rows.append({"checkpoint": label, "rule": rule, "accuracy": t["accuracy_after"], "flops": result.flops_after,

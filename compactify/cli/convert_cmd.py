@@ -156,7 +156,7 @@ def _print_summary(report: dict, out_dir: str) -> None:
             line += f", accuracy {100 * t['accuracy_before']:.2f}% -> {100 * t['accuracy_after']:.2f}%"
         console.print(line)
     if report.get("int8") is not None:
-        from compactify.targets.int8_quantize import summary_lines
+        from compactify.targets.int8_artifact import summary_lines
 
         for line in summary_lines(report["int8"]):
             console.print(line, highlight=False)

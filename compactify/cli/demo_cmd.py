@@ -51,7 +51,7 @@ def demo(out_dir, epochs, mode, threads, force, no_progress) -> None:
     print_table(console, rows, [Column("what"), Column("expanded", fmt=",d"), Column("contracted", fmt=",d"),
                                 Column("ratio", "expanded / contracted", ".2f")], title="contraction")
     if r.get("int8") is not None:
-        from compactify.targets.int8_quantize import summary_lines
+        from compactify.targets.int8_artifact import summary_lines
 
         for line in summary_lines(r["int8"]):
             console.print(line, highlight=False)

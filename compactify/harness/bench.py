@@ -23,7 +23,12 @@ from compactify.converter.load.ingest import parse_input_shape
 from compactify.errors import BadInputError
 from compactify.harness.devices import only_device
 from compactify.harness.machine import machine_info, machine_summary
-from compactify.harness.model_files import CHECKPOINT, is_checkpoint, model_target, runtime_mismatch
+from compactify.harness.model_files import (
+    CHECKPOINT,
+    is_checkpoint,
+    model_target,
+    runtime_mismatch,
+)
 from compactify.harness.report import Column, markdown_table
 from compactify.measure.latency import (
     DEFAULT_WARMUP,
@@ -73,17 +78,11 @@ def parse_batches(text: str | Sequence[int]) -> list[int]:
 
 
 def parse_shape(text: str | Sequence[int] | None) -> tuple[int, ...] | None:
-    """``"1,3,32,32"`` -> ``(1, 3, 32, 32)``: N,C,H,W, the batch first, as in every command."""
-    if text is None:
-        return None
-    if isinstance(text, str):
-        if not text.strip():
-            raise BadInputError("--input-shape is empty; give N,C,H,W such as 1,3,32,32")
-        return parse_input_shape(text)
-    values = tuple(int(v) for v in text)
-    if len(values) < 2 or any(v < 1 for v in values):
-        raise BadInputError(f"--input-shape must hold positive integers, the batch first, like 1,3,32,32; got {text!r}")
-    return values
+    """``"1,3,32,32"`` -> ``(1, 3, 32, 32)``: N,C,H,W, the batch first, as in every command; an empty
+    --input-shape is a mistake here, not "no shape"."""
+    if isinstance(text, str) and not text.strip():
+        raise BadInputError("--input-shape is empty; give N,C,H,W such as 1,3,32,32")
+    return parse_input_shape(text)
 
 
 @dataclasses.dataclass

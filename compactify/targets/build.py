@@ -4,8 +4,8 @@
                                  source_meta, input_shape)       # before the contraction: files read, options checked
     added = build_artifacts(compact, folder, requests)          # after it: report.json's entries
 
-A request is a target name and its settings (None: the target's defaults). Targets are built in
-registry order, which puts every target after those it ``builds_from``; a target built from
+A request is a target name and its settings (None: the target's defaults). Targets are built after
+those they are built from (``builds_from``), else in registry order; a target built from
 another artifact takes the first of its ``builds_from`` this conversion builds (the engine: the
 int8 model, else the fp16 one, else compact.onnx).
 """
@@ -27,7 +27,7 @@ def check_requests(requests: Mapping[str, Any]) -> dict[str, Any]:
     unknown = [name for name in requests if name not in TARGETS]
     if unknown:
         raise BadInputError(f"no artifact kind {', '.join(map(repr, unknown))}; known: {', '.join(TARGETS)}")
-    chosen = {name: _settings(TARGETS[name], requests[name]) for name in TARGETS if name in requests}
+    chosen = {name: _settings(TARGETS[name], requests[name]) for name in _build_order(requests)}
     for name in chosen:
         _check_sources(TARGETS[name], chosen)
     if "engine" in chosen and "onnx_int8" in chosen:  # TensorRT reads only symmetric Q/DQ with float biases
@@ -64,6 +64,25 @@ def build_artifacts(compact: CompactModel, folder: Path, requests: Mapping[str, 
         added.update(result.report)
         warnings.extend(result.warnings)
     return {"artifacts": artifacts, **added, "warnings": warnings}
+
+
+def _build_order(names) -> list[str]:
+    """Every target after those it is built from, else in registry order (which import order sets, so
+    it must not decide what can be built)."""
+    order: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in order:
+            return
+        for source in TARGETS[name].builds_from:
+            if source in names:
+                visit(source)
+        order.append(name)
+
+    for name in TARGETS:
+        if name in names:
+            visit(name)
+    return order
 
 
 def _settings(target: Target, settings: Any) -> Any:

@@ -28,7 +28,7 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
 from compactify.errors import BadInputError
-from compactify.models.data import load_digits_data
+from compactify.models.data import load_digits_data, trained_on_digits
 
 HELD_OUT_FRACTION = 0.2
 SPLIT_SEED = 0
@@ -50,12 +50,6 @@ class CalibrationSet:
     @property
     def held_out_what(self) -> str:
         return self.description["held_out_what"]
-
-
-def trained_on_digits(meta: Mapping[str, Any] | None) -> bool:
-    """Whether a checkpoint's metadata says it was trained on the built-in digits (as ``compactify train`` writes)."""
-    training = (meta or {}).get("training") or {}
-    return isinstance(training, Mapping) and str(training.get("dataset", "")).lower() == "digits"
 
 
 def calibration_set(path: str | Path | None, input_shape: Sequence[int], meta: Mapping[str, Any] | None,

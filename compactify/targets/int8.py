@@ -1,7 +1,8 @@
 """compact.int8.onnx: the compact network quantized to int8 (QDQ), run on ONNX Runtime.
 
-The quantizer and its measurements are in :mod:`compactify.targets.int8_quantize`, the calibration
-inputs in :mod:`compactify.targets.calibration`. An int8 model is not judged with elementwise float
+The quantizer is in :mod:`compactify.targets.int8_quantize`, its measurements in
+:mod:`compactify.targets.int8_measure`, the artifact and its report in
+:mod:`compactify.targets.int8_artifact`, the calibration inputs in :mod:`compactify.targets.calibration`. An int8 model is not judged with elementwise float
 tolerances: its error is measured per output against the output's scale on held-out inputs
 (``tolerance`` returns None; the harness judges it).
 """
@@ -17,7 +18,8 @@ import onnx
 from compactify.errors import BadInputError
 from compactify.targets.base import Built, CompactModel, Target, register_target
 from compactify.targets.calibration import CalibrationSet, calibration_set
-from compactify.targets.int8_quantize import METHODS, write_int8
+from compactify.targets.int8_artifact import write_int8
+from compactify.targets.int8_quantize import METHODS
 from compactify.targets.onnx import read_onnx_model
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")

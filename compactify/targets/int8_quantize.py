@@ -1,4 +1,4 @@
-"""INT8 for the compact network (``convert --int8``): quantized with onnxruntime.quantization, measured.
+"""Quantizing the compact network to int8 (``convert --int8``) with onnxruntime.quantization.
 
 The quantizer is ONNX Runtime's own ``quantize_static`` in QDQ form (QuantizeLinear/DequantizeLinear
 pairs around float ops, which ONNX Runtime fuses into QLinearConv/QGemm and TensorRT reads as
@@ -15,15 +15,7 @@ explicit quantization); nothing here computes a scale by hand. Its settings:
   (its parser rejects int32 DequantizeLinear) and float weights behind a per-channel Q/DQ pair;
 - ``--int8-keep LAYER,...``: those layers stay in float (``nodes_to_exclude``).
 
-What quantization cost is measured on held-out inputs the calibrator never saw
-(:mod:`compactify.targets.calibration`): top-1 agreement of the int8 model with the fp32 compact
-model, accuracy when labels are known, max and mean error against the source run in float64
-(``CompactModel.reference``, so an ONNX source is measured the same way as a PyTorch one),
-and per layer (every Conv/Gemm/MatMul) the relative error of its output between the fp32 and the
-int8 model. For that comparison the layers' outputs and inputs are added as graph outputs of both
-models, which run unoptimized (the int8 one then computes ``DQ(Q(x))`` in float: the same
-rounding, unfused); ``added`` is a layer's output error minus its input's, the error its own
-weights and input quantization add, so the top of that list is what ``--int8-keep`` should name.
+What it cost is measured by :mod:`compactify.targets.int8_measure`.
 """
 
 from __future__ import annotations
@@ -31,43 +23,32 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import math
 import tempfile
-import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import numpy_helper
-from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization import (
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
 from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 
 from compactify.errors import BadInputError, CompactifyError, first_line
-from compactify.measure.metrics import compare
-from compactify.targets.calibration import CalibrationSet, batches, data_reader
-
-# The source run in float64 on named inputs (``CompactModel.reference``).
-Reference = Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]
+from compactify.targets.calibration import data_reader
 
 METHODS = ("minmax", "entropy", "percentile")
 CALIBRATION_BATCH = 32
-EVAL_BATCH = 64
-LAYER_SAMPLES = 64  # held-out inputs of the per-layer comparison (every layer's output is kept per batch)
-LAYER_BATCH = 8
 LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-SUMMARY_LAYERS = 3
 # Histogram bins of the entropy calibrator: TensorRT's 2048 (searched down to 128 quantized bins).
 # quantize_static cannot pass a bin count and ONNX Runtime's default is 128, with which the KL
 # search has one candidate, the whole range: entropy would be MinMax under another name.
 ENTROPY_BINS = 2048
-
-
-# ---------------------------------------------------------------------------------------
-# Quantizing
-
 
 @contextlib.contextmanager
 def _quiet():
@@ -189,247 +170,3 @@ def qdq_structure(model) -> list[dict[str, Any]]:
                              "qdq_pair": source is not None and source.op_type == "QuantizeLinear"}
         rows.append(row)
     return rows
-
-
-# ---------------------------------------------------------------------------------------
-# Measuring
-
-
-def _session(path: str | Path | bytes, optimized: bool = True):
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if not optimized:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(path if isinstance(path, bytes) else str(path), options,
-                                providers=["CPUExecutionProvider"])
-
-
-def run_onnx(session, x: np.ndarray, fixed: int | None, batch: int = EVAL_BATCH) -> list[np.ndarray]:
-    """Every output of ``session`` on ``x``, batch by batch (a static batch is padded, the padding dropped)."""
-    name = session.get_inputs()[0].name
-    parts: list[list[np.ndarray]] = []
-    for chunk, n in batches(x, fixed or batch, fixed is not None):
-        parts.append([o[:n] for o in session.run(None, {name: chunk})])
-    return [np.concatenate(p) for p in zip(*parts)]
-
-
-def run_reference(reference: Reference, input_name: str, x: np.ndarray, fixed: int | None,
-                  batch: int = EVAL_BATCH) -> list[np.ndarray]:
-    """Every output of the float64 source on ``x``, batch by batch like :func:`run_onnx` (a static batch
-    padded, the padding dropped)."""
-    parts: list[list[np.ndarray]] = []
-    for chunk, n in batches(x, fixed or batch, fixed is not None):
-        parts.append([np.asarray(o)[:n] for o in reference({input_name: chunk})])
-    return [np.concatenate(p) for p in zip(*parts)]
-
-
-def output_ranges(model) -> dict[str, tuple[float, float]]:
-    """The float range each quantized graph output can take (its last DequantizeLinear, per tensor)."""
-    producers = {o: n for n in model.graph.node for o in n.output}
-    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    out = {}
-    for value in model.graph.output:
-        dq = producers.get(value.name)
-        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[1] not in inits or inits[dq.input[1]].size != 1:
-            continue
-        zero = inits[dq.input[2]] if len(dq.input) > 2 and dq.input[2] in inits else np.zeros(1, np.int8)
-        info = np.iinfo(zero.dtype)
-        scale, z = float(inits[dq.input[1]].reshape(())), int(zero.reshape(()))
-        out[value.name] = ((info.min - z) * scale, (info.max - z) * scale)
-    return out
-
-
-def classifier_index(outputs: Sequence[np.ndarray]) -> int | None:
-    for i, o in enumerate(outputs):
-        if o.ndim == 2 and o.shape[1] >= 2:
-            return i
-    return None
-
-
-def layer_errors(fp32_path: str | Path, int8_path: str | Path, x: np.ndarray) -> list[dict[str, Any]]:
-    """Relative error (``||int8 - fp32|| / ||fp32||``) of every Conv/Gemm/MatMul layer's output (before it
-    is quantized) and of the input it reads (after it is quantized), between the fp32 and the int8 model;
-    ``added`` (their difference: what its own int8 weights add) largest first. Both models run unoptimized
-    with those tensors as extra graph outputs."""
-    fp, q = onnx.load(str(fp32_path)), onnx.load(str(int8_path))
-    fixed = fixed_batch(fp)
-    q_nodes = {n.name: n for n in q.graph.node}
-    q_quantized = {r["layer"] for r in qdq_structure(q) if r["weight"] is not None}
-    layers, pairs = [], {}  # (fp32 tensor, int8 tensor) -> key
-    for node, weight in linear_layers(fp):
-        qn = q_nodes.get(node.name)
-        if qn is None:
-            continue
-        out, inp = (node.output[0], qn.output[0]), (node.input[0], qn.input[0])
-        pairs.setdefault(out, len(pairs))
-        pairs.setdefault(inp, len(pairs))
-        layers.append({"layer": node.name, "op": node.op_type, "weight": weight, "int8": node.name in q_quantized,
-                       "_out": out, "_in": inp})
-    if not layers:
-        return []
-
-    def augmented(model, names):
-        model = onnx.ModelProto.FromString(model.SerializeToString())
-        present = {o.name for o in model.graph.output} | {i.name for i in model.graph.input}
-        for name in names:
-            if name not in present:
-                model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-                present.add(name)
-        return model.SerializeToString()
-
-    fp_sess = _session(augmented(fp, [f for f, _ in pairs]), optimized=False)
-    q_sess = _session(augmented(q, [t for _, t in pairs]), optimized=False)
-    fp_names = [o.name for o in fp_sess.get_outputs()]
-    q_names = [o.name for o in q_sess.get_outputs()]
-    num = dict.fromkeys(pairs, 0.0)
-    den = dict.fromkeys(pairs, 0.0)
-    name = fp.graph.input[0].name
-    for chunk, n in batches(x[:LAYER_SAMPLES], fixed or LAYER_BATCH, fixed is not None):
-        a = dict(zip(fp_names, fp_sess.run(None, {name: chunk})), **{name: chunk})
-        b = dict(zip(q_names, q_sess.run(None, {name: chunk})), **{name: chunk})
-        for f_name, q_name in pairs:
-            ref = a[f_name][:n].astype(np.float64)
-            got = b[q_name][:n].astype(np.float64)
-            num[f_name, q_name] += float(np.sum((got - ref) ** 2))
-            den[f_name, q_name] += float(np.sum(ref ** 2))
-
-    def rel(key):
-        return math.sqrt(num[key] / den[key]) if den[key] > 0 else (0.0 if num[key] == 0 else math.inf)
-
-    for row in layers:
-        row["rel_error"] = rel(row.pop("_out"))
-        row["input_rel_error"] = rel(row.pop("_in"))
-        row["added"] = row["rel_error"] - row["input_rel_error"]
-        row["sqnr_db"] = -20 * math.log10(row["rel_error"]) if 0 < row["rel_error"] < math.inf else None
-    return sorted(layers, key=lambda r: -r["added"])
-
-
-def measure(fp32_path: str | Path, int8_path: str | Path, data: CalibrationSet, reference: Reference,
-            output_names: Sequence[str]) -> dict[str, Any]:
-    """The cost of quantization on the held-out inputs (see the module docstring)."""
-    fp32_model = onnx.load(str(fp32_path), load_external_data=False)
-    fixed = fixed_batch(fp32_model)
-    x = data.held_out
-    fp32 = run_onnx(_session(fp32_path), x, fixed)
-    int8 = run_onnx(_session(int8_path), x, fixed)
-    ref = run_reference(reference, fp32_model.graph.input[0].name, x, fixed)
-    ranges = output_ranges(onnx.load(str(int8_path)))
-    out: dict[str, Any] = {"reference": "source float64", "outputs": {}}
-    for i, name in enumerate(output_names):
-        c = compare(int8[i], ref[i], name=name, classifier=False)
-        c32 = compare(fp32[i], ref[i], name=name, classifier=False)
-        lo, hi = ranges.get(name, (-math.inf, math.inf))
-        out["outputs"][name] = {"max_abs": c.max_abs, "mean_abs": c.mean_abs, "max_rel_to_scale": c.scale_rel,
-                                "fp32_max_abs": c32.max_abs, "nonfinite": c.nonfinite,
-                                # values the fp32 model gives beyond what the int8 output can hold: clipped
-                                "clipped": float(np.mean((fp32[i] < lo) | (fp32[i] > hi))) if fp32[i].size else 0.0}
-    stats = out["outputs"].values()
-    out["max_abs_error"] = max(s["max_abs"] for s in stats)
-    out["mean_abs_error"] = max(s["mean_abs"] for s in stats)
-    out["max_rel_error"] = max(s["max_rel_to_scale"] for s in stats)
-    out["fp32_max_abs_error"] = max(s["fp32_max_abs"] for s in stats)
-    out["clipped"] = max(s["clipped"] for s in stats)
-    k = classifier_index(fp32)
-    out["classifier_output"] = None if k is None else output_names[k]
-    out["top1_agreement"] = None if k is None else float(np.mean(int8[k].argmax(1) == fp32[k].argmax(1)))
-    out["accuracy_fp32"] = out["accuracy_int8"] = out["accuracy_source"] = None
-    labels = data.held_out_labels
-    if labels is not None and k is not None:
-        classes = fp32[k].shape[1]
-        if labels.max() >= classes:
-            raise BadInputError(f"the calibration labels hold class {int(labels.max())}, but the model's output "
-                                f"{output_names[k]} has {classes} classes")
-        out["accuracy_fp32"] = float(np.mean(fp32[k].argmax(1) == labels))
-        out["accuracy_int8"] = float(np.mean(int8[k].argmax(1) == labels))
-        out["accuracy_source"] = float(np.mean(ref[k].argmax(1) == labels))
-    return out
-
-
-# ---------------------------------------------------------------------------------------
-# The artifact
-
-
-def write_int8(request, data: CalibrationSet, fp32_path: str | Path, out_path: str | Path,
-               output_names: Sequence[str], reference: Reference) -> dict[str, Any]:
-    """Quantize ``fp32_path`` into ``out_path`` as ``request`` (``Int8Settings``) says, calibrated on ``data``,
-    and measure it against ``reference``; the report.json entry. CompactifyError (exit 1) when the top-1
-    agreement falls below ``request.min_agreement``."""
-    t = time.perf_counter()
-    kept = quantize(fp32_path, out_path, data.calibration, method=request.method, keep=request.keep,
-                    tensorrt=request.tensorrt)
-    quantize_s = time.perf_counter() - t
-    structure = qdq_structure(onnx.load(str(out_path)))
-    result = measure(fp32_path, out_path, data, reference, output_names)
-    layers = layer_errors(fp32_path, out_path, data.held_out)
-    report = {
-        "artifact": Path(out_path).name,
-        "format": "QDQ (onnxruntime.quantization.quantize_static)",
-        "weights": "int8, symmetric, per output channel"
-                   + (" (float weights behind Q/DQ pairs)" if request.tensorrt else ""),
-        "activations": ("int8, symmetric (zero points 0, as TensorRT needs), per tensor" if request.tensorrt
-                        else "int8, asymmetric, per tensor (ONNX Runtime folds a ReLU into the zero point)"),
-        "biases": "float (TensorRT rejects int32 DequantizeLinear)" if request.tensorrt else "int32",
-        "form": "tensorrt" if request.tensorrt else "onnxruntime",
-        "calibration_method": request.method,
-        "calibration": {k: v for k, v in data.description.items() if not k.startswith("held_out")},
-        "held_out": data.description,
-        "kept_in_float": kept,
-        "quantized_layers": sum(r["weight"] is not None for r in structure),
-        "linear_layers": len(structure),
-        **result,
-        "layers": layers,
-        "layers_definition": "per Conv/Gemm/MatMul: rel_error = ||int8 - fp32|| / ||fp32|| of its output over "
-                             f"{min(LAYER_SAMPLES, len(data.held_out))} held-out inputs (both models unoptimized), "
-                             "input_rel_error the same at its input, added = rel_error - input_rel_error; "
-                             "sorted by added",
-        "min_agreement": request.min_agreement,
-        "quantize_seconds": quantize_s,
-        "seconds": time.perf_counter() - t,
-    }
-    a, agree = request.min_agreement, result["top1_agreement"]
-    if a is not None:
-        if agree is None:
-            raise BadInputError("--int8-min-agreement needs a classifier output ([N, classes]); this model has none")
-        if agree < a:
-            worst = ",".join(r["layer"] for r in layers[:SUMMARY_LAYERS])
-            raise CompactifyError(
-                f"int8 top-1 agreement with the fp32 compact model is {agree:.4f} on {data.held_out_what}, below "
-                f"--int8-min-agreement {a:g}; nothing was written. The layers adding the most error are {worst}: "
-                f"try --int8-keep {worst}, another --calibration-method, or more calibration inputs")
-    return report
-
-
-def summary_lines(r: dict[str, Any]) -> list[str]:
-    """What ``compactify convert`` prints about the int8 artifact."""
-    line = (f"int8 ({r['artifact']}, {r['calibration_method']} calibration on {r['calibration']['calibration_what']}; "
-            f"measured on {r['held_out']['held_out_what']}):")
-    parts = []
-    if r.get("top1_agreement") is not None:
-        parts.append(f"top-1 agreement with fp32 {100 * r['top1_agreement']:.2f}%")
-    if r.get("accuracy_int8") is not None:
-        parts.append(f"accuracy {100 * r['accuracy_fp32']:.2f}% (fp32) -> {100 * r['accuracy_int8']:.2f}% (int8)")
-    parts.append(f"error vs {r['reference']}: max abs {r['max_abs_error']:.3g}, mean abs {r['mean_abs_error']:.3g} "
-                 f"({100 * r['max_rel_error']:.2g}% of the output scale; fp32 compact {r['fp32_max_abs_error']:.2g})"
-                 + (f", {100 * r['clipped']:.2g}% of the output values beyond the calibrated range (clipped)"
-                    if r.get("clipped") else ""))
-    lines = [line + " " + ", ".join(parts)]
-    worst = [x for x in r.get("layers", [])[:SUMMARY_LAYERS]]
-    if worst:
-        lines.append("int8 layers adding the most error (relative, --int8-keep keeps a layer in float): "
-                     + ", ".join(f"{x['layer']} +{x['added']:.2g}" for x in worst))
-    if r.get("kept_in_float"):
-        lines.append(f"int8: kept in float: {', '.join(r['kept_in_float'])}")
-    return lines
-
-
-def int8_markdown(r: dict[str, Any]) -> list[str]:
-    """The report.md section."""
-    lines = ["", "## INT8", ""] + [f"- {s}" for s in summary_lines(r)] + [
-        f"- weights: {r['weights']}; activations: {r['activations']}; biases: {r['biases']}",
-        f"- {r['quantized_layers']} of {r['linear_layers']} Conv/Gemm/MatMul layers quantized",
-        "", "| layer | op | weight | int8 | rel error | input rel error | added |", "|---|---|---|---|---|---|---|",
-    ]
-    for x in r.get("layers", []):
-        lines.append(f"| {x['layer']} | {x['op']} | {x['weight'] or '-'} | {'yes' if x['int8'] else 'no'} | "
-                     f"{x['rel_error']:.3g} | {x['input_rel_error']:.3g} | {x['added']:.3g} |")
-    return lines

@@ -14,7 +14,13 @@ from typing import Any, Mapping, Sequence
 from compactify.errors import BadInputError
 from compactify.runtimes import Runner
 from compactify.runtimes.devices import require_tensorrt, tensorrt_missing
-from compactify.targets.base import TARGETS, Built, CompactModel, Target, register_target
+from compactify.targets.base import (
+    TARGETS,
+    Built,
+    CompactModel,
+    Target,
+    register_target,
+)
 from compactify.targets.tensorrt_build import build_engine
 
 

@@ -22,6 +22,8 @@ from compactify.converter.pipeline.contraction import contract
 from compactify.errors import BadInputError, CompactifyError
 from compactify.targets import Int8Settings, OnnxGraph, build_artifacts, prepare_artifacts
 from compactify.targets import calibration as C
+from compactify.targets import int8_artifact as A
+from compactify.targets import int8_measure as M
 from compactify.targets import int8_quantize as Q
 from torch_compact import TorchCompact
 
@@ -157,7 +159,7 @@ def test_keep_leaves_named_layers_in_float(fp32, tmp_path):
 
 def test_layer_errors_compare_every_layer(fp32, tmp_path):
     Q.quantize(fp32, tmp_path / "q.onnx", calib())
-    rows = Q.layer_errors(fp32, tmp_path / "q.onnx", calib(16, seed=1))
+    rows = M.layer_errors(fp32, tmp_path / "q.onnx", calib(16, seed=1))
     assert len(rows) == 3 and all(r["int8"] for r in rows)
     assert all(0 < r["rel_error"] < 0.5 and math.isfinite(r["input_rel_error"]) for r in rows)
     assert [r["added"] for r in rows] == sorted((r["added"] for r in rows), reverse=True)
@@ -171,7 +173,7 @@ def test_static_batch_calibrates_on_whole_batches(tmp_path):
     export_onnx(Net().eval(), torch.randn(4, *SHAPE[1:]), static, exporter="torchscript", simplify=False,
                 dynamic_batch=False)
     Q.quantize(static, tmp_path / "s.onnx", calib(10))  # 10 inputs: two batches of 4, the rest dropped
-    out = Q.run_onnx(Q._session(tmp_path / "s.onnx"), calib(7), 4)
+    out = M.run_onnx(M._session(tmp_path / "s.onnx"), calib(7), 4)
     assert out[0].shape == (7, 5)
     with pytest.raises(BadInputError, match="fixed batch of 4"):
         Q.quantize(static, tmp_path / "s2.onnx", calib(3))
@@ -312,19 +314,19 @@ def test_digits_agreement_and_accuracy_above_the_stated_thresholds(converted, di
     assert 0 < r["mean_abs_error"] <= r["max_abs_error"] and r["max_rel_error"] < 0.2
     assert r["fp32_max_abs_error"] < 1e-4 < r["max_abs_error"]  # int8, not fp32, is what is measured
     assert r["quantized_layers"] == r["linear_layers"] == len(r["layers"]) == 5
-    assert "## INT8" in "\n".join(Q.int8_markdown(r))
+    assert "## INT8" in "\n".join(A.int8_markdown(r))
 
 
 def test_min_agreement_failure_raises_after_measuring(digits_compact, tmp_path, monkeypatch):
     compact, _ = digits_compact
-    real = Q.measure
+    real = M.measure
 
     def lower(*args, **kwargs):  # as if int8 had flipped 10% of the predictions
         out = real(*args, **kwargs)
         out["top1_agreement"] = 0.9
         return out
 
-    monkeypatch.setattr(Q, "measure", lower)
+    monkeypatch.setattr(A, "measure", lower)
     with pytest.raises(CompactifyError, match="0.9000 on the digits test split.*below --int8-min-agreement 0.95.*"
                                               "--int8-keep") as info:
         build_artifacts(compact, tmp_path, {"onnx": None, "onnx_int8": Int8Settings(min_agreement=0.95)})
@@ -363,11 +365,11 @@ def test_an_onnx_source_quantizes_too(fp32, tmp_path):
 
 def test_outputs_beyond_the_calibrated_range_are_counted_as_clipped(fp32, tmp_path):
     Q.quantize(fp32, tmp_path / "q.onnx", calib() * 0.2)  # calibrated on small inputs
-    (lo, hi), = Q.output_ranges(onnx.load(str(tmp_path / "q.onnx"))).values()
+    (lo, hi), = M.output_ranges(onnx.load(str(tmp_path / "q.onnx"))).values()
     assert lo < 0 < hi
     narrow = C.CalibrationSet(calib() * 0.2, calib(32, seed=1) * 0.2, None, {})
     wide = C.CalibrationSet(calib() * 0.2, calib(32, seed=1) * 3, None, {})
     source = TorchCompact(Net(), Net(), SHAPE)
     names = [o.name for o in onnx.load(str(fp32)).graph.output]
-    assert Q.measure(fp32, tmp_path / "q.onnx", wide, source.reference, names)["clipped"] > 0.1
-    assert Q.measure(fp32, tmp_path / "q.onnx", narrow, source.reference, names)["clipped"] < 0.1
+    assert M.measure(fp32, tmp_path / "q.onnx", wide, source.reference, names)["clipped"] > 0.1
+    assert M.measure(fp32, tmp_path / "q.onnx", narrow, source.reference, names)["clipped"] < 0.1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -23,13 +24,14 @@ class Source:
     input_shape: tuple[int, ...] | None = None
 
 
-def parse_input_shape(text: str | None, option: str = "--input-shape") -> tuple[int, ...] | None:
-    """``"1,3,32,32"`` (or ``1x3x32x32``) -> ``(1, 3, 32, 32)``: N,C,H,W, the batch first, in every command."""
+def parse_input_shape(text: str | Sequence[int] | None, option: str = "--input-shape") -> tuple[int, ...] | None:
+    """``"1,3,32,32"`` (or ``1x3x32x32``, or a sequence of ints) -> ``(1, 3, 32, 32)``: N,C,H,W, the
+    batch first, in every command; None for no shape."""
     if text is None or text == "":
         return None
     try:
-        dims = tuple(int(d) for d in str(text).replace("x", ",").split(","))
-    except ValueError:
+        dims = tuple(int(d) for d in (str(text).replace("x", ",").split(",") if isinstance(text, str) else text))
+    except (TypeError, ValueError):
         raise BadInputError(f"{option} {text!r} is not a list of integers such as 1,3,32,32 (N,C,H,W)") from None
     if len(dims) < 2 or any(d <= 0 for d in dims):
         raise BadInputError(f"{option} {text!r} needs at least two positive sizes, the batch first, such as "

@@ -14,7 +14,12 @@ from compactify.converter.engine.algebra import AffineConv
 from compactify.converter.engine.cost import operator_flops, operator_params
 from compactify.converter.engine.plan import Decision
 from compactify.converter.lowrank import factor as L
-from compactify.converter.lowrank.rank_rules import RankChoice, RankRule, choose_ranks, parse_rank_rule
+from compactify.converter.lowrank.rank_rules import (
+    RankChoice,
+    RankRule,
+    choose_ranks,
+    parse_rank_rule,
+)
 from compactify.converter.lowrank.truncation_report import decision_row
 from compactify.errors import BadInputError
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from compactify import __version__
 from compactify.converter.engine.exactness import EXACT_DEFINITION, within
 from compactify.converter.lowrank.truncation_report import truncation_markdown
-from compactify.targets.int8_quantize import int8_markdown
+from compactify.targets.int8_artifact import int8_markdown
 
 
 def build_report(described: dict, result, allow_approximate: bool) -> dict:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from compactify.converter.lowrank.rank_rules import parse_rank_rule
-from compactify.converter.lowrank.truncate import CALIBRATIONS, COSTS
+from compactify.converter.lowrank.rank_request import CALIBRATIONS, COSTS
 from compactify.errors import BadInputError
 from compactify.targets import EngineSettings, Fp16Settings, Int8Settings, OnnxSettings, Pt2Settings, check_requests
 

@@ -37,8 +37,13 @@ from compactify.harness.sweep.grid import (
 from compactify.harness.sweep.html_report import sweep_html
 from compactify.harness.sweep.layout import SweepFolder
 from compactify.harness.sweep.plot import frontier_png
-from compactify.harness.sweep.ray_backend import ray_session, run_conversions, time_target
+from compactify.harness.sweep.ray_backend import (
+    ray_session,
+    run_conversions,
+    time_target,
+)
 from compactify.harness.sweep.tables import sweep_markdown
+from compactify.models.data import trained_on_digits
 from compactify.targets.calibration import read_npz
 
 DEFAULT_BUDGETS = "flops:0.3,flops:0.5,energy:0.99"
@@ -143,9 +148,8 @@ def _read_checkpoints(paths: Sequence[str | Path], options: SweepOptions) -> tup
         source = build_source(loaded, options.arch, options.arch_kwargs, options.input_shape)
         if not source.input_shape:
             raise BadInputError(f"the input shape of {path.name} is unknown: pass --input-shape N,C,H,W")
-        training = (source.meta or {}).get("training") or {}
-        on_digits = isinstance(training, dict) and training.get("dataset") == "digits"
-        ckpts.append(Checkpoint(path, label, loaded.sha256, tuple(int(d) for d in source.input_shape), on_digits))
+        ckpts.append(Checkpoint(path, label, loaded.sha256, tuple(int(d) for d in source.input_shape),
+                                trained_on_digits(source.meta)))
         payloads[label] = path.read_bytes()
     return ckpts, payloads
 

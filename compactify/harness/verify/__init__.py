@@ -12,7 +12,12 @@ did, reported apart).
 from compactify.harness.verify.conversion import verify_conversion
 from compactify.harness.verify.folder import load_report, rebuild_source
 from compactify.harness.verify.pair import verify_models
-from compactify.harness.verify.results import REGION_COLUMNS, VERIFY_COLUMNS, CandidateResult, VerifyResult
+from compactify.harness.verify.results import (
+           REGION_COLUMNS,
+           VERIFY_COLUMNS,
+           CandidateResult,
+           VerifyResult,
+)
 from compactify.harness.verify.tolerances import FP16_ATOL, FP16_RTOL, INT8_TOL
 
 __all__ = ["FP16_ATOL", "FP16_RTOL", "INT8_TOL", "REGION_COLUMNS", "VERIFY_COLUMNS", "CandidateResult",

@@ -15,7 +15,11 @@ from pathlib import Path
 
 from compactify.errors import BadInputError
 from compactify.harness.inputs import DEFAULT_SEED, Inputs, inputs_for
-from compactify.harness.region_errors import annotate_truncation, region_errors, truncated_elsewhere
+from compactify.harness.region_errors import (
+    annotate_truncation,
+    region_errors,
+    truncated_elsewhere,
+)
 from compactify.harness.verify.accuracy import classifier_output, digits_accuracy
 from compactify.harness.verify.candidates import artifact_candidates
 from compactify.harness.verify.folder import load_report
@@ -23,10 +27,15 @@ from compactify.harness.verify.judging import judge, judge_int8
 from compactify.harness.verify.references import Reference, conversion_reference
 from compactify.harness.verify.results import CandidateResult, VerifyResult
 from compactify.harness.verify.runnable import Runnable, fixed_batch, run_all
-from compactify.harness.verify.tolerances import FP16_ATOL, FP16_RTOL, INT8_TOL, check_tolerances
+from compactify.harness.verify.tolerances import (
+    FP16_ATOL,
+    FP16_RTOL,
+    INT8_TOL,
+    check_tolerances,
+)
 from compactify.harness.verify.truncation import truncation_effect, truncation_note
 from compactify.measure.metrics import DEFAULT_ATOL, DEFAULT_RTOL
-from compactify.targets.calibration import trained_on_digits
+from compactify.models.data import trained_on_digits
 
 NO_REGIONS = ("--per-region compares merged layers of a PyTorch conversion; this conversion's source is an ONNX "
               "graph, checked as a whole")

@@ -12,9 +12,11 @@ from typing import Any
 import onnx
 import torch
 
-from compactify.converter.frontends.fx.check import example_input
-from compactify.converter.frontends.onnx.prepare import select_outputs as select_onnx_outputs
 from compactify.converter.frontends.fx.capture import select_outputs
+from compactify.converter.frontends.fx.check import example_input
+from compactify.converter.frontends.onnx.prepare import (
+    select_outputs as select_onnx_outputs,
+)
 from compactify.converter.frontends.onnx.read import read_onnx
 from compactify.converter.load.checkpoint import load_checkpoint
 from compactify.converter.load.ingest import build_source

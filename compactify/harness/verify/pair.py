@@ -20,10 +20,15 @@ from compactify.harness.verify.accuracy import classifier_output, digits_accurac
 from compactify.harness.verify.judging import judge
 from compactify.harness.verify.references import onnx_file_reference
 from compactify.harness.verify.results import VerifyResult
-from compactify.harness.verify.runnable import Runnable, fixed_batch, runner_runnable, torch_runnable
+from compactify.harness.verify.runnable import (
+    Runnable,
+    fixed_batch,
+    runner_runnable,
+    torch_runnable,
+)
 from compactify.harness.verify.tolerances import check_tolerances
 from compactify.measure.metrics import DEFAULT_ATOL, DEFAULT_RTOL
-from compactify.targets.calibration import trained_on_digits
+from compactify.models.data import trained_on_digits
 from compactify.targets.onnx import read_onnx_model
 
 DTYPES = ("float32", "float64")

@@ -5,7 +5,10 @@ from __future__ import annotations
 import math
 
 from compactify.errors import BadInputError
-from compactify.targets.fp16 import FP16_ATOL, FP16_RTOL  # the fp16 target's own; --fp16-atol/--fp16-rtol replace them
+from compactify.targets.fp16 import (  # the fp16 target's own; --fp16-atol/--fp16-rtol replace them
+    FP16_ATOL,
+    FP16_RTOL,
+)
 
 __all__ = ["FP16_ATOL", "FP16_RTOL", "INT8_BATCH", "INT8_TOL", "check_tolerances"]
 

@@ -13,7 +13,7 @@ from compactify.harness.inputs import Inputs
 from compactify.harness.verify.accuracy import classifier_output, digits_accuracy
 from compactify.harness.verify.runnable import Runnable, run_all
 from compactify.measure.metrics import compare_all
-from compactify.targets.calibration import trained_on_digits
+from compactify.models.data import trained_on_digits
 
 
 def truncation_note(report: Mapping[str, Any]) -> str:

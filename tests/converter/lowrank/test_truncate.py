@@ -13,7 +13,7 @@ from compactify.converter.lowrank import factor as L
 from compactify.converter.pipeline.contraction import contract
 from compactify.converter.frontends.fx.check import example_input, reference_float64
 from compactify.converter.lowrank.rank_rules import parse_rank_rule
-from compactify.converter.lowrank.truncate import RankRequest, random_calibration
+from compactify.converter.lowrank.rank_request import RankRequest, random_calibration
 
 
 def _request(rule: str, **kw) -> RankRequest:

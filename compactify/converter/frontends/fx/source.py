@@ -40,11 +40,8 @@ from compactify.converter.frontends.fx.profile import (
 from compactify.converter.load.checkpoint import load_checkpoint
 from compactify.converter.load.ingest import build_source
 from compactify.converter.load.resources import MemoryBudgetError, check_graph_memory
-from compactify.converter.lowrank.truncate import (
-    RankRequest,
-    rank_request,
-    truncate_plan,
-)
+from compactify.converter.lowrank.rank_request import RankRequest, rank_request
+from compactify.converter.lowrank.truncate import truncate_plan
 from compactify.errors import BadInputError
 from compactify.tensors import flatten_outputs
 
