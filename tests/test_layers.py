@@ -20,8 +20,9 @@ LAYERS = ["cli", "harness", "converter", "targets", "runtimes", "measure", "mode
 DEFERRED_OK_UNDER = ("cli",)
 PLATFORM_MODULES = {"fcntl", "resource", "ctypes", "msvcrt"}
 # Required but heavy, and needed by one path only: imported where that path starts, so that every
-# other command does not pay for them (scikit-learn alone adds 0.8 s to a conversion's start-up).
-HEAVY_FOR_ONE_PATH = {"sklearn": "the built-in digits data", "matplotlib": "the sweep's plot"}
+# other command does not pay for them (scikit-learn adds 0.8 s to a conversion's start-up, onnxsim 0.5 s).
+HEAVY_FOR_ONE_PATH = {"sklearn": "the built-in digits data", "matplotlib": "the sweep's plot",
+                      "onnxsim": "the simplify step (0.5 s with sympy)"}
 
 
 def _modules() -> dict[str, Path]:

@@ -21,6 +21,9 @@ from typing import Any, Mapping
 from compactify.errors import BadInputError
 from compactify.models.expand import normalize_mode
 
+# The extra file in a .pt2 archive that carries compactify's metadata (source, input shape, version):
+# written by the pt2 target, read by the checkpoint loader.
+PT2_META_FILE = "compactify.json"
 _FIELDS = ("arch", "arch_kwargs", "expand", "rate", "layers", "aux", "input_shape", "expanded_layers", "seed",
            "training")
 

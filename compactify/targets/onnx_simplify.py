@@ -10,7 +10,6 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import onnx
-import onnxsim
 
 from compactify.errors import CompactifyError, VerificationError
 from compactify.targets.onnx_io import check_onnx, run_ort, short_error
@@ -19,6 +18,10 @@ SIMPLIFY_RTOL = 1e-5  # of the output scale: onnxsim folds constants in float32,
 
 
 def simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
+    # Imported here, by the one step that uses it: onnxsim (with sympy) takes 0.5 s to import, which
+    # every conversion without ONNX and every verify and bench would otherwise pay.
+    import onnxsim
+
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
                 contextlib.redirect_stderr(io.StringIO()):

@@ -12,10 +12,9 @@ import torch
 
 from compactify import __version__
 from compactify.errors import BadInputError
+from compactify.models.metadata import PT2_META_FILE
 from compactify.targets.base import Built, CompactModel, Target, register_target
 
-# The extra file in a .pt2 archive that carries compactify's metadata (source, input shape, version).
-PT2_META_FILE = "compactify.json"
 # Members only a torch.export archive has (torch.save archives hold data.pkl instead).
 _PT2_MARKERS = ("/archive_format", "/archive_version", "/models/model.json")
 

@@ -26,9 +26,8 @@ from torch import nn
 
 from compactify.converter.load.sniff import detect
 from compactify.errors import BadInputError, first_line
-from compactify.models.metadata import CheckpointMeta, validate_meta
+from compactify.models.metadata import PT2_META_FILE, CheckpointMeta, validate_meta
 from compactify.outputs import atomic_file
-from compactify.targets.pt2 import PT2_META_FILE
 
 META_KEY = "compactify"
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")

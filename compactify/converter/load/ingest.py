@@ -9,12 +9,13 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from compactify.converter.frontends.fx.capture import graph_module, program_inputs
+from compactify.converter.frontends.fx.capture import graph_module
 from compactify.converter.load.checkpoint import Checkpoint
 from compactify.converter.load.resources import check_memory
 from compactify.errors import BadInputError
 from compactify.models import build_model, default_input_shape
 from compactify.models.metadata import check_shape, validate_meta
+from compactify.runtimes.torch_runner import program_inputs
 
 
 @dataclass

@@ -27,10 +27,17 @@ from compactify.converter.stages import Stages, silent
 
 
 class Source(Protocol):
-    """A source format: its front-end, its back-end and the checks that run on its graphs."""
+    """A source format: its front-end, its back-end and the checks that run on its graphs. A new format
+    implements this (and a classmethod ``load(path, settings)`` for ``pipeline.convert``)."""
 
     format: str  # "pytorch", "onnx"
     every_size: bool  # merges must hold at every input size (known once captured)
+    meta: dict  # what the source says of itself (architecture, what it was trained on)
+    sample_shape: tuple[int, ...]  # one input's shape, batch first, for the targets
+
+    def rank_request(self, settings: Any) -> Any: ...  # what its truncate takes, from --rank's settings
+    def describe(self, result: "Contraction") -> dict: ...  # report.json's words for the source
+    def compact_model(self, compact: Any, report: dict, metadata: dict, onnx_export: Any) -> Any: ...
 
     def capture(self) -> Any: ...
     def regions(self, captured: Any) -> AffineGraph: ...

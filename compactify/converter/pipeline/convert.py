@@ -47,7 +47,7 @@ def convert_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: Con
                 source = run_pass(stages, "load", "load", TorchSource.load, checkpoint, settings.load,
                                   settings.dynamic_hw)
             # Calibration files and data are read and checked here, before the work.
-            requests = prepare_artifacts(settings.targets, source.meta, source.input_shape or ())
+            requests = prepare_artifacts(settings.targets, source.meta, source.sample_shape)
             rank = source.rank_request(settings.rank)
         result = contract_source(source, settings.allow_approximate, rank, stages)
         if result.truncation is not None:  # raises when --rank lost more than --max-accuracy-drop

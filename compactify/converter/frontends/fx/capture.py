@@ -112,18 +112,6 @@ def float64_graph(gm: fx.GraphModule) -> fx.GraphModule:
     return ref
 
 
-def program_inputs(program) -> list[tuple[str, tuple[int | None, ...]]]:
-    """The user inputs of an exported program: name and shape, None where a dimension is dynamic."""
-    nodes = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
-    out = []
-    for name in program.graph_signature.user_inputs:
-        val = nodes[name].meta.get("val") if name in nodes else None
-        if not isinstance(val, torch.Tensor):
-            raise BadInputError(f"the exported program's input {name!r} is not a tensor; only tensor inputs are supported")
-        out.append((name, tuple(int(d) if isinstance(d, int) else None for d in val.shape)))
-    return out
-
-
 def _export_failure(exc: BaseException) -> str:
     """The first line of the error and, where found, the user's call that failed."""
     text = str(exc)

@@ -92,6 +92,11 @@ class TorchSource:
     def meta(self) -> dict:
         return self.origin.get("meta") or {}
 
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """The input shape, batch first: what the targets calibrate and build at."""
+        return self.input_shape
+
     def rank_request(self, settings) -> RankRequest | None:
         """What --rank's truncation runs on (``settings``: ``pipeline.settings.RankSettings``)."""
         return None if settings is None else rank_request(settings, self.input_shape, self.meta)

@@ -30,6 +30,7 @@ from compactify.converter.frontends.onnx.check import (
 from compactify.converter.frontends.onnx.graph import OnnxGraph, affine_graph
 from compactify.converter.frontends.onnx.prepare import Prepared, prepare
 from compactify.converter.frontends.onnx.read import default_opset, read_onnx
+from compactify.converter.frontends.onnx.shapes import graph_inputs
 from compactify.converter.lowrank.rank_plan import rank_plan, truncation_section
 from compactify.errors import CompactifyError
 from compactify.targets.base import OnnxGraph as OnnxArtifact
@@ -77,6 +78,18 @@ class OnnxSource:
     @property
     def meta(self) -> dict:
         return self.origin.get("meta") or {}
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """One input's shape, batch first: --input-shape, else the file's own (a symbolic batch as 1);
+        empty where the file leaves a size open (the targets that need one then say so)."""
+        if self.input_shape:
+            return self.input_shape
+        specs = graph_inputs(self.model)
+        dims = specs[0].dims if specs else ()
+        if not dims or not all(isinstance(d, int) for d in dims[1:]):
+            return ()
+        return (dims[0] if isinstance(dims[0], int) else 1, *dims[1:])
 
     def rank_request(self, settings):
         """--rank's rule and multiple (the options that measure are refused for ONNX sources)."""
