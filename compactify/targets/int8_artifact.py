@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import onnx
+import onnxruntime as ort
 
 from compactify.errors import BadInputError, CompactifyError
 from compactify.targets.calibration import CalibrationSet
+from compactify.targets.onnx_io import short_error
 from compactify.targets.int8_measure import (
     LAYER_SAMPLES,
     Reference,
@@ -30,8 +32,19 @@ def write_int8(request, data: CalibrationSet, fp32_path: str | Path, out_path: s
     kept = quantize(fp32_path, out_path, data.calibration, method=request.method, keep=request.keep,
                     tensorrt=request.tensorrt)
     quantize_s = time.perf_counter() - t
-    structure = qdq_structure(onnx.load(str(out_path)))
-    result = measure(fp32_path, out_path, data, reference, output_names)
+    quantized = onnx.load(str(out_path))
+    structure = qdq_structure(quantized)
+    try:
+        result = measure(fp32_path, out_path, data, reference, output_names)
+    except Exception as exc:
+        if "NOT_IMPLEMENTED" not in str(exc):
+            raise
+        # The quantizer writes Q/DQ at the model's own opset, which may be newer than ONNX Runtime's
+        # quantized kernels (an ONNX source exported at opset 28 gives QuantizeLinear(28)).
+        opset = next((o.version for o in quantized.opset_import if o.domain in ("", "ai.onnx")), None)
+        raise BadInputError(f"ONNX Runtime {ort.__version__} cannot run the int8 model at opset {opset} "
+                            f"({short_error(exc)}); export the source at an older opset (18, which compactify "
+                            "writes for PyTorch sources, runs)") from exc
     layers = layer_errors(fp32_path, out_path, data.held_out)
     report = {
         "artifact": Path(out_path).name,

@@ -230,3 +230,38 @@ def test_options_that_do_not_apply_are_one_line(converted, tmp_path, args, needl
     r = run("convert", path, "-o", tmp_path / "out", *args)
     error_line(r, *needles)
     assert not (tmp_path / "out").exists()
+
+
+def test_int8_from_an_onnx_source_is_written_measured_and_verified(tmp_path):
+    """An ONNX source has what int8 needs: compact.onnx and its own float64 outputs (the reference)."""
+    src = G.gemm_chain(opset=18)
+    path = _save(src, tmp_path / "mlp.onnx")
+    x = np.random.default_rng(3).standard_normal((200, 12)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    out = tmp_path / "out"
+    r = run("convert", path, "-o", out, "--int8", "--calibration", tmp_path / "calib.npz")
+    assert r.exit_code == 0, r.output
+    report = _report(out)
+    assert report["artifacts"]["onnx_int8"] == "compact.int8.onnx" and (out / "compact.int8.onnx").is_file()
+    assert report["int8"]["reference"] == "source float64" and report["int8"]["max_rel_error"] < 0.1
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(out / "compact.int8.onnx")).graph.node)
+    r = run("verify", out)
+    assert r.exit_code == 0, r.output
+    assert "compact.int8.onnx" in r.stdout
+
+
+def test_int8_from_an_onnx_source_without_calibration_data_is_one_line(tmp_path):
+    path = _save(G.gemm_chain(), tmp_path / "mlp.onnx")
+    before = snapshot(tmp_path)
+    r = run("convert", path, "-o", tmp_path / "out", "--int8")
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1, r.output
+    assert "--calibration" in r.stderr and snapshot(tmp_path) == before
+
+
+def test_int8_of_a_source_newer_than_onnx_runtimes_quantized_kernels_is_one_line(tmp_path):
+    path = _save(G.gemm_chain(opset=28), tmp_path / "mlp.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(3).standard_normal((64, 12)).astype(np.float32))
+    before = snapshot(tmp_path)
+    r = run("convert", path, "-o", tmp_path / "out", "--int8", "--calibration", tmp_path / "calib.npz")
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1, r.output
+    assert "opset 28" in r.stderr and "older opset" in r.stderr and snapshot(tmp_path) == before
