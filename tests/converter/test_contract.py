@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn as nn
@@ -324,3 +326,36 @@ def test_conv1d_chain_with_batchnorm1d():
     convs = [m for m in r.compact.modules() if isinstance(m, nn.Conv1d)]
     assert len(convs) == 1 and convs[0].dilation == (2,)
     assert r.max_rel_error < 1e-6
+
+
+class _PaddedChain(nn.Module):
+    """A biased 3x3 "same" conv into another: the merge is not exact on the borders."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.b(self.a(x))
+
+
+def test_a_wrong_merge_from_a_planted_algebra_fault_is_withdrawn_not_written(monkeypatch):
+    """Plant a fault in the padding rule (every composition declared exact): the region's float64 check and
+    the network's both see the merge is off, so it is withdrawn and the region keeps its two convs."""
+    from compactify.converter.engine import algebra
+
+    model = _PaddedChain().eval()
+    assert all(d.kind == "keep" for d in contract(model, (1, 3, 8, 8)).decisions)  # the rule refuses it
+    real = algebra.compose
+    monkeypatch.setattr(algebra, "compose", lambda *a, **k: dataclasses.replace(real(*a, **k), exact=True,
+                                                                                all_sizes=True, reason=""))
+    r = contract(model, (1, 3, 8, 8))
+    withdrawn = [d for d in r.decisions if d.stopped_by == "withdrawn"]
+    assert len(withdrawn) == 1 and withdrawn[0].kind == "keep" and "merge withdrawn" in withdrawn[0].reason
+    assert any("merge withdrawn" in w for w in r.warnings)
+    assert sum(isinstance(m, nn.Conv2d) for m in r.compact.modules()) == 0  # no merged conv module written
+    assert r.params_after == r.params_before and r.max_rel_error < 1e-6
+    x = torch.randn(2, 3, 8, 8)
+    ref = reference_float64(model)(x.double())
+    assert float((r.compact(x).double() - ref).abs().max() / ref.abs().max()) < 1e-6

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from compactify.converter.engine.plan import Decision, withdraw
+
 EXACT_REL = 1e-6
 SOURCE_ERROR_FACTOR = 4.0
 EXACT_RULE = f"error <= max({EXACT_REL:g}, {SOURCE_ERROR_FACTOR:g} x the float32 error of what it replaces)"
@@ -67,14 +69,28 @@ class NetworkCheck:
     notes: list[str] = field(default_factory=list)
 
 
-def check_warnings(regions: list[RegionCheck], network: NetworkCheck) -> list[str]:
-    """What the user is told when a merge or the whole network is further off than the rule allows."""
+def withdraw_failed(decisions: list[Decision], regions: list[RegionCheck]) -> tuple[list[Decision], list[str]]:
+    """A new plan in which every merge that claimed to be exact and failed its float64 check keeps the
+    region's own layers instead, and what the user is told of each. A merge the user chose knowing it
+    is approximate (--allow-approximate) stays."""
+    failed = {r.name: r for r in regions if r.exact_claimed and not r.passed}
+    plan, told = [], []
+    for d in decisions:
+        r = failed.get(d.region.name)
+        if r is None or d.kind not in ("dense", "removed"):
+            plan.append(d)
+            continue
+        why = (f"its float64 check found it {r.max_rel:.2e} (of its output scale) off its own layers, more than "
+               f"{SOURCE_ERROR_FACTOR:g}x their float32 error ({r.layers_float32_rel or 0.0:.2e}) and above "
+               f"{EXACT_REL:g}")
+        plan.append(withdraw(d, why))
+        told.append(f"region {r.name}: {plan[-1].reason}")
+    return plan, told
+
+
+def check_warnings(network: NetworkCheck) -> list[str]:
+    """What the user is told when the whole network is further off than the rule allows."""
     out = []
-    for r in regions:
-        if r.exact_claimed and not r.passed:
-            out.append(f"region {r.name}'s merged layer is {r.max_rel:.2e} (of its output scale) off its own layers in "
-                       f"float64, more than {SOURCE_ERROR_FACTOR:g}x their float32 error ({r.layers_float32_rel:.2e}) "
-                       f"and above {EXACT_REL:g}")
     if not within(network.max_rel, network.source_rel):
         out.append(
             f"the compact model's error ({network.max_rel:.2e} of the output scale) is more than "

@@ -9,13 +9,13 @@ writes it as a layer of its format.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Hashable
 
 from compactify.converter.engine import algebra as A
 from compactify.converter.engine.cost import operator_flops, operator_params
 from compactify.converter.engine.graph import AffineGraph
-from compactify.converter.engine.steps import Scalar
 from compactify.converter.engine.regions import (
     IDENTITY,
     Composition,
@@ -26,6 +26,7 @@ from compactify.converter.engine.regions import (
     find_regions,
     spatial_size,
 )
+from compactify.converter.engine.steps import Scalar
 from compactify.errors import NotContractibleError
 
 
@@ -283,6 +284,16 @@ def _unit_plan(decision, unit, entry, region, allow_approximate, dynamic_hw) -> 
                          flops_before=flops, flops_after=flops,
                          stopped_by=decision.stopped_by))
     return plan
+
+
+def withdraw(decision: Decision, why: str) -> Decision:
+    """A new decision that keeps the region's own layers in place of a merge its check refused."""
+    return dataclasses.replace(
+        decision, kind="keep", module=None, operator=None, factors=None, stopped_by="withdrawn",
+        params_after=decision.params_before, flops_after=decision.flops_before,
+        reason=f"merge withdrawn: {why}; the region keeps its own layers (a bug in compactify: please report it "
+               "with the model)",
+        warnings=list(decision.warnings))
 
 
 class PlanSummary:

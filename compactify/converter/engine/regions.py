@@ -10,7 +10,6 @@ steps after it start a new region.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-
 from typing import Hashable
 
 import torch

@@ -1,6 +1,6 @@
 """The one sequence of passes every source runs through:
 
-    capture -> regions -> plan (-> rank) -> check regions -> rewrite -> check network
+    capture -> regions -> plan (-> rank) -> check regions (-> withdraw) -> rewrite -> check network
 
 A source (``frontends.fx.source.TorchSource``, ``frontends.onnx.source.OnnxSource``) brings its
 front-end (capture, regions) and back-end (rewrite) and its float64 checks; the plan, the
@@ -16,6 +16,8 @@ from compactify.converter.engine.exactness import (
     NetworkCheck,
     RegionCheck,
     check_warnings,
+    withdraw_failed,
+    within,
 )
 from compactify.converter.engine.graph import AffineGraph
 from compactify.converter.engine.plan import Decision, PlanSummary, plan_graph
@@ -98,7 +100,11 @@ def plan_source(source: Source, allow_approximate: bool = False, stages: Stages 
 def contract_source(source: Source, allow_approximate: bool = False, rank: Any = None,
                     stages: Stages | None = None) -> Contraction:
     """Contract every linear region of ``source`` that merges exactly (and pays); with ``rank`` (what
-    the source's ``truncate`` takes) also factor (and prune) the plan's conv/linear layers."""
+    the source's ``truncate`` takes) also factor (and prune) the plan's conv/linear layers.
+
+    A merge that claimed to be exact, failed its own float64 check, and whose network then fails the
+    exactness rule too, is withdrawn: the source is planned again and that region keeps its layers.
+    (The network must confirm it: a region run on its own can misjudge a merge that is exact in place.)"""
     stages = stages or silent()
     captured, graph, decisions = plan_source(source, allow_approximate, stages)
     truncation = None
@@ -106,18 +112,31 @@ def contract_source(source: Source, allow_approximate: bool = False, rank: Any =
         decisions, truncation = run_pass(stages, "plan", "rank", source.truncate, captured, graph, decisions, rank)
     # Before the rewrite, which erases the regions' layers from a captured fx graph.
     regions = run_pass(stages, "check", "check regions", source.check_regions, captured, decisions, rank is not None)
-    compact = run_pass(stages, "rewrite", "rewrite", source.rewrite, captured, graph, decisions)
-    counts = run_pass(stages, "rewrite", "count", source.counts, captured, graph, decisions, compact, rank is not None)
-    result = Contraction(source, compact, decisions, *counts, warnings=[w for d in decisions for w in d.warnings],
-                         truncation=truncation)
-    network = run_pass(stages, "check", "check network", source.check_network, compact)
+    compact, counts, network = _rewrite_and_check(source, captured, graph, decisions, rank is not None, stages)
+    withdrawn: list[str] = []
+    if rank is None and network is not None and not within(network.max_rel, network.source_rel):
+        _, told = withdraw_failed(decisions, regions)
+        if told:  # the rewrite edited the captured graph in place: the withdrawal starts from a new capture
+            captured, graph, decisions = plan_source(source, allow_approximate, stages)
+            decisions, withdrawn = run_pass(stages, "check", "withdraw", withdraw_failed, decisions, regions)
+            compact, counts, network = _rewrite_and_check(source, captured, graph, decisions, False, stages)
+    result = Contraction(source, compact, decisions, *counts,
+                         warnings=[w for d in decisions for w in d.warnings] + withdrawn, truncation=truncation)
     if network is not None:
         result.max_abs_error, result.max_rel_error = network.max_abs, network.max_rel
         result.source_rel_error = network.source_rel
         result.check = source.check_section(regions, network)
         if rank is None:  # --rank changes the network on purpose: its error is the truncation's report
-            result.warnings += check_warnings(regions, network)
+            result.warnings += check_warnings(network)
     return result
+
+
+def _rewrite_and_check(source: Source, captured: Any, graph: AffineGraph, decisions: list[Decision],
+                       truncated: bool, stages: Stages) -> tuple[Any, tuple[int, int, int, int], NetworkCheck | None]:
+    compact = run_pass(stages, "rewrite", "rewrite", source.rewrite, captured, graph, decisions)
+    counts = run_pass(stages, "rewrite", "count", source.counts, captured, graph, decisions, compact, truncated)
+    network = run_pass(stages, "check", "check network", source.check_network, compact)
+    return compact, counts, network
 
 
 def contract(model, input_shape: tuple[int, ...], allow_approximate: bool = False, rank=None,

@@ -43,8 +43,9 @@ def test_every_merged_region_is_checked_in_float64():
     assert not r.warnings
 
 
-def test_a_merged_layer_that_is_off_is_caught(monkeypatch):
-    """Corrupt one merged weight by 1e-4 of its scale between planning and the check."""
+def test_a_merged_layer_that_is_off_is_caught_and_withdrawn(monkeypatch):
+    """Corrupt one merged weight by 1e-4 of its scale between planning and the check: the check
+    catches it, the merge is withdrawn (the region keeps its own layers), and the network is exact."""
     from compactify.converter.frontends.fx import source as K
 
     real = K.check_regions
@@ -60,8 +61,11 @@ def test_a_merged_layer_that_is_off_is_caught(monkeypatch):
     r = contract(chain(), (1, 3, 10, 10))
     failed = [row for row in r.check["regions"] if not row["passed"]]
     assert len(failed) == 1 and failed[0]["max_rel"] > 1e-6
-    assert any("off its own layers in float64" in w for w in r.warnings)
-    assert r.max_rel_error > 1e-6  # and the network's float64 run sees it too
+    withdrawn = [d for d in r.decisions if d.stopped_by == "withdrawn"]
+    assert [d.region.name for d in withdrawn] == [failed[0]["region"]] and withdrawn[0].kind == "keep"
+    assert any("merge withdrawn" in w and "off its own layers" in w for w in r.warnings)
+    assert withdrawn[0].params_after == withdrawn[0].params_before
+    assert r.max_rel_error < 1e-6  # the corrupted layer was never written
 
 
 def test_network_error_equals_a_float64_copy_reference():
