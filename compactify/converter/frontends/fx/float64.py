@@ -80,17 +80,44 @@ def _upstream(entry: fx.Node, exit: fx.Node, stop: set[fx.Node], inputs_allowed:
     return reached
 
 
+def _in_place_writers(exit: fx.Node, reached: set[fx.Node]) -> set[fx.Node]:
+    """The in-place writes into what ``exit`` reads (DBB's BN-and-pad copies a value into slices of a
+    padded tensor): they run before ``exit`` though no data edge leads from them to it."""
+    aliases, writers = set(reached), set()
+    for node in exit.graph.nodes:
+        if node is exit:
+            break
+        schema = getattr(node.target, "_schema", None)
+        if schema is None or not node.args or node.args[0] not in aliases:
+            continue
+        if schema.is_mutable:  # writes into its first argument
+            writers.add(node)
+        elif schema.returns and schema.returns[0].alias_info is not None:  # a view of it
+            aliases.add(node)
+    return writers
+
+
+def _needed(entry: fx.Node, exit: fx.Node, writers: set[fx.Node], stop: set[fx.Node], inputs_allowed: bool):
+    reached = _upstream(entry, exit, stop, inputs_allowed)
+    for writer in writers:
+        reached |= _upstream(entry, writer, stop, inputs_allowed)
+    return reached
+
+
 def part_nodes(entry: fx.Node, exit: fx.Node, scalars: Mapping[fx.Node, Any]) -> tuple[list[fx.Node], set[fx.Node]]:
-    """The nodes ``exit`` needs once ``entry`` is given, in graph order, and those of them whose value
-    is a number taken from ``scalars`` (computed outside the part, e.g. the batch size read off the
-    graph input). Raises NotIsolated when the part needs a tensor from outside itself."""
-    ordered = [n for n in exit.graph.nodes if n in _upstream(entry, exit, set(), inputs_allowed=True)]
+    """The nodes ``exit`` needs once ``entry`` is given (with the in-place writes into what it reads),
+    in graph order, and those of them whose value is a number taken from ``scalars`` (computed outside
+    the part, e.g. the batch size read off the graph input). Raises NotIsolated when the part needs a
+    tensor from outside itself."""
+    writers = _in_place_writers(exit, _upstream(entry, exit, set(), inputs_allowed=True))
+    reached = _needed(entry, exit, writers, set(), inputs_allowed=True)
+    ordered = [n for n in exit.graph.nodes if n in reached]
     inside: set[fx.Node] = set()  # what depends on entry is computed from the given input
     for node in ordered:
         if any(a is entry or a in inside for a in node.all_input_nodes):
             inside.add(node)
     outside = {n for n in ordered if n not in inside and n in scalars}
-    needed = _upstream(entry, exit, outside, inputs_allowed=False)
+    needed = _needed(entry, exit, writers, outside, inputs_allowed=False)
     return [n for n in ordered if n in needed], outside & needed
 
 
