@@ -32,7 +32,7 @@ import shutil
 import signal
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from compactify.errors import BadInputError
 
@@ -301,14 +301,24 @@ def atomic_dir(target: str | os.PathLike, force: bool = False,
     target = _absolute(target)
     inputs = [i for i in inputs if i is not None]
     check_output_folder(target, force, inputs)
+    with _staged(target, lambda: check_output_folder(target, force, inputs),
+                 lambda tmp: _commit(tmp, target, force, inputs)) as tmp:
+        yield tmp
+
+
+@contextlib.contextmanager
+def _staged(target: Path, recheck: Callable[[], object], commit: Callable[[Path], None]) -> Iterator[Path]:
+    """What atomic_dir and atomic_files share: the missing parents made, ``target`` locked, ``recheck``
+    run under the lock, a temporary sibling folder yielded, and ``commit(folder)`` (which moves or removes
+    it) run on success; on any failure the folder and the parents this made are removed."""
     created: list[Path] = []
     lock: _TargetLock | None = None
     tmp: Path | None = None
     try:
         with signals_deferred():
             created = _make_parents(target.parent)
-            lock = _TargetLock(target).acquire()
-            check_output_folder(target, force, inputs)
+            lock = _TargetLock(target).acquire()  # a second run into the same target is refused at once
+            recheck()  # again: a process that ignores the lock may have written the target meanwhile
             try:
                 tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
                 os.chmod(tmp, folder_mode())
@@ -321,7 +331,7 @@ def atomic_dir(target: str | os.PathLike, force: bool = False,
                 raise _write_error(target, exc) from None
             raise
         with signals_deferred():
-            _commit(tmp, target, force, inputs)
+            commit(tmp)
             tmp = None
             created = []
     finally:
@@ -407,35 +417,13 @@ def atomic_files(targets: Mapping[str, str | os.PathLike], force: bool = False,
     first = next(iter(paths.values()))
     if any(p.parent != first.parent for p in paths.values()):
         raise ValueError("atomic_files writes files of one folder")  # a caller's mistake, not the user's
-    created: list[Path] = []
-    lock: _TargetLock | None = None
-    tmp: Path | None = None
-    try:
-        with signals_deferred():
-            created = _make_parents(first.parent)
-            lock = _TargetLock(first).acquire()  # a second run into the same file is refused at once
-            for path in paths.values():  # again, now that no other compactify run can write them
-                check_output_file(path, force, inputs)
-            try:
-                tmp = Path(tempfile.mkdtemp(prefix=f".{first.name}.tmp-", dir=first.parent))
-            except OSError as exc:
-                raise _write_error(first.parent, exc) from None
-        try:
-            yield tmp
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise _write_error(first.parent, exc) from None
-            raise
-        with signals_deferred():
-            _place_files(tmp, paths, force)
-            created = []
-    finally:
-        with signals_deferred():
-            if tmp is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
-            if lock is not None:
-                lock.release()
-            _remove_created(created)
+
+    def recheck() -> None:
+        for path in paths.values():
+            check_output_file(path, force, inputs)
+
+    with _staged(first, recheck, lambda tmp: _place_files(tmp, paths, force)) as tmp:
+        yield tmp
 
 
 def _place_files(tmp: Path, paths: Mapping[str, Path], force: bool) -> None:
@@ -453,3 +441,4 @@ def _place_files(tmp: Path, paths: Mapping[str, Path], force: bool) -> None:
         for path in placed:
             path.unlink(missing_ok=True)
         raise
+    shutil.rmtree(tmp, ignore_errors=True)  # empty now: every file was moved out
