@@ -17,6 +17,9 @@ The guarantee: compactify never deletes, moves or changes a file it did not crea
 - Files (``atomic_file``) are written the same way: a temporary sibling renamed over the target;
   without ``force`` the rename never replaces a file that appeared meanwhile, and a target that
   is one of the run's inputs is refused.
+- A set of files side by side (``atomic_files``: a model and its report) is written into a
+  temporary sibling folder, then each file is renamed to its target under the same lock and rules;
+  a target that appeared meanwhile refuses the set and the new files already placed are removed.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import shutil
 import signal
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from compactify.errors import BadInputError
 
@@ -124,7 +127,7 @@ def check_output_folder(target: str | os.PathLike, force: bool = False,
     if not target.exists():
         return "new"
     if not target.is_dir():
-        raise BadInputError(f"output path {target} exists and is not a folder; choose another -o")
+        raise BadInputError(f"output path {target} is a file, not a folder; choose another -o")
     real = _real(target)
     for item in inputs:
         if item is None:
@@ -298,14 +301,24 @@ def atomic_dir(target: str | os.PathLike, force: bool = False,
     target = _absolute(target)
     inputs = [i for i in inputs if i is not None]
     check_output_folder(target, force, inputs)
+    with _staged(target, lambda: check_output_folder(target, force, inputs),
+                 lambda tmp: _commit(tmp, target, force, inputs)) as tmp:
+        yield tmp
+
+
+@contextlib.contextmanager
+def _staged(target: Path, recheck: Callable[[], object], commit: Callable[[Path], None]) -> Iterator[Path]:
+    """What atomic_dir and atomic_files share: the missing parents made, ``target`` locked, ``recheck``
+    run under the lock, a temporary sibling folder yielded, and ``commit(folder)`` (which moves or removes
+    it) run on success; on any failure the folder and the parents this made are removed."""
     created: list[Path] = []
     lock: _TargetLock | None = None
     tmp: Path | None = None
     try:
         with signals_deferred():
             created = _make_parents(target.parent)
-            lock = _TargetLock(target).acquire()
-            check_output_folder(target, force, inputs)
+            lock = _TargetLock(target).acquire()  # a second run into the same target is refused at once
+            recheck()  # again: a process that ignores the lock may have written the target meanwhile
             try:
                 tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
                 os.chmod(tmp, folder_mode())
@@ -318,7 +331,7 @@ def atomic_dir(target: str | os.PathLike, force: bool = False,
                 raise _write_error(target, exc) from None
             raise
         with signals_deferred():
-            _commit(tmp, target, force, inputs)
+            commit(tmp)
             tmp = None
             created = []
     finally:
@@ -392,3 +405,40 @@ def _link_new(tmp: Path, target: Path) -> None:
         os.replace(tmp, target)
         return
     tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_files(targets: Mapping[str, str | os.PathLike], force: bool = False,
+                 inputs: Iterable[str | os.PathLike | None] = ()) -> Iterator[Path]:
+    """Yield a temporary folder beside the targets (one folder for all); on success its file NAME becomes
+    ``targets[NAME]``, each by one rename, so that no target is ever half-written."""
+    inputs = [i for i in inputs if i is not None]
+    paths = {name: check_output_file(t, force, inputs) for name, t in targets.items()}
+    first = next(iter(paths.values()))
+    if any(p.parent != first.parent for p in paths.values()):
+        raise ValueError("atomic_files writes files of one folder")  # a caller's mistake, not the user's
+
+    def recheck() -> None:
+        for path in paths.values():
+            check_output_file(path, force, inputs)
+
+    with _staged(first, recheck, lambda tmp: _place_files(tmp, paths, force)) as tmp:
+        yield tmp
+
+
+def _place_files(tmp: Path, paths: Mapping[str, Path], force: bool) -> None:
+    """Rename each ``tmp/NAME`` to its target; without ``force`` a target that appeared meanwhile is kept
+    and the files this call already placed (new ones, ours) are removed: the set lands whole or not at all."""
+    placed: list[Path] = []
+    try:
+        for name, target in paths.items():
+            if force:
+                os.replace(tmp / name, target)
+            else:
+                _link_new(tmp / name, target)
+                placed.append(target)
+    except BadInputError:
+        for path in placed:
+            path.unlink(missing_ok=True)
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)  # empty now: every file was moved out

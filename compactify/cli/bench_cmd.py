@@ -1,4 +1,4 @@
-"""``compactify bench``: latency of one or more models, interleaved, as ratios to the first."""
+"""``compactify bench``: latency of one or more models, interleaved, each as times faster than the first."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from compactify.harness.bench import BENCH_COLUMNS, markdown_report
+from compactify.harness.bench import BENCH_COLUMNS, DEFAULT_THREADS, bench_header, markdown_report
 from compactify.harness.bench import bench as run_bench
-from compactify.harness.machine import machine_summary
 from compactify.harness.model_files import model_kinds_table
 from compactify.harness.report import latency_plot, print_table, to_jsonable, write_json, write_text
 from compactify.measure.latency import DEFAULT_ITERS, DEFAULT_WARMUP
@@ -25,8 +24,9 @@ from compactify.outputs import check_output_file
               help="Device for every model. Default: cuda when a TensorRT engine is given, else cpu.")
 @click.option("--batch", "batch", default=None, metavar="B1,B2,...",
               help="Comma-separated batch sizes, e.g. 1,8,32 (default: the N of --input-shape, else 1).")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Pin torch intra-op threads and ONNX Runtime intra-op threads to N.")
+@click.option("--threads", type=click.IntRange(min=1), default=DEFAULT_THREADS, show_default=True,
+              help="Pin torch intra-op threads and ONNX Runtime intra-op threads to N (one by default: firm "
+                   "numbers on a busy machine, as train and demo use); the table's header line says N.")
 @click.option("--warmup", type=click.IntRange(min=0), default=DEFAULT_WARMUP, show_default=True,
               help="Untimed rounds before measuring.")
 @click.option("--iters", type=click.IntRange(min=1), default=None,
@@ -45,10 +45,13 @@ from compactify.outputs import check_output_file
               help="Write a latency plot (PNG).")
 @click.option("--wide", is_flag=True, help="Show every column (device, p99, mean, std, items/s); rows wrap to fit "
                                            "the terminal.")
-@click.option("--no-progress", is_flag=True, help="Never show the progress bar.")
+@click.option("--no-progress", is_flag=True, help="Never show progress (a bar on a terminal, else a line per batch and "
+                                                  "model on stderr).")
 def bench(models, runtime, device, batch, threads, warmup, iters, seconds, input_shape, trust_pickle,
           json_path, md_path, png_path, wide, no_progress) -> None:
-    """Measure the latency of MODEL files, interleaved (A B, B A, ...), as p50 ratios to the first.
+    """Measure the latency of MODEL files, interleaved (A B, B A, ...); "faster than first" is the first
+    model's p50 over each model's own (4.90x: 4.9 times faster; the first is 1.00x). Compare like
+    with like: models on one runtime (--runtime), or the speed-up includes the runtimes' difference.
 
     {kinds}
     """
@@ -74,7 +77,7 @@ def bench(models, runtime, device, batch, threads, warmup, iters, seconds, input
         click.echo(json.dumps(to_jsonable(result.to_dict()), indent=2, allow_nan=False))
     else:
         console = Console()  # the terminal's width: the table is fitted to it, never widened past it
-        console.print(f"[dim]{machine_summary(result.machine)}[/dim]")
+        console.print(f"[dim]{bench_header(result)}[/dim]")
         print_table(console, result.rows, BENCH_COLUMNS, wide=wide)
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)

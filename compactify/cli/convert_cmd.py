@@ -12,14 +12,15 @@ import click
 @click.option("--arch", help="Registered model name (see `compactify models`) or package.module:factory.")
 @click.option("--arch-kwargs", help="JSON object of keyword arguments for the architecture factory.")
 @click.option("--input-shape", help="N,C,H,W of the model input (default: from the checkpoint or registry).")
-@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False, path_type=str),
-              help="Output folder (written atomically).")
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=str),
+              help="Output folder (written atomically); for an ONNX model, a name ending in .onnx writes the "
+                   "compact model to that file, with NAME.report.json and NAME.report.md beside it.")
 @click.option("--outputs", help="Keep only these model outputs (comma-separated tuple indices or dict keys).")
 @click.option("--allow-approximate", is_flag=True, help="Also merge regions whose borders are not exact; report the error.")
 @click.option("--dynamic-hw", is_flag=True,
               help="Merge only what is exact at every input height and width (default: exact at the traced size; "
                    "the compact module then refuses other sizes).")
-@click.option("--force", is_flag=True, help="Overwrite an existing output folder.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output folder (or -o FILE.onnx and its reports).")
 @click.option("--trust-pickle", is_flag=True, help="Allow loading a pickled whole module (can run code).")
 @click.option("--no-onnx", is_flag=True, help="Skip compact.onnx (and everything built from it).")
 @click.option("--static", is_flag=True, help="Fix the ONNX batch size instead of keeping it dynamic.")
@@ -77,7 +78,10 @@ def convert(checkpoint, arch, arch_kwargs, input_shape, out_dir, outputs, allow_
 
     CHECKPOINT may also be an ONNX model (from any exporter): then no --arch or source code is
     needed, and OUTDIR gets compact.onnx (+ fp16, TensorRT) and the report, checked against the
-    source graph evaluated in float64.
+    source graph evaluated in float64. With -o NAME.onnx (onnxsim's `in.onnx out.onnx`) the compact
+    model is that file, and the report is NAME.report.json and NAME.report.md beside it, written
+    atomically, never over the source, an existing file only with --force; --fp16, --int8 and
+    --trt need the folder form.
     """
     from compactify.converter.pipeline.settings import ConvertOptions
     from compactify.converter.pipeline.convert import convert_checkpoint

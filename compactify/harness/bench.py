@@ -4,13 +4,16 @@ The Python API behind ``compactify bench``. Each model is an artifact of a regis
 (``compactify.targets``: a .pt2 on torch, an .onnx on ONNX Runtime, a TensorRT engine, ...), opened
 through its target, or a checkpoint (.pt/.pth/.bin/.ckpt/.safetensors) that is rebuilt from its
 metadata and run on the torch runtime (``harness.model_files``). All models of one batch size run
-round-robin (see ``latency``) and are quoted as ratios to the first.
+round-robin (see ``latency``), on one pinned thread unless asked, and each is quoted as how many times
+faster than the first it is (the first's p50 over its own).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -43,7 +46,11 @@ from compactify.targets import Target
 
 DEVICES = ("cpu", "cuda")
 
-# Without --wide the terminal shows the median, its spread and the ratio; --wide adds the rest.
+# One thread unless asked: a second thread on a busy machine waits on the first far longer than it computes
+# (a torch p50 of 689 ms against 27 ms quiet), and `train` and `demo` use one too.
+DEFAULT_THREADS = 1
+
+# Without --wide the terminal shows the median, its spread and the speed-up; --wide adds the rest.
 BENCH_COLUMNS = [
     Column("model"),
     Column("runtime"),
@@ -56,7 +63,7 @@ BENCH_COLUMNS = [
     Column("std_ms", "std", ".3f", wide=True),
     Column("cv", "CV", ".1%"),
     Column("throughput", "items/s", ",.1f", wide=True),
-    Column("ratio", "vs first", ".3f"),  # p50 over the first model's p50
+    Column("speedup", "faster than first", lambda v: f"{v:.2f}x"),  # the first's p50 over this p50: "4.90x"
 ]
 
 
@@ -246,7 +253,7 @@ def bench(
     runtime: str | None = None,
     device: str | None = None,
     batches: Sequence[int] | str | None = None,
-    threads: int | None = None,
+    threads: int | None = DEFAULT_THREADS,
     warmup: int = DEFAULT_WARMUP,
     iters: int | None = None,
     seconds: float | None = None,
@@ -261,7 +268,10 @@ def bench(
     ``device=None`` means cuda when a TensorRT engine is among the models, else cpu. ``input_shape`` is
     N,C,H,W as in every command (its dims after the batch fill the models' dynamic dims; N is the batch
     when ``batches`` is not given).
-    ``iters`` rounds (each model once per round) or ``seconds`` of rounds per batch size.
+    ``iters`` rounds (each model once per round) or ``seconds`` of rounds per batch size. ``threads``:
+    torch's and ONNX Runtime's intra-op threads (None: leave torch's as they are). ``progress``: True/False
+    forces the progress bar on/off; None shows it on a terminal and, off one, writes a line per batch
+    and per model timed to stderr, so that a log shows a long run moving.
     """
     if device is not None and device not in DEVICES:
         raise BadInputError(f"unknown device {device!r}; use cpu or cuda")
@@ -281,6 +291,7 @@ def bench(
     rows: list[dict[str, Any]] = []
     runs: dict[int, InterleavedResult] = {}
     warnings: list[str] = []
+    lines = progress is None and not sys.stderr.isatty()
     with contextlib.ExitStack() as stack, pinned_threads(threads):
         loaded = []
         for m in resolved:
@@ -294,6 +305,8 @@ def bench(
                 feeds = make_feeds(item.runner.inputs, batch, shape or item.shape_hint, item.model.label, seed)
                 fn = item.runner.bind(feeds)
                 candidates.append(Candidate(item.model.label, fn, item.runner.synchronize, device, batch))
+            if lines:
+                _progress_line(f"batch {batch}: timing {len(candidates)} model(s) interleaved")
             result = compare_latency(
                 candidates,
                 warmup=warmup,
@@ -314,9 +327,13 @@ def bench(
                     **stats.to_dict(),
                     "ratio": result.ratios_p50[stats.label],
                     "ratio_paired": result.ratios_paired[stats.label],
+                    "speedup": result.stats[0].p50_ms / stats.p50_ms if stats.p50_ms > 0 else math.nan,
                 }
                 row.pop("label")
                 rows.append(row)
+                if lines:
+                    speed = "the first" if item is loaded[0] else f"{row['speedup']:.2f}x faster than first"
+                    _progress_line(f"batch {batch}: {row['model']} ({row['runtime']}) p50 {row['p50_ms']:.3f} ms, {speed}")
     settings = {
         "models": [str(m.path) for m in resolved],
         "runtimes": [m.runtime for m in resolved],
@@ -334,6 +351,17 @@ def bench(
     return BenchResult(rows=rows, runs=runs, settings=settings, machine=machine, warnings=warnings)
 
 
+def _progress_line(text: str) -> None:
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+def bench_header(result: BenchResult) -> str:
+    """The line above the table: the machine, and the threads the models were timed on."""
+    threads = result.settings["threads"]
+    pinned = f"{threads} thread{'' if threads == 1 else 's'} per model (--threads)" if threads else "threads unpinned"
+    return f"{machine_summary(result.machine)}; timed on {pinned}"
+
+
 def markdown_report(result: BenchResult) -> str:
     """The bench table in Markdown, with the machine and settings it was measured with."""
     s = result.settings
@@ -344,7 +372,7 @@ def markdown_report(result: BenchResult) -> str:
         f"Machine: {machine_summary(result.machine)}",
         "",
         f"Settings: warm-up {s['warmup']}, {budget}, threads {s['threads'] or 'default'}, "
-        f"interleaved{' with rotation' if s['rotate'] else ''}; ratio = p50 / p50 of {s['baseline']}.",
+        f"interleaved{' with rotation' if s['rotate'] else ''}; faster than first = p50 of {s['baseline']} / p50.",
         "",
         markdown_table(result.rows, BENCH_COLUMNS),
     ]

@@ -103,6 +103,49 @@ def test_verify_fails_when_the_compact_model_is_wrong(converted, tmp_path):
     assert r.exit_code == 1, r.output
 
 
+def test_onnx_file_out_is_the_compact_model_with_its_report_beside(converted, tmp_path):
+    src, path, folder = converted  # the folder form, as before: compact.onnx and the report inside
+    assert (folder / "compact.onnx").is_file() and (folder / "report.json").is_file()
+    small = tmp_path / "small.onnx"
+    r = run("convert", path, "-o", small)
+    assert r.exit_code == 0, r.output
+    # The model and its report side by side, and nothing else: no temporary file, no lock left.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small.onnx", "small.report.json", "small.report.md"]
+    assert small.read_bytes() == (folder / "compact.onnx").read_bytes()
+    report = json.loads((tmp_path / "small.report.json").read_text())
+    assert report["artifacts"] == {"onnx": "small.onnx"}
+    assert report["regions"] == _report(folder)["regions"]
+    assert report["regions"][0]["name"] in (tmp_path / "small.report.md").read_text()
+    _check_against_source(src, small)
+    # `verify FILE` says how to verify it, and that advice passes.
+    line = error_line(run("verify", small), "--reference", "--candidate")
+    r = run("verify", "--reference", path, "--candidate", small)
+    assert r.exit_code == 0, (line, r.output)
+
+
+def test_onnx_file_out_refuses_an_existing_file_without_force_and_never_the_source(converted, tmp_path):
+    src, path, _ = converted
+    small = tmp_path / "Small.ONNX"  # the suffix in any case
+    small.write_bytes(b"mine")
+    error_line(run("convert", path, "-o", small), "already exists", "--force")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Small.ONNX"] and small.read_bytes() == b"mine"
+    r = run("convert", path, "-o", small, "--force")
+    assert r.exit_code == 0, r.output
+    _check_against_source(src, small)
+    assert (tmp_path / "Small.report.json").is_file() and (tmp_path / "Small.report.md").is_file()
+    source = path.read_bytes()
+    before = snapshot(path.parent)
+    error_line(run("convert", path, "-o", path, "--force"), "input")
+    assert path.read_bytes() == source and snapshot(path.parent) == before
+
+
+def test_onnx_file_out_with_other_artifacts_asks_for_a_folder(converted, tmp_path):
+    before = snapshot(tmp_path)
+    error_line(run("convert", converted[1], "-o", tmp_path / "small.onnx", "--fp16"), "--fp16", "folder")
+    error_line(run("convert", converted[1], "-o", tmp_path / "small.onnx", "--no-onnx"), "--no-onnx")
+    assert snapshot(tmp_path) == before
+
+
 def test_not_exact_region_is_left_and_allow_approximate_merges_it(tmp_path):
     src = G.conv_chain([G.ConvSpec(12, 1), G.ConvSpec(6, 3, pads=1)])
     path = _save(src, tmp_path / "m.onnx")

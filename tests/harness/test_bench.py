@@ -150,9 +150,10 @@ def test_bench_interleaved_pt2_and_onnx(models):
         assert r["min_ms"] <= r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] <= r["max_ms"]
         assert r["throughput"] == pytest.approx(r["batch"] * 1000 / r["mean_ms"])
     first = [r for r in res.rows if r["model"] == "tiny.pt2"]
-    assert all(r["ratio"] == 1.0 for r in first)
+    assert all(r["ratio"] == 1.0 and r["speedup"] == 1.0 for r in first)
     second = res.rows[1]
     assert second["ratio"] == pytest.approx(second["p50_ms"] / res.rows[0]["p50_ms"])
+    assert second["speedup"] == pytest.approx(res.rows[0]["p50_ms"] / second["p50_ms"])  # times faster than first
     assert set(res.runs) == {1, 4} and res.runs[4].rounds == 3
     assert res.settings["baseline"] == "tiny.pt2" and res.settings["batches"] == [1, 4]
     assert res.machine["torch"] == torch.__version__
@@ -169,6 +170,28 @@ def test_bench_threads_are_pinned_and_restored(models):
     assert FAST["threads"] == 1
     assert res.machine["torch_threads"] == 1 and res.settings["threads"] == 1
     assert torch.get_num_threads() == before
+
+
+def test_bench_pins_one_thread_by_default_and_says_so(models):
+    res = bench([models["pt2"]], warmup=1, iters=3, progress=False)
+    assert res.settings["threads"] == 1 and res.machine["torch_threads"] == 1
+    r = _cli([models["onnx"], "--warmup", "1", "--iters", "3", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "1 thread per model (--threads)" in " ".join(r.stdout.split())  # the header line, however wrapped
+
+
+def test_cli_speedup_column_and_progress_lines_off_a_terminal(models):
+    r = _cli([models["pt2"], models["onnx"], "--batch", "1,2", "--warmup", "1", "--iters", "3"])
+    assert r.exit_code == 0, r.output
+    assert "faster than first" in " ".join(r.stdout.split())
+    speedups = [line.split()[-1] for line in r.stdout.splitlines() if "tiny." in line]
+    assert len(speedups) == 4 and speedups[0] == speedups[2] == "1.00x"
+    assert all(s.endswith("x") and float(s[:-1]) > 0 for s in speedups)
+    # CliRunner's stderr is no terminal: a line when each batch starts and one per model timed (noisy timings
+    # on a busy machine add their warnings).
+    progress = [line for line in r.stderr.splitlines() if not line.startswith("warning: ")]
+    assert len(progress) == 6 and all(line.startswith("bench: batch ") for line in progress), r.stderr
+    assert sum("tiny.onnx (ort)" in line and "x faster than first" in line for line in progress) == 2
 
 
 def test_bench_time_budget(models):

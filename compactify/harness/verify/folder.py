@@ -30,6 +30,10 @@ def load_report(outdir: str | Path) -> dict:
     if not outdir.exists():
         raise BadInputError(f"{outdir} does not exist; give the output folder of `compactify convert`")
     if not outdir.is_dir():
+        beside = outdir.with_suffix(".report.json")
+        if outdir.suffix.lower() == ".onnx" and beside.is_file():  # `convert MODEL.onnx -o FILE.onnx` wrote it
+            raise BadInputError(f"{outdir} is a compact model written as a file ({beside.name} beside it); "
+                                f"{_file_form_advice(beside, outdir)}")
         raise BadInputError(f"{outdir} is not a folder; give the output folder of `compactify convert`")
     path = outdir / "report.json"
     if not path.is_file():
@@ -44,6 +48,21 @@ def load_report(outdir: str | Path) -> dict:
     if not isinstance(report["source"], dict) or not report["source"].get("checkpoint"):
         raise BadInputError(f"{path} does not name its source checkpoint; convert again")
     return report
+
+
+def _file_form_advice(report_file: Path, model: Path) -> str:
+    """How to verify a model that `convert` wrote as a file: against its source directly, when the
+    source as a whole is the reference (no --outputs, no --rank), else through the folder form."""
+    try:
+        report = json.loads(report_file.read_text())
+        source = report["source"]
+        whole = not source.get("outputs") and report.get("truncation") is None
+        checkpoint = source["checkpoint"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        whole, checkpoint = False, None
+    if whole and checkpoint:
+        return f"verify it with `compactify verify --reference {checkpoint} --candidate {model}`"
+    return "verify needs the folder form: convert again with -o FOLDER, then `compactify verify FOLDER`"
 
 
 def rebuild_source(report: dict) -> tuple[torch.nn.Module, tuple[int, ...], dict[str, Any]]:
