@@ -206,6 +206,20 @@ def test_a_factory_that_raises_is_bad_input(tmp_path, extra, needles):
     assert snapshot(tmp_path) == before
 
 
+
+@pytest.mark.parametrize("arch,needles", [
+    ("broken_import_models:net", ["cannot import 'broken_import_models'",
+                                  "RuntimeError: operator torchvision::nms does not exist", "raised this"]),
+    ("missing_dependency_models:net", ["ModuleNotFoundError: No module named 'no_such_dependency'",
+                                       "'no_such_dependency', which is not installed"]),
+    ("no_such_module:net", ["cannot import 'no_such_module'", "PYTHONPATH"]),
+])
+def test_an_arch_module_that_cannot_be_imported_names_the_cause(tmp_path, arch, needles):
+    path = _bare(tmp_path)
+    line = error_line(run("convert", path, "-o", tmp_path / "out", "--arch", arch, "--input-shape", "1,3,6,6",
+                          *CONVERT), *needles)
+    assert ("PYTHONPATH" in line) == arch.startswith("no_such_module"), line
+
 @pytest.mark.parametrize("meta,needles", [
     ({"arch": "user_models:expanded", "arch_kwargs": {"width": 2}, "input_shape": "1,3,6,6"},
      ["metadata: input_shape '1,3,6,6' is not a shape", "[1, 3, 32, 32]"]),
