@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import importlib
+import logging
 import os
 import signal
 import sys
@@ -70,6 +71,27 @@ class Interrupted:
         signum = cls.received or signal.SIGINT
         name = signal.Signals(signum).name
         return f"error: interrupted ({name})", 128 + signum
+
+
+class _EchoHandler(logging.Handler):
+    """Writes to the stderr of the moment (click's test runner swaps it between invocations)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(self.format(record), err=True)
+
+
+# Under --debug, what the libraries below said (torch's logs, kept from the terminal otherwise).
+_DEBUG_HANDLER = _EchoHandler()
+
+
+def _show_debug_logs(debug: bool) -> None:
+    logger = logging.getLogger("compactify")
+    if debug:
+        logger.addHandler(_DEBUG_HANDLER)  # once: addHandler skips a handler already there
+        logger.setLevel(logging.DEBUG)
+    else:
+        logger.removeHandler(_DEBUG_HANDLER)
+        logger.setLevel(logging.NOTSET)
 
 
 def one_line(text: str) -> str:
@@ -159,6 +181,7 @@ def main(ctx: click.Context, debug: bool) -> None:
     """Contract over-parameterized PyTorch checkpoints into compact networks, export and verify them."""
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+    _show_debug_logs(debug)
     # As with `python -m`, users' own modules (--arch package.module:factory) import from here.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())

@@ -185,11 +185,9 @@ def _import_factory(spec: str) -> Callable[..., nn.Module]:
         raise BadInputError(f"arch {spec!r} is neither a registered model nor 'package.module:factory'")
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:  # any import-time failure is the user's module, not ours
-        raise BadInputError(
-            f"cannot import {module_name!r} for arch {spec!r}: {type(exc).__name__}: {exc}; "
-            f"make sure it is on PYTHONPATH"
-        ) from exc
+    except Exception as exc:  # any import-time failure is the user's module (or what it imports), not ours
+        raise BadInputError(f"cannot import {module_name!r} for arch {spec!r}: {type(exc).__name__}: "
+                            f"{first_line(exc)}; {_import_hint(module_name, exc)}") from exc
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -198,6 +196,16 @@ def _import_factory(spec: str) -> Callable[..., nn.Module]:
     if not callable(obj):
         raise BadInputError(f"arch {spec!r} is not callable")
     return obj
+
+
+def _import_hint(module_name: str, exc: Exception) -> str:
+    """Where to look: only a module that is not found at all is a matter of the path."""
+    missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
+    if missing and (module_name == missing or module_name.startswith(f"{missing}.")):
+        return "run from the folder that holds it or put that folder on PYTHONPATH"
+    if missing:
+        return f"it imports {missing!r}, which is not installed here"
+    return "that module (or a package it imports) raised this while being imported"
 
 
 def _call_factory(factory: Callable[..., nn.Module], arch: str, kwargs: dict[str, Any]) -> nn.Module:

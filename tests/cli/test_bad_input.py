@@ -20,7 +20,7 @@ from torch import nn
 
 from compactify.converter.load.checkpoint import save_checkpoint
 
-from clihelp import TINY_META, error_line, run, snapshot, tiny_checkpoint
+from clihelp import TINY_META, error_line, process, run, snapshot, tiny_checkpoint
 
 import user_models
 
@@ -171,8 +171,6 @@ def test_bare_compactify_prints_its_help():
 
 
 def test_python_dash_m_compactify(tmp_path):
-    from clihelp import process
-
     p = process("convert", tmp_path / "missing.pt", "-o", tmp_path / "o")
     code = p.wait(timeout=120)
     _, err = p.communicate()
@@ -207,6 +205,20 @@ def test_a_factory_that_raises_is_bad_input(tmp_path, extra, needles):
     error_line(run("convert", path, "-o", tmp_path / "out", "--input-shape", "1,3,6,6", *CONVERT, *extra), *needles)
     assert snapshot(tmp_path) == before
 
+
+
+@pytest.mark.parametrize("arch,needles", [
+    ("broken_import_models:net", ["cannot import 'broken_import_models'",
+                                  "RuntimeError: operator torchvision::nms does not exist", "raised this"]),
+    ("missing_dependency_models:net", ["ModuleNotFoundError: No module named 'no_such_dependency'",
+                                       "'no_such_dependency', which is not installed"]),
+    ("no_such_module:net", ["cannot import 'no_such_module'", "PYTHONPATH"]),
+])
+def test_an_arch_module_that_cannot_be_imported_names_the_cause(tmp_path, arch, needles):
+    path = _bare(tmp_path)
+    line = error_line(run("convert", path, "-o", tmp_path / "out", "--arch", arch, "--input-shape", "1,3,6,6",
+                          *CONVERT), *needles)
+    assert ("PYTHONPATH" in line) == arch.startswith("no_such_module"), line
 
 @pytest.mark.parametrize("meta,needles", [
     ({"arch": "user_models:expanded", "arch_kwargs": {"width": 2}, "input_shape": "1,3,6,6"},
@@ -305,6 +317,38 @@ def test_verify_batches_zero_in_the_api_is_refused(converted):
     for kwargs in ({"batches": 0}, {"batch_size": 0}):
         with pytest.raises(BadInputError, match=">= 1"):
             verify_conversion(converted, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def net_for_32x32(tmp_path_factory):
+    """SmallNet-7 expanded (CL, rate 2), built for 32x32 inputs, with its metadata."""
+    from compactify.models import build_model
+
+    meta = {"arch": "smallnet7", "expand": "cl", "rate": 2, "input_shape": [1, 3, 32, 32]}
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path_factory.mktemp("net32") / "c.pt", build_model(meta).state_dict(), meta)
+
+
+def _stderr_of_process(*args) -> tuple[int, str]:
+    p = process(*args)
+    _, err = p.communicate(timeout=300)
+    return p.returncode, err
+
+
+# A real process: torch's log handlers hold the stderr of import time, which click's test runner
+# does not capture; they print a failed meta kernel's traceback (about 20 lines) unless silenced.
+@pytest.mark.parametrize("shape", ["1,3,16,16", "1,3,1,1", "1,3,224,224"])
+def test_a_wrong_input_shape_is_one_line_without_torch_logs(net_for_32x32, tmp_path, shape):
+    code, err = _stderr_of_process("convert", net_for_32x32, "--input-shape", shape, "-o", tmp_path / "out", *CONVERT)
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: the model rejects input shape {shape}: "), err
+
+
+def test_debug_shows_what_torch_logged(net_for_32x32, tmp_path):
+    code, err = _stderr_of_process("--debug", "convert", net_for_32x32, "--input-shape", "1,3,16,16",
+                                   "-o", tmp_path / "out", *CONVERT)
+    assert code == 1 and "torch said:" in err and "torch._subclasses.fake_tensor" in err, err
+    assert err.rstrip().splitlines()[-1].startswith("compactify.errors.BadInputError: the model rejects"), err
 
 
 # ---------------------------------------------------------------------------------------

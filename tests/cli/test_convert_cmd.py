@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from compactify.cli import main
 from compactify.converter.load.checkpoint import save_checkpoint
 
+import timm_models
 import user_models
 
 
@@ -149,3 +150,14 @@ def test_data_dependent_error_names_the_failing_call(ckpts, tmp_path):
     r = _run("convert", ckpts["dd"], "--arch", "user_models:data_dependent", "--input-shape", "1,3,12,12",
              "-o", tmp_path / "o")
     assert "user_models.py" in r.output and "forward" in r.output
+
+
+def test_a_timm_model_converts_through_a_factory_module(tmp_path):
+    """A user's ``--arch mypkg:factory`` around ``timm.create_model``: timm imports in the test environment."""
+    torch.manual_seed(0)
+    path = tmp_path / "repvgg_a0.pt"
+    torch.save(timm_models.repvgg_a0().state_dict(), path)
+    r = _run("convert", path, "--arch", "timm_models:repvgg_a0", "--input-shape", "1,3,64,64", "-o", tmp_path / "out",
+            "--no-onnx")
+    assert r.exit_code == 0 and r.stderr == "", r.output
+    assert (tmp_path / "out" / "report.json").exists()

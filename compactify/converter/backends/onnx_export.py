@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import io
 import json
-import logging
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -31,6 +29,7 @@ import torch
 from onnx import helper
 
 from compactify.converter.backends import fx_onnx
+from compactify.converter.frontends.fx.capture import quiet_torch_logs
 from compactify.errors import BadInputError, CompactifyError, VerificationError
 from compactify.targets.base import OnnxGraph
 from compactify.targets.onnx_io import check_onnx, run_ort_feeds, save_onnx, short_error
@@ -41,8 +40,6 @@ MIN_OPSET = 18
 EXPORTERS = ("auto", "fx", "dynamo", "torchscript")
 BATCH_DIM_NAME = "batch"
 _PROTOBUF_LIMIT = 2**31 - 1
-# Loggers that print pages of progress or tracebacks of attempts the exporter itself recovers from.
-_NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx.experimental.symbolic_shapes", "onnxscript")
 
 
 @dataclass
@@ -405,16 +402,9 @@ def _eval_mode(module: torch.nn.Module) -> Iterator[None]:
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Keep the exporters' progress prints, deprecation notices and retry logs off the user's terminal."""
-    saved = {name: logging.getLogger(name).level for name in _NOISY_LOGGERS}
-    for name in _NOISY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for name, level in saved.items():
-            logging.getLogger(name).setLevel(level)
+    with warnings.catch_warnings(), quiet_torch_logs("onnxscript"):
+        warnings.simplefilter("ignore")
+        yield
 
 
 def _as_args(example_input) -> tuple[torch.Tensor, ...]:

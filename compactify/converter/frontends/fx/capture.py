@@ -70,7 +70,7 @@ def export_program(model: nn.Module, example: torch.Tensor, dynamic_spatial: boo
     dims = range(example.dim()) if dynamic_spatial else (0,)
     dynamic = ({d: torch.export.Dim.AUTO for d in dims if d != 1},)
     try:
-        with warnings.catch_warnings(), _quiet_torch_logs():
+        with warnings.catch_warnings(), quiet_torch_logs():
             warnings.simplefilter("ignore")
             return torch.export.export(model, (example,), dynamic_shapes=dynamic, strict=False)
     except Exception as exc:  # torch.export raises many error types; all mean "cannot capture"
@@ -129,15 +129,46 @@ def _export_failure(exc: BaseException) -> str:
     return first_line(exc) + where
 
 
+class _Keep(logging.Handler):
+    """Keeps the records it is handed: level, logger and message (with its traceback, if any)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.levelname} {record.name}: {self.format(record)}")
+
+
 @contextlib.contextmanager
-def _quiet_torch_logs():
-    """torch.export logs guard warnings and prints graph dumps when it fails; our one-line
-    error says what matters."""
-    logger = logging.getLogger("torch")
-    previous = logger.level
-    logger.setLevel(logging.ERROR)
+def quiet_torch_logs(*others: str):
+    """Nothing torch logs or prints reaches the terminal while the block runs; the one-line error
+    says what matters, and ``--debug`` shows what torch said (on the "compactify" logger, at debug
+    level, once the block ends). A level on "torch" is not enough: torch puts its own stderr
+    handlers on many of its loggers (``torch._subclasses.fake_tensor`` among them) with
+    propagate off, and logs a failed meta kernel's traceback at error level; those handlers hold
+    the stderr of import time, so redirecting sys.stderr misses them too. So every console
+    handler in the "torch" logger tree is swapped for one that keeps the records; files the user
+    asked for (TORCH_LOGS_OUT, TORCH_TRACE) are left alone. ``others`` names other libraries'
+    loggers, which print through the root logger (or Python's last resort) otherwise."""
+    keep = _Keep()
+    tops = ("torch", *others)
+    loggers = [logging.getLogger(name) for name in tops] + [
+        logger for name, logger in list(logging.root.manager.loggerDict.items())
+        if isinstance(logger, logging.Logger) and name.startswith(tuple(f"{top}." for top in tops))]
+    saved = []
+    for logger in loggers:
+        kept = [h for h in logger.handlers if type(h) is not logging.StreamHandler]  # torch's console kind exactly
+        if logger.name in tops or len(kept) < len(logger.handlers):
+            saved.append((logger, logger.handlers, logger.propagate))
+            logger.handlers, logger.propagate = [*kept, keep], False  # nothing goes up to the root
+    out, err = io.StringIO(), io.StringIO()
     try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             yield
     finally:
-        logger.setLevel(previous)
+        for logger, handlers, propagate in saved:
+            logger.handlers, logger.propagate = handlers, propagate
+        said = "\n".join([*keep.lines, out.getvalue().rstrip(), err.getvalue().rstrip()]).strip()
+        if said:
+            logging.getLogger("compactify").debug("torch said:\n%s", said)
