@@ -26,7 +26,7 @@ from compactify.converter.stages import Stages
 from compactify.converter.threads import conversion_thread_limit
 from compactify.errors import BadInputError
 from compactify.outputs import atomic_dir, atomic_files, check_output_folder
-from compactify.targets import build_artifacts, prepare_artifacts
+from compactify.targets import TARGETS, build_artifacts, prepare_artifacts
 
 
 def convert_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: ConvertOptions | None = None) -> dict:
@@ -66,8 +66,7 @@ def report_beside(model_file: Path, suffix: str) -> Path:
 
 def _refuse_beside_file(targets: dict, out: Path) -> None:
     """The file form holds one model: any other artifact asked for needs the folder form."""
-    flags = {"onnx_fp16": "--fp16", "onnx_int8": "--int8", "engine": "--trt"}
-    others = [flags.get(name, name) for name in targets if name != "onnx"]
+    others = [TARGETS[name].flag or name for name in targets if name != "onnx"]
     if others:
         raise BadInputError(f"-o {out} names one model file; {', '.join(others)} write more files: give a folder "
                             "as -o, such as ./out")
