@@ -101,7 +101,7 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
     worst = [x for x in r.get("layers", [])[:SUMMARY_LAYERS]]
     if worst:
         lines.append("int8 layers adding the most error (relative, --int8-keep keeps a layer in float): "
-                     + ", ".join(f"{x['layer']} +{x['added']:.2g}" for x in worst))
+                     + ", ".join(f"{x['layer']} {x['added']:+.2g}" for x in worst))
     if r.get("kept_in_float"):
         lines.append(f"int8: kept in float: {', '.join(r['kept_in_float'])}")
     return lines

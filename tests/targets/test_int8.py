@@ -373,3 +373,13 @@ def test_outputs_beyond_the_calibrated_range_are_counted_as_clipped(fp32, tmp_pa
     names = [o.name for o in onnx.load(str(fp32)).graph.output]
     assert M.measure(fp32, tmp_path / "q.onnx", wide, source.reference, names)["clipped"] > 0.1
     assert M.measure(fp32, tmp_path / "q.onnx", narrow, source.reference, names)["clipped"] < 0.1
+
+
+def test_a_layer_that_removes_error_prints_one_sign():
+    """A layer whose output is closer to fp32 than its input ("added" < 0) reads -0.00011, not +-0.00011."""
+    r = {"artifact": "compact.int8.onnx", "calibration_method": "minmax", "calibration": {"calibration_what": "x"},
+         "held_out": {"held_out_what": "y"}, "reference": "source float64", "max_abs_error": 0.1,
+         "mean_abs_error": 0.01, "max_rel_error": 0.01, "fp32_max_abs_error": 1e-7,
+         "layers": [{"layer": "a", "added": -0.00011}, {"layer": "b", "added": 0.002}]}
+    line = A.summary_lines(r)[1]
+    assert "a -0.00011" in line and "b +0.002" in line and "+-" not in line
