@@ -70,6 +70,7 @@ class Target(abc.ABC):
     description: ClassVar[str]
     runtime: ClassVar[str]  # the runner that runs it: "torch", "ort", "trt" (a key of compactify.runtimes.RUNNERS)
     flag: ClassVar[str | None] = None  # the convert option that asks for it, None: written by default
+    install_hint: ClassVar[str] = ""  # what to do when missing() says it cannot be built here
     builds_from: ClassVar[tuple[str, ...]] = ()  # artifacts it is built from, in order of preference
     settings_type: ClassVar[type]  # its settings: a frozen dataclass that checks itself, defaults for every field
 

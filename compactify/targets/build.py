@@ -36,7 +36,8 @@ def check_requests(requests: Mapping[str, Any]) -> dict[str, Any]:
         target = TARGETS[name]
         missing = target.missing()
         if missing and target.flag:
-            raise MissingRuntimeError(f"{target.flag} {missing}")
+            raise MissingRuntimeError(f"{target.flag} {missing}" + (f"; {target.install_hint}" if target.install_hint
+                                                                    else ""))
     return chosen
 
 

@@ -42,6 +42,7 @@ class EngineTarget(Target):
     description = "TensorRT engine"
     runtime = "trt"
     flag = "--trt"
+    install_hint = "install it on a machine with an NVIDIA GPU (pip install tensorrt)"
     builds_from = ("onnx_int8", "onnx_fp16", "onnx")
     settings_type = EngineSettings
 

@@ -183,3 +183,14 @@ def test_pt2_of_a_source_without_a_program_is_one_line(tiny, tmp_path):
     with pytest.raises(BadInputError, match="an ONNX source has no PyTorch graph"):
         build_artifacts(compact, tmp_path, {"pt2": None, "onnx": None})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_target_this_machine_cannot_build_is_refused_before_any_work_with_what_to_install(monkeypatch):
+    from compactify.errors import MissingRuntimeError
+    from compactify.targets import check_requests
+    from compactify.targets.tensorrt import EngineTarget
+
+    monkeypatch.setattr(EngineTarget, "missing", lambda self: "needs TensorRT (tensorrt Python package)")
+    with pytest.raises(MissingRuntimeError, match=r"^--trt needs TensorRT .*; install it on a machine with an NVIDIA "
+                                                  r"GPU \(pip install tensorrt\)$"):
+        check_requests({"onnx": None, "engine": None})
