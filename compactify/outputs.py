@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import os
 import shutil
@@ -243,6 +244,16 @@ class _TargetLock:
         self.fd = None
 
 
+def _remove_stale(target: Path) -> None:
+    """The temporary siblings a killed run into ``target`` left behind (``.NAME.tmp-*``, ``.NAME.old-*``).
+    Only runs into this target make them, and each holds the target's lock while it works: with the
+    lock held here, any that remain belong to no live run."""
+    for pattern in (f".{glob.escape(target.name)}.tmp-*", f".{glob.escape(target.name)}.old-*"):
+        for stale in target.parent.glob(pattern):
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+
+
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
     try:
@@ -318,6 +329,7 @@ def _staged(target: Path, recheck: Callable[[], object], commit: Callable[[Path]
         with signals_deferred():
             created = _make_parents(target.parent)
             lock = _TargetLock(target).acquire()  # a second run into the same target is refused at once
+            _remove_stale(target)
             recheck()  # again: a process that ignores the lock may have written the target meanwhile
             try:
                 tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))

@@ -267,3 +267,30 @@ def test_engine_never_overwrites_its_onnx_input(tmp_path):
     error_line(run("engine", onnx_file, "-o", onnx_file, "--force"), "also an input")
     error_line(run("engine", onnx_file, "--max-batch", "0"), "'--max-batch'")
     assert snapshot(tmp_path) == before
+
+
+def test_what_a_killed_run_left_behind_is_cleaned_by_the_next_run_into_the_same_target(tmp_path):
+    """A run killed mid-conversion (the OOM killer) leaves its lock file and temporary folder; the lock
+    dies with the process, and the next run into the same target removes the folder."""
+    out = tmp_path / "out"
+    stale = tmp_path / ".out.tmp-killed"
+    stale.mkdir()
+    (stale / "compact.pt2").write_bytes(b"half written")
+    (tmp_path / ".out.compactify-lock").write_text("99999999")  # no process holds its flock
+    other = tmp_path / ".other.tmp-keep"  # another target's: not this run's to remove
+    other.mkdir()
+    ckpt = tiny_checkpoint(tmp_path / "tiny.safetensors")
+    r = run("convert", ckpt, "-o", out, "--no-onnx")
+    assert r.exit_code == 0, r.output
+    assert (out / "compact.pt2").is_file() and not stale.exists() and other.is_dir()
+    assert not (tmp_path / ".out.compactify-lock").exists()
+
+
+def test_an_input_shape_whose_input_alone_is_huge_is_refused_before_it_is_allocated(tmp_path):
+    """1,3,16000,16000 on a 32x32 net: the input alone is 11 GB; it is refused in one line on the meta
+    device (the capture would have allocated it, and an eager run to name the rejection far more)."""
+    ckpt = tiny_checkpoint(tmp_path / "tiny.safetensors")
+    before = snapshot(tmp_path)
+    r = run("convert", ckpt, "-o", tmp_path / "out", "--input-shape", "1,3,16000,16000", "--max-memory", "20GB")
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1, r.output
+    assert "16000" in r.stderr and "meta device" in r.stderr and snapshot(tmp_path) == before

@@ -21,7 +21,10 @@ import torch
 from torch.func import functional_call
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from compactify.errors import BadInputError
+from compactify.errors import BadInputError, first_line
+
+# An input this large a share of the memory budget gets its activations estimated before anything runs.
+LARGE_INPUT_SHARE = 16
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20,
           "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40}
@@ -84,7 +87,13 @@ def budget(max_bytes: int | None = None) -> tuple[int | None, str]:
 
 
 def peak_activation_bytes(model, shape: Sequence[int]) -> int | None:
-    """Peak bytes of tensors alive at once in one float32 forward pass at ``shape``, on the meta device."""
+    """Peak bytes of tensors alive at once in one float32 forward pass at ``shape``, on the meta device;
+    None where the meta device cannot run the model."""
+    return meta_peak(model, shape)[0]
+
+
+def meta_peak(model, shape: Sequence[int]) -> tuple[int | None, BaseException | None]:
+    """``peak_activation_bytes`` and, when the meta device could not run the model, why."""
 
     class Live(TorchDispatchMode):
         def __init__(self):
@@ -112,9 +121,9 @@ def peak_activation_bytes(model, shape: Sequence[int]) -> int | None:
         mode = Live()
         with torch.no_grad(), mode:
             functional_call(model, tensors, (x,), strict=False)
-        return mode.peak + x.numel() * x.element_size()
-    except Exception:  # data-dependent control flow, custom ops: no estimate from the meta device
-        return None
+        return mode.peak + x.numel() * x.element_size(), None
+    except Exception as exc:  # a shape the model rejects, data-dependent control flow, custom ops
+        return None, exc
 
 
 def check_memory(model, shape: Sequence[int], what: str = "input shape", run: bool = True,
@@ -122,16 +131,26 @@ def check_memory(model, shape: Sequence[int], what: str = "input shape", run: bo
     """Raise BadInputError when converting at ``shape`` needs more memory than the budget; returns the
     estimate. With ``run=False`` only what the shape alone says is checked (the float64 input):
     ``convert`` checks the activations on the captured graph instead (``check_graph_memory``),
-    which costs nothing, where a forward pass on the meta device takes seconds for a large model."""
+    which costs nothing, where a forward pass on the meta device takes seconds for a large model.
+    An input that alone takes more than 1/LARGE_INPUT_SHARE of the budget is run on the meta device
+    all the same: the capture would allocate it, and a model that rejects it would be run eagerly on
+    it to say so, before the graph could be checked."""
     shape = tuple(int(d) for d in shape)
     budget_bytes, source = budget(budget_bytes)
     floor = _floor(shape)
     if budget_bytes is not None and floor > budget_bytes:  # no need to run anything
         return _refuse(shape, what, floor, budget_bytes, source, "its float64 input alone")
-    if not run:
+    large = budget_bytes is not None and floor * LARGE_INPUT_SHARE > budget_bytes
+    if not run and not large:
         return floor
     batch = max(2, shape[0])
-    peak = peak_activation_bytes(model, (1, *shape[1:]))
+    peak, failure = meta_peak(model, (1, *shape[1:]))
+    if peak is None and large:
+        dims = ",".join(map(str, shape))
+        raise MemoryBudgetError(
+            f"{what} {dims} is large (its float64 input alone is {human(floor)}, over 1/{LARGE_INPUT_SHARE} of the "
+            f"{human(budget_bytes)} of {source}) and the model does not run at it on the meta device "
+            f"({first_line(failure)}); give the --input-shape the model was built for")
     return _judge(shape, what, None if peak is None else peak * batch, _weight_bytes(model), budget_bytes, source)
 
 
