@@ -1,6 +1,7 @@
 """The one sequence of passes every source runs through:
 
-    capture -> regions -> plan (-> rank) -> check regions (-> withdraw) -> rewrite -> check network
+    capture -> regions -> plan (-> rank) -> check regions -> rewrite -> check network
+        (-> withdraw: where both checks fail, plan again and keep the failed regions' layers)
 
 A source (``frontends.fx.source.TorchSource``, ``frontends.onnx.source.OnnxSource``) brings its
 front-end (capture, regions) and back-end (rewrite) and its float64 checks; the plan, the
@@ -141,7 +142,7 @@ def _rewrite_and_check(source: Source, captured: Any, graph: AffineGraph, decisi
 
 def contract(model, input_shape: tuple[int, ...], allow_approximate: bool = False, rank=None,
              dynamic_hw: bool = False, stages: Stages | None = None) -> Contraction:
-    """Contract an ``nn.Module`` at ``input_shape``; with ``rank`` (a ``lowrank.truncate.RankRequest``)
+    """Contract an ``nn.Module`` at ``input_shape``; with ``rank`` (a ``lowrank.rank_request.RankRequest``)
     also prune and truncate.
 
     The graph is captured at the traced spatial size and merges are proved there, so the compact
