@@ -1,7 +1,8 @@
 """The ``compactify`` command: a thin click layer over the Python API.
 
 Every command lives in its own module and is imported only when it runs (``COMMANDS``
-maps its name to ``module:attribute``), so ``compactify --help`` does not pay for torch. Errors from the API become one line on stderr and an exit code:
+maps its name to ``module:attribute``, ``SHORT_HELP`` to its line in ``compactify --help``), so
+``compactify --help`` does not pay for torch. Errors from the API become one line on stderr and an exit code:
 2 for bad input (click's own usage errors included), 1 for a failed verification or an internal
 error (a bug, which says how to report it). ``--debug`` shows the traceback instead.
 """
@@ -107,9 +108,28 @@ def _usage_line(exc: click.ClickException) -> str:
     return f"error: {message} (see '{where} --help')"
 
 
+# What `compactify --help` lists, without importing the commands (they import torch and ONNX, seconds
+# before a word is printed); a test checks each line against the command's own help.
+SHORT_HELP: dict[str, str] = {
+    "bench": "Measure the latency of MODEL files, interleaved (A B, B A, ...);...",
+    "convert": "Contract CHECKPOINT into its compact network.",
+    "demo": "Train SmallNet-7 expanded with ExpandNets on the built-in...",
+    "engine": "Build a serialized TensorRT engine from MODEL.onnx (needs...",
+    "expand": "Write a freshly initialized expanded checkpoint of ARCH with its...",
+    "models": "List the built-in architectures matching PATTERN (shell-style,...",
+    "sweep": "Convert every (CKPT, rank budget, precision) point, measure its...",
+    "train": "Train ARCH (optionally expanded) on the built-in digits data on...",
+    "verify": "Check that the compact models in OUTDIR (from `compactify...",
+}
+
+
 class _Group(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, SHORT_HELP[name]) for name in self.list_commands(ctx)])
 
     def get_command(self, ctx: click.Context, name: str):
         if name not in COMMANDS:

@@ -69,3 +69,24 @@ def test_help_shows_the_table():
         for kind in [*TARGETS.values(), CHECKPOINT]:
             assert " ".join(kind.suffixes) in text and kind.description.split()[0] in text
         assert max(len(line) for line in r.stdout.splitlines()) <= 80
+
+
+def test_the_command_list_is_each_commands_own_help_and_imports_no_command():
+    """`compactify --help` lists the commands from cli.SHORT_HELP, so that it imports none of them (they
+    import torch and ONNX); each line is what the command's own help would give at 80 columns."""
+    import subprocess
+    import sys
+
+    import click
+
+    from compactify.cli import COMMANDS, SHORT_HELP, main
+
+    code = ("import sys; from compactify.cli import main; main(['--help'], standalone_mode=False); "
+            "print(sorted(m for m in ('torch', 'onnx', 'compactify.harness') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert set(SHORT_HELP) == set(COMMANDS)
+    ctx = click.Context(main)
+    width = 80 - 6 - max(map(len, COMMANDS))  # what click's help formatter leaves for the text at 80 columns
+    for name in COMMANDS:
+        assert main.get_command(ctx, name).get_short_help_str(width) == SHORT_HELP[name], name
