@@ -86,14 +86,9 @@ def budget(max_bytes: int | None = None) -> tuple[int | None, str]:
     return available_memory(), "available memory"
 
 
-def peak_activation_bytes(model, shape: Sequence[int]) -> int | None:
-    """Peak bytes of tensors alive at once in one float32 forward pass at ``shape``, on the meta device;
-    None where the meta device cannot run the model."""
-    return meta_peak(model, shape)[0]
-
-
 def meta_peak(model, shape: Sequence[int]) -> tuple[int | None, BaseException | None]:
-    """``peak_activation_bytes`` and, when the meta device could not run the model, why."""
+    """Peak bytes of tensors alive at once in one float32 forward pass at ``shape``, on the meta device;
+    None and why where the meta device cannot run the model."""
 
     class Live(TorchDispatchMode):
         def __init__(self):
