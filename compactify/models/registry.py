@@ -22,6 +22,7 @@ from torch import nn
 from compactify.errors import BadInputError, first_line
 from compactify.models.auxiliary import attach_auxiliary
 from compactify.models.expand import expand, expandable_layers, normalize_mode
+from compactify.models.torchvision_ops import declare_missing_torchvision_ops
 
 # Canonical spellings of the expansion modes (see compactify.models.expand).
 MODES = ("fc", "cl", "ck", "cl+fc", "ck+fc")
@@ -183,6 +184,8 @@ def _import_factory(spec: str) -> Callable[..., nn.Module]:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise BadInputError(f"arch {spec!r} is neither a registered model nor 'package.module:factory'")
+    # timm (and any module importing torchvision) must import beside the registry's CUDA torchvision
+    declare_missing_torchvision_ops()
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # any import-time failure is the user's module (or what it imports), not ours
