@@ -18,8 +18,14 @@ the layer adding the most error. Then the ONNX Runtime CPU latency of the int8 m
 against the fp32 compact model at batch 1 and 32, interleaved (harness.latency.compare_latency),
 ONNX Runtime and torch threads pinned, as ratios of medians and medians of per-round ratios.
 
+Then, at real sizes (full run only): ResNet-18 expanded with ExpandNets' CK scheme and
+MobileNetV2 with CL (rate 4, random weights and BatchNorm statistics: latency does not depend on
+what was learnt), each converted with ``--int8`` calibrated on 64 seeded random inputs, fp32
+compact against int8 at 224x224, batch 1 and 8.
+
     python benchmarks/int8.py --quick     # short training and timing (about 1 minute here)
     python benchmarks/int8.py             # longer training, wider nets, 10 s of timing per batch
+    python benchmarks/int8.py --sizes-only  # only the real-size latency table
 Results: benchmarks/results/int8{,-quick}.{json,md}.
 """
 
@@ -38,7 +44,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import _common  # noqa: F401  (puts the repository on sys.path)
-from _common import RESULTS, machine, machine_line, print_table, write_results
+from _common import RESULTS, machine, machine_line, print_table, randomize_batchnorm, write_results
 
 VARIANTS = ("merged per-channel", "merged per-tensor", "unmerged per-channel", "unmerged per-tensor")
 
@@ -68,6 +74,45 @@ FULL = [
            {"arch": "smallnet7", "arch_kwargs": {"input_size": 32}, "expand": "ck+fc", "rate": 4,
             "input_shape": [1, 3, 32, 32]}, 8),
 ]
+
+
+# (label, registry name, expansion) of the real-size latency table, all at 224x224.
+REAL_SIZES = (("ResNet-18 CK (rate 4), contracted", "resnet18", "ck"),
+              ("MobileNetV2 CL (rate 4), contracted", "mobilenetv2", "cl"))
+REAL_SHAPE = (1, 3, 224, 224)
+REAL_CALIBRATION = 64
+
+
+def real_size_checkpoint(name: str, mode: str, folder: Path, seed: int = 0) -> Path:
+    """An expanded registry model with random weights and non-trivial BatchNorm statistics, saved as
+    `compactify expand` saves it."""
+    import torch
+
+    from compactify.converter.load.checkpoint import save_checkpoint
+    from compactify.models import build_model
+
+    meta = {"arch": name, "arch_kwargs": {}, "expand": mode, "rate": 4, "input_shape": list(REAL_SHAPE)}
+    torch.manual_seed(seed)
+    model = build_model(meta)
+    randomize_batchnorm(model, seed)
+    return save_checkpoint(folder / f"{name}-{mode}.safetensors", model.state_dict(), meta, force=True)
+
+
+def real_size_int8(name: str, mode: str, folder: Path) -> tuple[Path, dict[str, Any], float]:
+    """Convert the expanded checkpoint with --int8; (folder, report.json, conversion seconds)."""
+    import numpy as np
+
+    from compactify.converter.pipeline.convert import convert_checkpoint
+    from compactify.converter.pipeline.settings import ConvertOptions
+
+    ckpt = real_size_checkpoint(name, mode, folder)
+    calibration = folder / "calibration.npz"
+    rng = np.random.default_rng(0)
+    np.savez(calibration, x=rng.standard_normal((REAL_CALIBRATION, *REAL_SHAPE[1:])).astype(np.float32))
+    out = folder / "converted"
+    t = time.perf_counter()
+    report = convert_checkpoint(ckpt, out, ConvertOptions(int8=True, int8_calibration=str(calibration), force=True))
+    return out, report, time.perf_counter() - t
 
 
 def train_checkpoint(config: Config, folder: Path, epochs: int | None = None, seed: int = 0) -> tuple[Path, float]:
@@ -181,6 +226,26 @@ def time_pair(fp32: Path, int8: Path, input_shape: Sequence[int], batches: Seque
     return rows
 
 
+def run_real_sizes(*, batches: Sequence[int], seconds: float, threads: int, log=print) -> list[dict]:
+    """fp32 compact against int8 at 224x224 on ONNX Runtime, with how much of the int8 graph runs as integers."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="compactify-int8-real-") as tmp:
+        for i, (label, name, mode) in enumerate(REAL_SIZES):
+            folder = Path(tmp) / str(i)
+            folder.mkdir()
+            out, report, convert_s = real_size_int8(name, mode, folder)
+            kernels = report["int8"]["kernels"]
+            n_int, n_float = sum(kernels["integer_ops"].values()), sum(kernels["float_ops"].values())
+            log(f"{label}: converted with --int8 in {convert_s:.0f} s ({report['params_before']:,} -> "
+                f"{report['params_after']:,} parameters); {n_int} of {n_int + n_float} ops integer; timing")
+            for row in time_pair(out / "compact.onnx", out / "compact.int8.onnx", REAL_SHAPE, batches,
+                                 seconds=seconds, threads=threads, warmup=20):
+                rows.append({"model": label, "integer_ops": f"{n_int}/{n_int + n_float}",
+                             "float_ops": ", ".join(f"{op} x{n}" for op, n in kernels["float_ops"].items()) or "-",
+                             **row})
+    return rows
+
+
 def run(configs: Sequence[Config], *, quick: bool, batches: Sequence[int], seconds: float, threads: int,
         exporter: str, log=print) -> dict[str, list[dict]]:
     accuracy, latency = [], []
@@ -213,10 +278,11 @@ def _accuracy_columns():
             Column("int8_layers", "int8 layers")]
 
 
-def _latency_columns():
+def _latency_columns(kernels: bool = False):
     from compactify.harness.report import Column
 
-    return [Column("model"), Column("batch"), Column("fp32_ms", "fp32 compact p50 ms", ".3f"),
+    extra = [Column("integer_ops", "integer ops"), Column("float_ops", "in float")] if kernels else []
+    return [Column("model"), *extra, Column("batch"), Column("fp32_ms", "fp32 compact p50 ms", ".3f"),
             Column("int8_ms", "int8 p50 ms", ".3f"), Column("speedup", "fp32 / int8 (p50)", ".2f"),
             Column("speedup_paired", "fp32 / int8 (paired)", ".2f"), Column("rounds"),
             Column("max_cv", "max CV", ".0%")]
@@ -231,6 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--exporter", default=None, choices=["auto", "dynamo", "torchscript"],
                         help="ONNX exporter of the unmerged network (default auto; quick: torchscript)")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    parser.add_argument("--sizes-only", action="store_true", help="only the real-size latency table (224x224)")
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
     seconds = args.seconds or (1.5 if args.quick else 10.0)
@@ -243,12 +310,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = machine()
     print(machine_line(info))
     t = time.perf_counter()
-    rows = run(configs, quick=args.quick, batches=batches, seconds=seconds, threads=args.threads, exporter=exporter)
+    rows = ({"accuracy": [], "latency": []} if args.sizes_only else
+            run(configs, quick=args.quick, batches=batches, seconds=seconds, threads=args.threads, exporter=exporter))
+    real_batches = [1, 8]
+    rows["real_sizes"] = [] if args.quick else run_real_sizes(batches=real_batches, seconds=seconds,
+                                                              threads=args.threads)
     wall = time.perf_counter() - t
-    print_table(rows["accuracy"], _accuracy_columns(),
-                "INT8 on the 360 held-out digits test images (calibrated on 256 training images, MinMax)")
-    print_table(rows["latency"], _latency_columns(),
-                f"ONNX Runtime CPU, {args.threads} thread(s): fp32 compact vs int8 (merged, per-channel), interleaved")
+    if rows["accuracy"]:
+        print_table(rows["accuracy"], _accuracy_columns(),
+                    "INT8 on the 360 held-out digits test images (calibrated on 256 training images, MinMax)")
+        print_table(rows["latency"], _latency_columns(),
+                    f"ONNX Runtime CPU, {args.threads} thread(s): fp32 compact vs int8 (merged, per-channel), interleaved")
+    if rows["real_sizes"]:
+        print_table(rows["real_sizes"], _latency_columns(kernels=True),
+                    f"At 224x224, ONNX Runtime CPU, {args.threads} thread(s): fp32 compact vs int8, interleaved")
     info_after = machine()
     print(f"load average after: {', '.join(f'{v:.1f}' for v in info_after['loadavg_1_5_15'])}; wall {wall:.0f} s")
 
@@ -259,10 +334,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     md = "\n".join([
         "## INT8 on ONNX Runtime CPU" + (" (--quick)" if args.quick else ""), "", f"Machine: {machine_line(info)}", "",
         f"Settings: {json.dumps(settings)}", "", markdown_table(rows["accuracy"], _accuracy_columns()), "",
-        markdown_table(rows["latency"], _latency_columns()),
+        markdown_table(rows["latency"], _latency_columns()), "",
+        markdown_table(rows["real_sizes"], _latency_columns(kernels=True)) if rows["real_sizes"] else "",
     ])
     payload = {"machine": info, "machine_after": info_after, "settings": settings, **rows, "wall_s": wall}
-    written = write_results("int8-quick" if args.quick else "int8", payload, md, args.out or RESULTS)
+    written = write_results("int8-quick" if args.quick else ("int8-sizes" if args.sizes_only else "int8"), payload, md, args.out or RESULTS)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
 

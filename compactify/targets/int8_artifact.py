@@ -18,6 +18,7 @@ from compactify.targets.int8_measure import (
     layer_errors,
     measure,
 )
+from compactify.targets.int8_kernels import census_line, kernel_census
 from compactify.targets.int8_quantize import qdq_structure, quantize
 
 SUMMARY_LAYERS = 3
@@ -52,7 +53,7 @@ def write_int8(request, data: CalibrationSet, fp32_path: str | Path, out_path: s
         "weights": "int8, symmetric, per output channel"
                    + (" (float weights behind Q/DQ pairs)" if request.tensorrt else ""),
         "activations": ("int8, symmetric (zero points 0, as TensorRT needs), per tensor" if request.tensorrt
-                        else "int8, asymmetric, per tensor (ONNX Runtime folds a ReLU into the zero point)"),
+                        else "uint8, asymmetric, per tensor (ONNX Runtime's u8 x s8 integer kernels; a ReLU folds into the zero point)"),
         "biases": "float (TensorRT rejects int32 DequantizeLinear)" if request.tensorrt else "int32",
         "form": "tensorrt" if request.tensorrt else "onnxruntime",
         "calibration_method": request.method,
@@ -62,6 +63,7 @@ def write_int8(request, data: CalibrationSet, fp32_path: str | Path, out_path: s
         "quantized_layers": sum(r["weight"] is not None for r in structure),
         "linear_layers": len(structure),
         **result,
+        "kernels": kernel_census(out_path, kept),
         "layers": layers,
         "layers_definition": "per Conv/Gemm/MatMul: rel_error = ||int8 - fp32|| / ||fp32|| of its output over "
                              f"{min(LAYER_SAMPLES, len(data.held_out))} held-out inputs (both models unoptimized), "
@@ -104,6 +106,8 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
                      + ", ".join(f"{x['layer']} {x['added']:+.2g}" for x in worst))
     if r.get("kept_in_float"):
         lines.append(f"int8: kept in float: {', '.join(r['kept_in_float'])}")
+    if r.get("kernels"):
+        lines.append(census_line(r["kernels"]))
     return lines
 
 
@@ -112,6 +116,7 @@ def int8_markdown(r: dict[str, Any]) -> list[str]:
     lines = ["", "## INT8", ""] + [f"- {s}" for s in summary_lines(r)] + [
         f"- weights: {r['weights']}; activations: {r['activations']}; biases: {r['biases']}",
         f"- {r['quantized_layers']} of {r['linear_layers']} Conv/Gemm/MatMul layers quantized",
+    ] + [f"- in float, {op}: {why}" for op, why in r.get("kernels", {}).get("float_reasons", {}).items()] + [
         "", "| layer | op | weight | int8 | rel error | input rel error | added |", "|---|---|---|---|---|---|---|",
     ]
     for x in r.get("layers", []):

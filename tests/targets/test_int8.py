@@ -23,6 +23,7 @@ from compactify.errors import BadInputError, CompactifyError
 from compactify.targets import Int8Settings, OnnxGraph, build_artifacts, prepare_artifacts
 from compactify.targets import calibration as C
 from compactify.targets import int8_artifact as A
+from compactify.targets import int8_kernels as K
 from compactify.targets import int8_measure as M
 from compactify.targets import int8_quantize as Q
 from torch_compact import TorchCompact
@@ -124,6 +125,43 @@ def test_tensorrt_form_is_symmetric_with_float_biases(fp32, tmp_path):
                 assert inits[node.input[0]].dtype != np.int32, node.name  # no int32 bias
     for name, w in weight_quantization(model).items():
         assert w["pair"] and w["scale"].shape == (w["channels"],), name
+
+
+def _activation_zero_types(model) -> set:
+    """Element types of the activations' QuantizeLinear zero points (what the tensors are stored as)."""
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    return {inits[n.input[2]].dtype for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits}
+
+
+def test_onnxruntime_form_runs_every_conv_and_gemm_as_an_integer_kernel(fp32, tmp_path):
+    """u8 activations with s8 weights: the form ONNX Runtime's CPU kernels take. With s8 activations it
+    fused only some convs and ran the rest in float between Q/DQ pairs (ResNet-18: slower than fp32)."""
+    out = tmp_path / "q.onnx"
+    Q.quantize(fp32, out, calib())
+    assert _activation_zero_types(onnx.load(str(out))) == {np.dtype(np.uint8)}
+    census = K.kernel_census(out)
+    linear = sum(n.op_type in ("Conv", "Gemm") for n in onnx.load(str(fp32)).graph.node)
+    integer_linear = sum(n for op, n in census["integer_ops"].items() if op in ("QLinearConv", "QGemm", "QLinearMatMul"))
+    assert integer_linear == linear == 3, census
+    assert "Conv" not in census["float_ops"] and "Gemm" not in census["float_ops"], census
+    # The float ops left are explained: the mean over space has no integer form in the quantizer.
+    assert set(census["float_reasons"]) == set(census["float_ops"]), census
+    assert "ReduceMean" in census["float_ops"] and "no integer form" in census["float_reasons"]["ReduceMean"]
+
+
+def test_a_kept_layer_is_counted_in_float_with_its_reason(fp32, tmp_path):
+    out = tmp_path / "kept.onnx"
+    conv = next(n.name for n in onnx.load(str(fp32)).graph.node if n.op_type == "Conv")
+    kept = Q.quantize(fp32, out, calib(), keep=[conv])
+    census = K.kernel_census(out, kept)
+    assert census["float_ops"].get("Conv") == 1, census
+    assert census["float_reasons"][f"Conv {conv}"] == "kept in float by --int8-keep"
+    assert "Conv x1" in K.census_line(census)
+
+
+def test_tensorrt_form_keeps_int8_activations(fp32, tmp_path):
+    Q.quantize(fp32, tmp_path / "trt.onnx", calib(), tensorrt=True)
+    assert _activation_zero_types(onnx.load(str(tmp_path / "trt.onnx"))) == {np.dtype(np.int8)}
 
 
 def activation_scales(model) -> dict[str, float]:
