@@ -3,8 +3,9 @@
 The QDQ file says what was quantized; what runs as integers is decided by ONNX Runtime's graph
 optimizer, which fuses a DequantizeLinear -> op -> QuantizeLinear group into one integer kernel
 (QLinearConv, QLinearAdd, ...) only where it has such a kernel for those types. So the count is
-taken on the graph ONNX Runtime actually runs: the model optimized at the extended level (where
-the QDQ fusions happen; the level above only changes layouts for this CPU) and read back.
+taken on the graph ONNX Runtime actually runs on this CPU: the model optimized at every level
+(the QDQ fusions happen at the extended level; the layout level then moves some ops to NHWC int8
+kernels, a MaxPool among them) and read back.
 """
 
 from __future__ import annotations
@@ -33,11 +34,11 @@ def is_integer(op_type: str) -> bool:
 
 
 def optimized_graph(path: str | Path) -> onnx.ModelProto:
-    """The graph ONNX Runtime's CPU provider runs for ``path`` (extended optimizations applied)."""
+    """The graph ONNX Runtime's CPU provider runs for ``path`` (every optimization level applied)."""
     with tempfile.TemporaryDirectory(prefix="compactify-int8-") as tmp:
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
         ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         return onnx.load(options.optimized_model_filepath)
@@ -45,12 +46,10 @@ def optimized_graph(path: str | Path) -> onnx.ModelProto:
 
 def kernel_census(path: str | Path, kept: Sequence[str] = ()) -> dict[str, Any]:
     """report.json's ``kernels``: ops by arithmetic as ONNX Runtime runs the int8 model, and for
-    every op type computing in float, why."""
-    nodes = optimized_graph(path).graph.node
+    every op type computing in float, why. ``kept``: the node names ``--int8-keep`` kept in float
+    (named as in the QDQ file: the optimizer renames the nodes it rewrites)."""
     integer, floating, boundary = Counter(), Counter(), Counter()
-    reasons: dict[str, str] = {}
-    kept = set(kept)
-    for node in nodes:
+    for node in optimized_graph(path).graph.node:
         op = node.op_type
         if is_integer(op):
             integer[op] += 1
@@ -58,14 +57,11 @@ def kernel_census(path: str | Path, kept: Sequence[str] = ()) -> dict[str, Any]:
             boundary[op] += 1
         elif op not in _DATA_OPS:
             floating[op] += 1
-            if node.name in kept:
-                reasons[f"{op} {node.name}"] = "kept in float by --int8-keep"
-            elif op not in _QUANTIZABLE:
-                reasons.setdefault(op, "onnxruntime.quantization has no integer form for it: it runs in float "
-                                       "between DequantizeLinear and QuantizeLinear")
-            else:
-                reasons.setdefault(op, "quantizable, but ONNX Runtime found no Q/DQ group around it to fuse "
-                                       "into an integer kernel (an input or output left in float)")
+    kept_by_op: dict[str, list[str]] = {}
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
+        if node.name in set(kept):
+            kept_by_op.setdefault(node.op_type, []).append(node.name)
+    reasons = {op: _float_reason(op, n, kept_by_op.get(op, [])) for op, n in floating.items()}
     computing = sum(integer.values()) + sum(floating.values())
     return {
         "integer_ops": dict(integer.most_common()),
@@ -73,9 +69,21 @@ def kernel_census(path: str | Path, kept: Sequence[str] = ()) -> dict[str, Any]:
         "quantize_dequantize_ops": dict(boundary.most_common()),
         "integer_share": sum(integer.values()) / computing if computing else None,
         "float_reasons": reasons,
-        "definition": "ops of the graph ONNX Runtime's CPU provider runs (extended optimizations), data-movement "
+        "definition": "ops of the graph ONNX Runtime's CPU provider runs here (all optimizations), data-movement "
                       "ops (Transpose, Reshape, ...) left out",
     }
+
+
+def _float_reason(op: str, count: int, kept: list[str]) -> str:
+    parts = [f"{len(kept)} kept in float by --int8-keep ({', '.join(kept)})"] if kept else []
+    if count > len(kept):
+        if op not in _QUANTIZABLE:
+            parts.append("onnxruntime.quantization has no integer form for it: it runs in float between "
+                         "DequantizeLinear and QuantizeLinear")
+        else:
+            parts.append("quantizable, but ONNX Runtime found no Q/DQ group around it to fuse into an integer "
+                         "kernel (an input or output left in float)")
+    return "; ".join(parts)
 
 
 def census_line(census: dict[str, Any]) -> str:
