@@ -11,8 +11,9 @@ the dynamic batch, and an ONNX source, which has no program, goes the same way.
 
 Two OpenVINO defaults break exactness, and neither is taken: ``save_model`` stores the weights in
 fp16 unless told not to (2e-4 of error), so they are stored in fp32; and the CPU plugin computes in
-bf16 on CPUs with AVX512-BF16 or AMX, so the runner compiles at fp32 (3e-7) unless bf16 is asked
-for (``verify --bf16``, ``bench --bf16``): a run of its own, judged with the bf16 tolerance below.
+bf16 on CPUs with AVX512-BF16 or AMX, so the runner compiles at fp32 (as exact as ONNX Runtime)
+unless bf16 is asked for (``verify --bf16``, ``bench --bf16``): a run of its own, judged with the
+bf16 tolerance below.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class OpenVinoTarget(Target):
     name = "openvino"
     file = "compact.xml"
     suffixes = (".xml",)
-    description = "OpenVINO IR (.xml and its .bin)"
+    description = "OpenVINO IR"
     runtime = "openvino"
     flag = "--openvino"
     install_hint = INSTALL_EDGE

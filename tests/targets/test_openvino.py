@@ -18,18 +18,18 @@ from click.testing import CliRunner
 
 pytest.importorskip("openvino", reason="the OpenVINO target needs openvino (pip install compactify[edge])")
 
-from compactify.cli import main  # noqa: E402
-from compactify.converter.load.checkpoint import save_checkpoint  # noqa: E402
-from compactify.errors import BadInputError, MissingRuntimeError  # noqa: E402
-from compactify.harness.bench import bench  # noqa: E402
-from compactify.models import build_model  # noqa: E402
-from compactify.runtimes import thread_options  # noqa: E402
-from compactify.targets import TARGETS  # noqa: E402
-from compactify.targets.openvino import BF16_ATOL, BF16_RTOL  # noqa: E402
+from compactify.cli import main
+from compactify.converter.load.checkpoint import save_checkpoint
+from compactify.errors import BadInputError, MissingRuntimeError
+from compactify.harness.bench import bench
+from compactify.models import build_model
+from compactify.runtimes import thread_options
+from compactify.targets import TARGETS
+from compactify.targets.openvino import BF16_ATOL, BF16_RTOL
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
-from converter.frontends.onnx import graphs as G  # noqa: E402
+from converter.frontends.onnx import graphs as G
 
 # A tiny registry net with its metadata (as the CLI tests use): it converts in about a second.
 TINY_META = {"arch": "smallnet7", "arch_kwargs": {"input_size": 8, "width": 0.25, "hidden": 8}, "expand": "ck+fc",
@@ -259,7 +259,7 @@ def test_without_openvino_convert_names_the_extra_and_verify_skips_the_ir(contra
     assert "needs the Python package openvino" in row["skipped"]
 
 
-def test_an_ir_without_its_weights_or_a_file_that_is_no_ir_is_one_line(contracted, tmp_path):
+def test_an_ir_without_its_weights_its_weights_alone_or_a_file_that_is_no_ir_is_one_line(contracted, tmp_path):
     folder = tmp_path / "copy"
     folder.mkdir()
     for name in ("report.json", "compact.pt2", "compact.onnx", "compact.xml"):
@@ -270,3 +270,6 @@ def test_an_ir_without_its_weights_or_a_file_that_is_no_ir_is_one_line(contracte
     notes = tmp_path / "notes.xml"
     notes.write_text("<?xml version='1.0'?><notes/>")
     _one_error_line(_run("bench", notes, "--iters", "1"), "notes.xml is not an OpenVINO IR")
+    # .bin is a checkpoint suffix too: the weights of an IR are named as such, not read as a checkpoint
+    _one_error_line(_run("bench", contracted / "compact.bin", "--iters", "1"),
+                    "compact.bin is a file that compact.xml beside it needs (an OpenVINO IR): give compact.xml")
