@@ -10,10 +10,10 @@ import pytest
 
 pytest.importorskip("openvino", reason="the OpenVINO target needs openvino (pip install compactify[edge])")
 
-from compactify.errors import BadInputError  # noqa: E402
-from compactify.harness.sweep.conversion_job import JobSpec, run_job  # noqa: E402
-from compactify.harness.sweep.grid import check_precisions, precision_target  # noqa: E402
-from compactify.harness.sweep.latency_job import time_points  # noqa: E402
+from compactify.errors import BadInputError
+from compactify.harness.sweep.conversion_job import JobSpec, run_job
+from compactify.harness.sweep.grid import check_precisions, precision_target
+from compactify.harness.sweep.latency_job import time_points
 
 
 def test_the_openvino_runtime_times_the_ir_and_refuses_other_precisions():
