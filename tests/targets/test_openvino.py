@@ -270,6 +270,8 @@ def test_an_ir_without_its_weights_its_weights_alone_or_a_file_that_is_no_ir_is_
     notes = tmp_path / "notes.xml"
     notes.write_text("<?xml version='1.0'?><notes/>")
     _one_error_line(_run("bench", notes, "--iters", "1"), "notes.xml is not an OpenVINO IR")
+    _one_error_line(_run("bench", contracted / "compact.onnx", "--runtime", "openvino"),
+                    "runs on --runtime ort, not --runtime openvino; convert with --openvino")
     # .bin is a checkpoint suffix too: the weights of an IR are named as such, not read as a checkpoint
     _one_error_line(_run("bench", contracted / "compact.bin", "--iters", "1"),
                     "compact.bin is a file that compact.xml beside it needs (an OpenVINO IR): give compact.xml")
