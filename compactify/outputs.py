@@ -39,6 +39,7 @@ from compactify.errors import BadInputError
 
 # Every file `compactify convert` writes into its output folder (artifacts listed in report.json count too).
 OUTPUT_FILES = frozenset({"compact.pt2", "compact.onnx", "compact.fp16.onnx", "compact.int8.onnx", "compact.engine",
+                          "compact.xml", "compact.bin",
                           "report.json", "report.md"})
 _SIGNALS = tuple(s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGTERM", None)) if s is not None)
 

@@ -18,15 +18,18 @@ from compactify.outputs import check_output_file
 
 @click.command("bench")
 @click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="MODEL...")
-@click.option("--runtime", metavar="torch|ort|trt", default=None,
+@click.option("--runtime", metavar="torch|ort|trt|openvino", default=None,
               help="Runtime for every model. Default: each file's own (see the table above).")
 @click.option("--device", metavar="cpu|cuda", default=None,
               help="Device for every model. Default: cuda when a TensorRT engine is given, else cpu.")
 @click.option("--batch", "batch", default=None, metavar="B1,B2,...",
               help="Comma-separated batch sizes, e.g. 1,8,32 (default: the N of --input-shape, else 1).")
 @click.option("--threads", type=click.IntRange(min=1), default=DEFAULT_THREADS, show_default=True,
-              help="Pin torch intra-op threads and ONNX Runtime intra-op threads to N (one by default: firm "
+              help="Pin torch intra-op threads, ONNX Runtime intra-op threads and OpenVINO's threads to N (one by default: firm "
                    "numbers on a busy machine, as train and demo use); the table's header line says N.")
+@click.option("--bf16", is_flag=True,
+              help="Also time every model whose runtime can compute in bf16 (OpenVINO) at bf16, as a row of its own "
+                   "(labelled \"(bf16)\"; the others run at fp32, labelled where the runtime lets it be chosen).")
 @click.option("--warmup", type=click.IntRange(min=0), default=DEFAULT_WARMUP, show_default=True,
               help="Untimed rounds before measuring.")
 @click.option("--iters", type=click.IntRange(min=1), default=None,
@@ -47,7 +50,7 @@ from compactify.outputs import check_output_file
                                            "the terminal.")
 @click.option("--no-progress", is_flag=True, help="Never show progress (a bar on a terminal, else a line per batch and "
                                                   "model on stderr).")
-def bench(models, runtime, device, batch, threads, warmup, iters, seconds, input_shape, trust_pickle,
+def bench(models, runtime, device, batch, threads, bf16, warmup, iters, seconds, input_shape, trust_pickle,
           json_path, md_path, png_path, wide, no_progress) -> None:
     """Measure the latency of MODEL files, interleaved (A B, B A, ...); "faster than first" is the first
     model's p50 over each model's own (4.90x: 4.9 times faster; the first is 1.00x). Compare like
@@ -72,6 +75,7 @@ def bench(models, runtime, device, batch, threads, warmup, iters, seconds, input
         input_shape=input_shape,
         trust_pickle=trust_pickle,
         progress=False if (no_progress or to_stdout) else None,
+        precisions=("bf16",) if bf16 else (),
     )
     if to_stdout:
         click.echo(json.dumps(to_jsonable(result.to_dict()), indent=2, allow_nan=False))

@@ -27,12 +27,13 @@ from compactify.harness.sweep.tables import recommendation_lines
 @click.option("--data", default=None, metavar="digits|FILE.npz",
               help="Held-out data: the digits test split, or an .npz with x (and labels: accuracy; without labels: "
                    "top-1 agreement with the untruncated model). Default: digits, for checkpoints trained on it.")
-@click.option("--runtime", default="ort", show_default=True, type=click.Choice(["ort", "torch"]),
-              help="The target timed: compact.onnx on ONNX Runtime, or compact.pt2 on torch (fp32 only).")
+@click.option("--runtime", default="ort", show_default=True, type=click.Choice(["ort", "torch", "openvino"]),
+              help="The target timed: compact.onnx on ONNX Runtime, compact.pt2 on torch or compact.xml on "
+                   "OpenVINO at fp32 (torch and openvino: fp32 only).")
 @click.option("--batch", "batches", default="1", show_default=True, metavar="B1,B2,...",
               help="Batch sizes at which every point is timed.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
-              help="ONNX Runtime and torch intra-op threads, pinned, for the timing and in every worker.")
+              help="ONNX Runtime, OpenVINO and torch intra-op threads, pinned, for the timing and in every worker.")
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Interleaved timing per batch size (default 2 s).")
 @click.option("--iters", type=click.IntRange(min=1), default=None, help="Timed rounds per batch size instead of --seconds.")

@@ -33,8 +33,8 @@ from compactify.outputs import check_output_file
               help="Instead of OUTDIR: the reference model (checkpoint, .pt2, .onnx or engine).")
 @click.option("--candidate", "candidate", type=click.Path(path_type=Path), default=None,
               help="With --reference: the model to check against it.")
-@click.option("--runtime-a", default=None, metavar="torch|ort|trt", help="Runtime of --reference (default: from its suffix).")
-@click.option("--runtime-b", default=None, metavar="torch|ort|trt", help="Runtime of --candidate (default: from its suffix).")
+@click.option("--runtime-a", default=None, metavar="torch|ort|trt|openvino", help="Runtime of --reference (default: from its suffix).")
+@click.option("--runtime-b", default=None, metavar="torch|ort|trt|openvino", help="Runtime of --candidate (default: from its suffix).")
 @click.option("--reference-dtype", default="float64", show_default=True, type=click.Choice(["float64", "float32"]),
               help="Precision of a PyTorch --reference.")
 @click.option("--inputs", "inputs", type=click.Path(path_type=Path), default=None,
@@ -51,8 +51,11 @@ from compactify.outputs import check_output_file
 @click.option("--int8-tol", type=float, default=INT8_TOL, show_default=True,
               help="Tolerance of an int8 artifact, as a fraction of each output's largest reference value (it is "
                    "judged on the held-out inputs of its calibration set unless --inputs is given).")
+@click.option("--bf16", is_flag=True,
+              help="Also run every artifact whose runtime can compute in bf16 (OpenVINO) at bf16: a row of its own, "
+                   "judged with the bf16 tolerance (atol/rtol 5e-2); the others run at fp32.")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
-              help="Device of the PyTorch and ONNX Runtime candidates (TensorRT always runs on cuda).")
+              help="Device of the PyTorch and ONNX Runtime candidates (TensorRT always runs on cuda, OpenVINO on cpu).")
 @click.option("--per-region", is_flag=True, help="Also check each merged region on its own, worst first.")
 @click.option("--input-shape", default=None, metavar="N,C,H,W", help="With --reference: input shape when no model declares it.")
 @click.option("--arch", default=None, help="With --reference: architecture of a bare state_dict checkpoint.")
@@ -63,13 +66,14 @@ from compactify.outputs import check_output_file
 @click.option("--wide", is_flag=True, help="Show every column (mean abs, cosine, min atol/rtol, tolerances), "
                                            "however wide the table gets; rows wrap to fit the terminal.")
 def verify(outdir, reference, candidate, runtime_a, runtime_b, reference_dtype, inputs, batches, batch_size, seed,
-           atol, rtol, fp16_atol, fp16_rtol, int8_tol, device, per_region, input_shape, arch, arch_kwargs, trust_pickle,
+           atol, rtol, fp16_atol, fp16_rtol, int8_tol, bf16, device, per_region, input_shape, arch, arch_kwargs, trust_pickle,
            json_path, wide) -> None:
     """Check that the compact models in OUTDIR (from `compactify convert`) compute what the source computes.
 
     Runs the same inputs through the source model in float64 (the reference), the source in
-    float32 (shown as the baseline), compact.pt2, compact.onnx and the TensorRT engine, and
-    compact.int8.onnx on the held-out inputs of its calibration set within --int8-tol, and
+    float32 (shown as the baseline), compact.pt2, compact.onnx, the TensorRT engine and the
+    OpenVINO IR (at fp32; --bf16 adds a bf16 run), and compact.int8.onnx on the held-out
+    inputs of its calibration set within --int8-tol, and
     prints per output: max-abs, max-rel and mean-abs error, cosine similarity and the smallest
     atol/rtol that would pass. Exit 1 when an artifact fails the tolerance or outputs NaN/Inf.
 
@@ -94,6 +98,9 @@ def verify(outdir, reference, candidate, runtime_a, runtime_b, reference_dtype, 
             raise BadInputError(f"{', '.join(used)} apply to --reference/--candidate; OUTDIR knows its models")
     elif per_region:
         raise BadInputError("--per-region needs a conversion folder (OUTDIR): it reads the regions from report.json")
+    elif bf16:
+        raise BadInputError("--bf16 adds a bf16 run of a conversion folder's artifacts (OUTDIR); --candidate runs at "
+                            "fp32")
 
     to_stdout = json_path is not None and str(json_path) == "-"
     if json_path is not None and not to_stdout:
@@ -111,6 +118,7 @@ def verify(outdir, reference, candidate, runtime_a, runtime_b, reference_dtype, 
         result = verify_conversion(
             outdir, inputs=inputs, batches=batches, batch_size=batch_size, seed=seed, atol=atol, rtol=rtol,
             fp16_atol=fp16_atol, fp16_rtol=fp16_rtol, device=device, per_region=per_region, int8_tol=int8_tol,
+            precisions=("bf16",) if bf16 else (),
         )
     if to_stdout:
         click.echo(json.dumps(to_jsonable(result.to_dict()), indent=2, allow_nan=False))

@@ -24,7 +24,7 @@ from compactify import __version__
 from compactify.converter.load.checkpoint import load_checkpoint
 from compactify.converter.load.ingest import parse_input_shape
 from compactify.errors import BadInputError
-from compactify.harness.devices import only_device
+from compactify.harness.devices import device_for, only_device
 from compactify.harness.machine import machine_info, machine_summary
 from compactify.harness.model_files import (
     CHECKPOINT,
@@ -41,7 +41,7 @@ from compactify.measure.latency import (
     pinned_threads,
 )
 from compactify.models import build_model, default_input_shape
-from compactify.runtimes import RUNTIMES, Runner, open_runner
+from compactify.runtimes import RUNTIMES, Runner, open_runner, thread_options
 from compactify.targets import Target
 
 DEVICES = ("cpu", "cuda")
@@ -100,14 +100,17 @@ class BenchModel:
     runtime: str
     label: str
     target: Target | None = None  # None: a checkpoint, rebuilt from its metadata
+    precision: str | None = None  # the compute precision, where its runtime lets it be chosen (OpenVINO)
 
     @property
     def kind(self) -> str:
         return self.target.name if self.target is not None else "checkpoint"
 
 
-def resolve_models(paths: Sequence[str | Path], runtime: str | None = None) -> list[BenchModel]:
-    """Check files and runtimes; ``runtime=None`` picks each file's own runtime from its suffix."""
+def resolve_models(paths: Sequence[str | Path], runtime: str | None = None,
+                   precisions: Sequence[str] = ()) -> list[BenchModel]:
+    """Check files and runtimes; ``runtime=None`` picks each file's own runtime from its suffix. A model
+    whose runtime can also compute at one of ``precisions`` (OpenVINO at bf16) is timed once more at it."""
     if not paths:
         raise BadInputError("give at least one MODEL file to benchmark")
     if runtime is not None and runtime not in RUNTIMES:
@@ -124,18 +127,25 @@ def resolve_models(paths: Sequence[str | Path], runtime: str | None = None) -> l
         chosen = runtime or native
         if chosen != native:
             raise BadInputError(runtime_mismatch(path, chosen))
-        models.append(BenchModel(path, chosen, "", target))
+        extra = [p for p in precisions if target is not None and p in target.extra_precisions]
+        default = target.precision if target is not None and target.extra_precisions else None
+        models.append(BenchModel(path, chosen, "", target, default))
+        models += [BenchModel(path, chosen, "", target, p) for p in extra]
     _assign_labels(models)
     return models
 
 
 def _assign_labels(models: list[BenchModel]) -> None:
-    """File names when they are distinct, else paths, else numbered: labels must be unique."""
+    """File names when they are distinct, else paths, else numbered: labels must be unique. A model whose
+    runtime lets the precision be chosen says it: "compact.xml (bf16)"."""
+    def precision(m: BenchModel) -> str:
+        return f" ({m.precision})" if m.precision else ""
+
     for m in models:
-        m.label = m.path.name
+        m.label = m.path.name + precision(m)
     if len({m.label for m in models}) < len(models):
         for m in models:
-            m.label = str(m.path)
+            m.label = str(m.path) + precision(m)
     seen: dict[str, int] = {}
     for m in models:
         if m.label in seen:
@@ -160,10 +170,10 @@ def _open(model: BenchModel, device: str, threads: int | None, trust_pickle: boo
         shape = input_shape or hint
         opts = {"input_shape": (None, *shape)} if shape else {}
         return open_runner(module, runtime=CHECKPOINT.runtime, device=device, **opts), shape
-    opts = {}
-    if model.runtime == "ort" and threads:  # torch threads are pinned process-wide (pinned_threads)
-        opts["intra_op_threads"] = threads
-    return model.target.open(model.path, device=device, **opts), None
+    opts: dict[str, Any] = thread_options(model.runtime, threads)  # torch's are pinned process-wide (pinned_threads)
+    if model.precision in model.target.extra_precisions:
+        opts["precision"] = model.precision
+    return model.target.open(model.path, device=device_for(model.runtime, device), **opts), None
 
 
 def _module_from_checkpoint(path: Path, trust_pickle: bool) -> tuple[torch.nn.Module, tuple[int, ...] | None]:
@@ -262,6 +272,7 @@ def bench(
     progress: bool | None = None,
     rotate: bool = True,
     seed: int = 0,
+    precisions: Sequence[str] = (),
 ) -> BenchResult:
     """Time every model at every batch size, interleaved, and compare each with the first.
 
@@ -269,7 +280,8 @@ def bench(
     N,C,H,W as in every command (its dims after the batch fill the models' dynamic dims; N is the batch
     when ``batches`` is not given).
     ``iters`` rounds (each model once per round) or ``seconds`` of rounds per batch size. ``threads``:
-    torch's and ONNX Runtime's intra-op threads (None: leave torch's as they are). ``progress``: True/False
+    torch's, ONNX Runtime's and OpenVINO's threads (None: leave torch's as they are). ``precisions`` (bf16):
+    each model whose runtime can compute at one is timed once more at it, a row of its own. ``progress``: True/False
     forces the progress bar on/off; None shows it on a terminal and, off one, writes a line per batch
     and per model timed to stderr, so that a log shows a long run moving.
     """
@@ -282,7 +294,7 @@ def bench(
     if batches is None:
         batches = (full_shape[0],) if full_shape else (1,)
     batch_list = parse_batches(batches)
-    resolved = resolve_models(models, runtime)
+    resolved = resolve_models(models, runtime, precisions)
     if device is None:  # a model whose runtime runs on one device only (TensorRT: cuda) sets it; else cpu
         device = next((d for m in resolved if (d := only_device(m.runtime))), "cpu")
     if iters is not None and seconds is not None:
@@ -304,7 +316,7 @@ def bench(
             for item in loaded:
                 feeds = make_feeds(item.runner.inputs, batch, shape or item.shape_hint, item.model.label, seed)
                 fn = item.runner.bind(feeds)
-                candidates.append(Candidate(item.model.label, fn, item.runner.synchronize, device, batch))
+                candidates.append(Candidate(item.model.label, fn, item.runner.synchronize, item.runner.device, batch))
             if lines:
                 _progress_line(f"batch {batch}: timing {len(candidates)} model(s) interleaved")
             result = compare_latency(
@@ -323,7 +335,8 @@ def bench(
                     "model": item.model.label,
                     "path": str(item.model.path),
                     "runtime": item.model.runtime,
-                    "device": device,
+                    "precision": item.runner.precision,
+                    "device": item.runner.device,
                     **stats.to_dict(),
                     "ratio": result.ratios_p50[stats.label],
                     "ratio_paired": result.ratios_paired[stats.label],
@@ -337,6 +350,7 @@ def bench(
     settings = {
         "models": [str(m.path) for m in resolved],
         "runtimes": [m.runtime for m in resolved],
+        "precisions": [m.precision for m in resolved],
         "device": device,
         "batches": batch_list,
         "threads": threads,

@@ -90,6 +90,7 @@ def machine_info() -> dict[str, Any]:
     info["onnxruntime"] = _version("onnxruntime") or _version("onnxruntime-gpu")
     info["onnxruntime_providers"] = _ort_providers()
     info["tensorrt"] = _tensorrt_version()
+    info["openvino"] = _version("openvino")  # the distribution's metadata: OpenVINO is not imported for it
     info["omp_num_threads"] = os.environ.get("OMP_NUM_THREADS")
     return info
 
@@ -105,6 +106,8 @@ def machine_summary(info: dict[str, Any] | None = None) -> str:
         parts.append(f"onnxruntime {info['onnxruntime']}")
     if info.get("tensorrt"):
         parts.append(f"TensorRT {info['tensorrt']}")
+    if info.get("openvino"):
+        parts.append(f"OpenVINO {info['openvino']}")
     if info.get("cuda_device"):
         parts.append(f"{info['cuda_device']} (CUDA {info.get('torch_cuda')})")
     parts.append(f"python {info['python']}")

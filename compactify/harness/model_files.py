@@ -23,10 +23,11 @@ def model_kinds_table(indent: str = "") -> str:
 
 
 def is_checkpoint(path: str | Path) -> bool:
-    """Whether ``path`` is a checkpoint: by suffix, else (under a suffix no target claims) by content."""
+    """Whether ``path`` is a checkpoint: by suffix, else (under a suffix no target claims) by content; never
+    a file an artifact beside it needs (compact.bin of compact.xml)."""
     path = Path(path)
     name = path.name.lower()
-    if any(name.endswith(s) for t in TARGETS.values() for s in t.suffixes):
+    if any(name.endswith(s) for t in TARGETS.values() for s in t.suffixes) or artifact_needing(path):
         return False
     if path.suffix.lower() in CHECKPOINT.suffixes:
         return True
@@ -36,11 +37,25 @@ def is_checkpoint(path: str | Path) -> bool:
 def model_target(path: str | Path, what: str | None = None) -> Target:
     """The target of an artifact file; BadInputError naming every kind (checkpoints too) when none is.
     ``what`` starts the message ("cannot benchmark x.txt"; default "cannot tell what x.txt is")."""
+    owner = artifact_needing(Path(path))
+    if owner is not None:
+        raise BadInputError(f"{Path(path).name} is a file that {owner[1].name} beside it needs (an {owner[0].description}): "
+                            f"give {owner[1].name}")
     try:
         return target_for(path)
     except BadInputError:
         what = what or f"cannot tell what {Path(path).name} is"
         raise BadInputError(f"{what}: expected one of {model_kinds_help()}") from None
+
+
+def artifact_needing(path: Path) -> tuple[Target, Path] | None:
+    """The artifact beside ``path`` that needs it (an OpenVINO IR's weights), and its target; None when none does."""
+    for target in TARGETS.values():
+        for suffix in target.suffixes:
+            main = path.parent / (path.stem + suffix)
+            if main != path and main.is_file() and path in target.companions(main):
+                return target, main
+    return None
 
 
 def runtime_mismatch(path: str | Path, runtime: str) -> str:

@@ -17,13 +17,13 @@ from typing import Any
 import torch
 
 from compactify.errors import BadInputError
-from compactify.runtimes import torch_runner, ort_runner, trt_runner  # noqa: F401, I001  (each registers its runner, in this order)
-from compactify.runtimes.base import RUNNERS, Runner, TensorSpec, validate_feeds
+from compactify.runtimes import torch_runner, ort_runner, trt_runner, openvino_runner  # noqa: F401, I001  (each registers its runner, in this order)
+from compactify.runtimes.base import RUNNERS, Runner, TensorSpec, thread_options, validate_feeds
 
 RUNTIMES: tuple[str, ...] = tuple(RUNNERS.keys())
 
 __all__ = ["RUNNERS", "RUNTIMES", "Runner", "TensorSpec", "object_runtime", "open_runner", "runtimes_help",
-           "validate_feeds"]
+           "thread_options", "validate_feeds"]
 
 
 def runtimes_help() -> str:
@@ -47,7 +47,7 @@ def open_runner(model: Any, runtime: str | None = None, device: str | None = Non
     ``runtime`` may be left out for an in-memory PyTorch model. ``device`` defaults to the
     runner's own (cpu, cuda for TensorRT). Extra options go to the runner: torch: dtype,
     input_names, input_shape, output_names; ort: graph_optimization_level, intra_op_threads,
-    inter_op_threads, device_id; trt: device_id.
+    inter_op_threads, device_id; trt: device_id; openvino: precision (fp32 or bf16), threads.
     """
     runtime = runtime or object_runtime(model)
     runner_class = RUNNERS.get(runtime)

@@ -40,8 +40,11 @@ class Runner(abc.ABC):
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""  # for --help: "ONNX Runtime, cpu or cuda"
     default_device: ClassVar[str] = "cpu"
+    devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")  # every device it runs on
     runs_objects: ClassVar[bool] = False  # whether it also runs an in-memory model, not only a file
+    threads_option: ClassVar[str | None] = None  # the option that pins its threads (ort: intra_op_threads); None: none
     device: str = "cpu"
+    precision: str | None = None  # the compute precision it runs at, where the runtime lets it be chosen (fp32, bf16)
 
     def __init__(self) -> None:
         self._loaded = False
@@ -131,12 +134,11 @@ def register_runner(cls: type[Runner]) -> type[Runner]:
     return cls
 
 
-RUNNERS: Registry[type[Runner]] = Registry("runtime")
-
-
-def register_runner(cls: type[Runner]) -> type[Runner]:
-    RUNNERS.add(cls.name, cls)
-    return cls
+def thread_options(runtime: str, threads: int | None) -> dict[str, int]:
+    """The options that pin ``runtime``'s threads to ``threads`` (empty when it has none, or for None:
+    torch's threads are pinned process-wide)."""
+    option = RUNNERS[runtime].threads_option
+    return {option: threads} if option and threads else {}
 
 
 def validate_feeds(specs: list[TensorSpec], feeds: Mapping[str, np.ndarray], where: str = "model") -> dict[str, np.ndarray]:

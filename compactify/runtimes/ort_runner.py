@@ -35,6 +35,7 @@ class OrtRunner(Runner):
 
     name = "ort"
     description = "ONNX Runtime, cpu or cuda"
+    threads_option = "intra_op_threads"
 
     def __init__(
         self,

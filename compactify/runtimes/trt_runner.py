@@ -51,6 +51,7 @@ class TrtRunner(Runner):
     name = "trt"
     description = "TensorRT, cuda"
     default_device = "cuda"
+    devices = ("cuda",)
 
     def __init__(self, path: str | Path, *, device: str = "cuda", device_id: int = 0) -> None:
         super().__init__()

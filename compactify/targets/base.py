@@ -73,10 +73,19 @@ class Target(abc.ABC):
     install_hint: ClassVar[str] = ""  # what to do when missing() says it cannot be built here
     builds_from: ClassVar[tuple[str, ...]] = ()  # artifacts it is built from, in order of preference
     settings_type: ClassVar[type]  # its settings: a frozen dataclass that checks itself, defaults for every field
+    precision: ClassVar[str] = "fp32"  # the precision of its numbers (fp32, fp16, int8): a sweep's point
+    # Compute precisions its runtime runs it at on request (verify/bench --bf16), each with the (atol, rtol)
+    # a run at it is judged with; the runtime's own default is the target's ``precision``.
+    extra_precisions: ClassVar[Mapping[str, tuple[float, float]]] = {}
 
     def sniff(self, path: Path) -> bool:
         """Whether ``path``'s content is this kind of artifact (for files under another suffix)."""
         return False
+
+    def companions(self, path: Path) -> list[Path]:
+        """The files the artifact at ``path`` needs beside it (an OpenVINO IR's weights): written with it,
+        listed and checked with it, and carried with it."""
+        return []
 
     def missing(self) -> str | None:
         """Why this artifact cannot be built or run here (a one-line reason naming what to install)."""

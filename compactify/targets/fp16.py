@@ -36,6 +36,7 @@ class Fp16Target(Target):
     flag = "--fp16"
     builds_from = ("onnx",)
     settings_type = Fp16Settings
+    precision = "fp16"
 
     def sniff(self, path: Path) -> bool:
         model = read_onnx_model(path)

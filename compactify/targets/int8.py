@@ -59,6 +59,7 @@ class Int8Target(Target):
     flag = "--int8"
     builds_from = ("onnx",)
     settings_type = Int8Settings
+    precision = "int8"
     report_key = "int8"  # report.json's entry has been "int8" since before the targets
 
     def sniff(self, path: Path) -> bool:

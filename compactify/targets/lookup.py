@@ -71,6 +71,7 @@ def mismatch(path: str | Path, runtime: str) -> str:
         "ort": "export it to ONNX first",
         "trt": "build a TensorRT engine from its ONNX export first (`compactify engine`)",
         "torch": "the torch runtime runs a .pt2 or a checkpoint",
+        "openvino": "convert with --openvino, which writes its OpenVINO IR (compact.xml)",
     }
     return (f"{Path(path).name} is a {target.description} and runs on --runtime {target.runtime}, not --runtime "
             f"{runtime}; {hints.get(runtime, '')}").rstrip("; ")

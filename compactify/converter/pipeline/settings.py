@@ -11,7 +11,8 @@ from typing import Any
 from compactify.converter.lowrank.rank_rules import parse_rank_rule
 from compactify.converter.lowrank.rank_request import CALIBRATIONS, COSTS
 from compactify.errors import BadInputError
-from compactify.targets import EngineSettings, Fp16Settings, Int8Settings, OnnxSettings, Pt2Settings, check_requests
+from compactify.targets import (EngineSettings, Fp16Settings, Int8Settings, OnnxSettings, OpenVinoSettings, Pt2Settings,
+                                check_requests)
 
 
 @dataclass
@@ -31,6 +32,7 @@ class ConvertOptions:
     simplify: bool = True
     fp16: bool = False
     trt: bool = False
+    openvino: bool = False  # also write compact.xml + compact.bin, an OpenVINO IR
     max_batch: int = 32  # TensorRT optimization profile: batch 1 .. max_batch
     timing_cache: str | None = None
     rank: str | None = None  # --rank RULE: prune and truncate (compactify.converter.lowrank.truncate)
@@ -112,6 +114,8 @@ class ConvertOptions:
                                                keep=tuple(self.int8_keep), min_agreement=self.int8_min_agreement)
         if self.trt:
             wanted["engine"] = EngineSettings(max_batch=self.max_batch, timing_cache=self.timing_cache)
+        if self.openvino:
+            wanted["openvino"] = OpenVinoSettings()
         return check_requests(wanted)
 
 

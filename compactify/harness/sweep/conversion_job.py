@@ -27,7 +27,8 @@ from compactify.converter.load.ingest import build_source
 from compactify.errors import CompactifyError, first_line
 from compactify.harness.sweep.evaluation import DIGITS, EvalData, load_eval_data, predict, scores
 from compactify.harness.sweep.grid import UNTRUNCATED, precision_target
-from compactify.targets import Target
+from compactify.runtimes import thread_options
+from compactify.targets import TARGETS, Target
 
 
 @dataclasses.dataclass
@@ -76,11 +77,12 @@ def _convert_and_judge(spec: JobSpec, checkpoint: bytes, data: EvalData | None, 
     if calibration is not None:
         cal_path = tmp / "calibration.npz"
         cal_path.write_bytes(calibration)
+    timed = {precision_target(p, spec.runtime).name for p in spec.precisions}  # the artifacts the points need
     options = ConvertOptions(arch=spec.arch, arch_kwargs=spec.arch_kwargs, input_shape=spec.input_shape,
                              rank=None if spec.budget == UNTRUNCATED else spec.budget,
-                             fp16="fp16" in spec.precisions, int8="int8" in spec.precisions,
+                             fp16="onnx_fp16" in timed, int8="onnx_int8" in timed, openvino="openvino" in timed,
                              int8_calibration=str(cal_path) if cal_path else None,
-                             onnx=spec.runtime == "ort")  # the torch runtime times compact.pt2
+                             onnx=any(t == "onnx" or "onnx" in TARGETS[t].builds_from for t in timed))
     out = tmp / "conversion"
     report = convert_checkpoint(ckpt_path, out, options)
     shape = tuple(int(d) for d in report["input_shape"])
@@ -128,7 +130,6 @@ def _source_runner(path: Path, spec: JobSpec):
 
 def _artifact_predictions(target: Target, path: Path, spec: JobSpec, x: np.ndarray) -> np.ndarray:
     """Top-1 classes of ``x`` from the artifact itself, on the runtime the sweep times it on."""
-    opts = {"intra_op_threads": spec.threads} if spec.runtime == "ort" else {}  # torch's: set_num_threads
-    with target.open(path, **opts) as runner:
+    with target.open(path, **thread_options(spec.runtime, spec.threads)) as runner:  # torch's: set_num_threads
         name = runner.inputs[0].name
         return predict(lambda batch: next(iter(runner.infer({name: np.ascontiguousarray(batch)}).values())), x)

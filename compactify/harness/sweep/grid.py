@@ -26,7 +26,7 @@ from compactify.targets import TARGETS, Target
 UNTRUNCATED = "none"  # the budget of the untruncated conversion
 FULL_PRECISION = "fp32"  # what convert writes by default; every other precision is a convert flag (--fp16, --int8)
 PRECISIONS = (FULL_PRECISION, "fp16", "int8")
-RUNTIMES = ("ort", "torch")
+RUNTIMES = ("ort", "torch", "openvino")
 
 
 def parse_budgets(text: str | Sequence[str]) -> list[str]:
@@ -86,10 +86,10 @@ def make_jobs(checkpoints: Sequence[Checkpoint], budgets: Sequence[str], precisi
 
 
 def precision_target(precision: str, runtime: str) -> Target | None:
-    """The target a precision is judged and timed on with ``runtime``: among the registered targets that
-    run there, the one convert writes by default (fp32) or with --<precision>; None when none does."""
-    flag = None if precision == FULL_PRECISION else f"--{precision}"
-    return next((t for t in TARGETS.values() if t.runtime == runtime and t.flag == flag), None)
+    """The target a precision is judged and timed on with ``runtime``: the registered target that runs
+    there with numbers of that precision (fp32 on ONNX Runtime: compact.onnx; on OpenVINO: compact.xml);
+    None when none does."""
+    return next((t for t in TARGETS.values() if t.runtime == runtime and t.precision == precision), None)
 
 
 def check_precisions(precisions: Sequence[str], runtime: str) -> tuple[str, ...]:

@@ -11,31 +11,36 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from compactify.errors import BadInputError
 from compactify.harness.bench import make_feeds
 from compactify.harness.machine import machine_info
 from compactify.measure.latency import HIGH_CV, Candidate, compare_latency, pinned_threads
+from compactify.runtimes import thread_options
 from compactify.targets import target_for
 
 DEFAULT_WARMUP = 10
 
 
-def time_points(artifacts: Sequence[tuple[str, str, str, bytes, Sequence[int]]], runtime: str, batches: Sequence[int],
-                threads: int = 1, seconds: float | None = None, iters: int | None = None,
+def time_points(artifacts: Sequence[tuple[str, str, str, Mapping[str, bytes], Sequence[int]]], runtime: str,
+                batches: Sequence[int], threads: int = 1, seconds: float | None = None, iters: int | None = None,
                 warmup: int = DEFAULT_WARMUP) -> dict[str, Any]:
-    """``artifacts``: (point key, its label, file name, file bytes, input shape N,C,H,W) per point. Returns
-    per batch size each point's latency statistics (ms) by key, and the machine they were measured on."""
-    opts = {"intra_op_threads": threads} if runtime == "ort" else {}  # torch threads: pinned_threads
+    """``artifacts``: (point key, its label, file name, its files' bytes by name (the file and those it needs
+    beside it), input shape N,C,H,W) per point. Returns per batch size each point's latency statistics (ms)
+    by key, and the machine they were measured on."""
+    opts = thread_options(runtime, threads)  # torch threads: pinned_threads
     by_batch: dict[str, dict[str, dict]] = {}
     noisy: list[str] = []
     with tempfile.TemporaryDirectory(prefix="compactify-sweep-bench-") as tmp, contextlib.ExitStack() as stack, \
             pinned_threads(threads):
         runners = []
-        for i, (key, label, name, data, shape) in enumerate(artifacts):
-            path = Path(tmp) / f"{i}-{name}"
-            path.write_bytes(data)
+        for i, (key, label, name, files, shape) in enumerate(artifacts):
+            folder = Path(tmp) / str(i)  # one folder per point: its files keep their names (an IR finds its .bin)
+            folder.mkdir()
+            for file, data in files.items():
+                (folder / file).write_bytes(data)
+            path = folder / name
             target = target_for(path)  # the file keeps its name's suffix: compact.int8.onnx is the int8 artifact
             if target.runtime != runtime:
                 raise BadInputError(f"{name} runs on {target.runtime}, not on the sweep's --runtime {runtime}")

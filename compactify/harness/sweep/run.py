@@ -44,6 +44,7 @@ from compactify.harness.sweep.ray_backend import (
 )
 from compactify.harness.sweep.tables import sweep_markdown
 from compactify.models.data import trained_on_digits
+from compactify.targets import target_for
 from compactify.targets.calibration import read_npz
 
 DEFAULT_BUDGETS = "flops:0.3,flops:0.5,energy:0.99"
@@ -266,10 +267,15 @@ def _time_points(points, options, batches, folder: SweepFolder, session, echo) -
     where = f"on a node with {options.bench_resource}" if options.bench_resource else "in one Ray task"
     echo(f"timing {len(ok)} point(s) on {options.runtime} at batch {', '.join(batches)}, interleaved, {where}")
     artifacts = [(p["key"], f"{p['checkpoint']} {p['budget']} {p['precision']}", p["artifact"],
-                  folder.artifact(p["job"], p["artifact"]).read_bytes(), p["input_shape"]) for p in ok]
+                  _artifact_files(folder.artifact(p["job"], p["artifact"])), p["input_shape"]) for p in ok]
     return time_target((artifacts, options.runtime, [int(b) for b in batches]),
                        {"threads": options.threads, "seconds": options.seconds, "iters": options.iters,
                         "warmup": options.warmup}, options.bench_resource)
+
+
+def _artifact_files(path: Path) -> dict[str, bytes]:
+    """An artifact's bytes and those of the files it needs beside it (an OpenVINO IR's weights), by name."""
+    return {p.name: p.read_bytes() for p in [path, *target_for(path).companions(path)]}
 
 
 def _summary(ckpts, budgets, precisions, batches, points, latency, options, data_name, session) -> dict[str, Any]:

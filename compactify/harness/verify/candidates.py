@@ -7,9 +7,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
-from compactify.errors import BadInputError
+from compactify.errors import BadInputError, MissingRuntimeError
 from compactify.harness.devices import device_for
 from compactify.harness.verify.results import CandidateResult
 from compactify.harness.verify.runnable import Runnable, runner_runnable
@@ -40,28 +40,52 @@ def tolerance_of(target: Target, atol: float, rtol: float, fp16: tuple[float, fl
 
 
 def artifact_candidates(outdir: Path, artifacts: Mapping[str, str], stack: contextlib.ExitStack, *, device: str,
-                        atol: float, rtol: float, fp16: tuple[float, float], int8_tol: float) -> list[Candidate]:
+                        atol: float, rtol: float, fp16: tuple[float, float], int8_tol: float,
+                        precisions: Sequence[str] = ()) -> list[Candidate]:
     """Every artifact report.json lists, in its order (the order convert built them), the kinds no
-    registered target knows last. Runners close with ``stack``."""
+    registered target knows last. An artifact whose runtime can also compute at one of ``precisions``
+    (OpenVINO at bf16) gets a second candidate run at it, judged with that precision's tolerance. Runners
+    close with ``stack``."""
     ordered = [k for k in artifacts if k in TARGETS] + [k for k in artifacts if k not in TARGETS]
     candidates = []
     for key in ordered:
         path = outdir / artifacts[key]
-        if not path.is_file():
-            raise BadInputError(f"report.json lists {artifacts[key]} but {outdir} has no such file; convert again")
         target = TARGETS.get(key)
+        for needed in [path, *(target.companions(path) if target is not None else [])]:
+            if not needed.is_file():
+                raise BadInputError(f"report.json lists {artifacts[key]} but {outdir} has no {needed.name}; "
+                                    "convert again")
         if target is None:
             candidates.append(Candidate(None, (atol, rtol), CandidateResult(path.name, "-", str(path), atol, rtol,
                                                                             skipped=UNKNOWN_KIND)))
             continue
         tolerance = tolerance_of(target, atol, rtol, fp16, artifacts)
-        label = f"{path.name} ({target.runtime})"
         missing = target.missing()
         if missing:
             shown = tolerance or (int8_tol, 0.0)
-            candidates.append(Candidate(None, tolerance, CandidateResult(label, target.runtime, str(path), *shown,
+            candidates.append(Candidate(None, tolerance, CandidateResult(f"{path.name} ({target.runtime})",
+                                                                         target.runtime, str(path), *shown,
                                                                          skipped=missing)))
             continue
-        runner = stack.enter_context(target.open(path, device=device_for(target.runtime, device)))
-        candidates.append(Candidate(runner_runnable(runner, label, str(path)), tolerance))
+        candidates.append(_opened(target, path, {}, tolerance, stack, device))
+        for precision in precisions:
+            if precision in target.extra_precisions:
+                candidates.append(_opened(target, path, {"precision": precision}, target.extra_precisions[precision],
+                                          stack, device))
     return candidates
+
+
+def _opened(target: Target, path: Path, opts: dict, tolerance: tuple[float, float] | None, stack: contextlib.ExitStack,
+            device: str) -> Candidate:
+    """The artifact opened on its runtime, labelled with the precision it computes at where that is a choice;
+    a precision this machine cannot compute at is a skipped candidate, not an error."""
+    try:
+        runner = stack.enter_context(target.open(path, device=device_for(target.runtime, device), **opts))
+    except MissingRuntimeError as exc:
+        if not opts:
+            raise
+        label = f"{path.name} ({target.runtime} {opts.get('precision')})"
+        return Candidate(None, tolerance, CandidateResult(label, target.runtime, str(path), *tolerance, skipped=str(exc),
+                                                          precision=opts.get("precision")))
+    label = f"{path.name} ({target.runtime}{' ' + runner.precision if runner.precision else ''})"
+    return Candidate(runner_runnable(runner, label, str(path)), tolerance)

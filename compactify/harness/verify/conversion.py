@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import Sequence
 
 from compactify.errors import BadInputError
 from compactify.harness.inputs import DEFAULT_SEED, Inputs, inputs_for
@@ -56,8 +57,10 @@ def verify_conversion(
     per_region: bool = False,
     accuracy: bool = True,
     int8_tol: float = INT8_TOL,
+    precisions: Sequence[str] = (),
 ) -> VerifyResult:
-    """Verify every artifact in a `compactify convert` folder against the float64 source."""
+    """Verify every artifact in a `compactify convert` folder against the float64 source; ``precisions``
+    (bf16) adds a run at each of them for every artifact whose runtime can compute at it (OpenVINO)."""
     check_tolerances(atol, rtol, fp16_atol, fp16_rtol, int8_tol)
     outdir = Path(outdir)
     report = load_report(outdir)
@@ -74,7 +77,7 @@ def verify_conversion(
         if ref.truncated:
             warnings.append(truncation_note(report))
         candidates = artifact_candidates(outdir, artifacts, stack, device=device, atol=atol, rtol=rtol, fp16=fp16,
-                                         int8_tol=int8_tol)
+                                         int8_tol=int8_tol, precisions=precisions)
         runnable = [c.runnable for c in candidates if c.runnable is not None]
         for m in runnable:
             if m.input_specs is not None and len(m.input_specs) != len(ref.input_names):

@@ -23,7 +23,8 @@ def judge(candidate: Runnable, inputs: Inputs, reference: dict[str, np.ndarray],
     """``candidate`` on ``inputs`` against the reference outputs, every output within ``tolerance``
     except those in ``low_precision`` (float16 in the source graph), which get ``fp16``."""
     atol, rtol = tolerance
-    result = CandidateResult(candidate.label, candidate.runtime, candidate.path, atol, rtol, baseline=baseline)
+    result = CandidateResult(candidate.label, candidate.runtime, candidate.path, atol, rtol, baseline=baseline,
+                             precision=candidate.precision)
     outputs = run_all(candidate, inputs, list(reference))
     result.comparisons = compare_all(outputs, reference, atol, rtol)
     for name in set(low_precision) & set(result.comparisons):

@@ -129,7 +129,8 @@ def _open_model(path: str | Path, runtime: str | None, device: str, dtype: str, 
         runner = target.open(path, device=device, dtype="float32")
         dtype = "float32"
     stack.enter_context(runner)
-    label = f"{path.name} ({chosen}{' ' + dtype if chosen == PRECISE_RUNTIME else ''})"
+    precision = f" {runner.precision}" if runner.precision else ""  # where the runtime chooses it (OpenVINO)
+    label = f"{path.name} ({chosen}{' ' + dtype if chosen == PRECISE_RUNTIME else ''}{precision})"
     model = runner_runnable(runner, label, str(path))
     specs = model.input_specs or []
     shape = None

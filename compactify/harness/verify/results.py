@@ -56,6 +56,7 @@ class CandidateResult:
     accuracy: float | None = None
     tolerance: str | None = None  # how atol/rtol were chosen, when not given directly (int8)
     inputs: str | None = None  # the candidate's own inputs, when not the verification's (int8)
+    precision: str | None = None  # the compute precision it ran at, where its runtime lets it be chosen
 
     @property
     def passed(self) -> bool | None:
@@ -87,7 +88,7 @@ class CandidateResult:
         return {
             "label": self.label, "runtime": self.runtime, "path": self.path, "atol": self.atol, "rtol": self.rtol,
             "passed": self.passed, "skipped": self.skipped, "baseline": self.baseline, "accuracy": self.accuracy,
-            "tolerance": self.tolerance, "inputs": self.inputs,
+            "tolerance": self.tolerance, "inputs": self.inputs, "precision": self.precision,
             "outputs": {k: c.to_dict() for k, c in (self.comparisons or {}).items()},
         }
 

@@ -30,6 +30,7 @@ class Runnable:
     path: str | None
     run: Callable[[list[np.ndarray]], list[np.ndarray]]
     input_specs: list[TensorSpec] | None = None  # when the model declares them
+    precision: str | None = None  # the compute precision, where its runtime lets it be chosen (OpenVINO: fp32, bf16)
 
 
 def torch_runnable(module: torch.nn.Module, label: str, dtype: str, path: str | None = None) -> Runnable:
@@ -57,7 +58,7 @@ def runner_runnable(runner: Runner, label: str, path: str | None) -> Runnable:
             feeds[spec.name] = np.ascontiguousarray(a, dtype=np.dtype(spec.dtype)) if spec.dtype.startswith("float") else a
         return [np.asarray(v) for v in runner.infer(feeds).values()]
 
-    return Runnable(label, runner.name, path, run, specs)
+    return Runnable(label, runner.name, path, run, specs, runner.precision)
 
 
 def onnx_float64_runnable(model: onnx.ModelProto, label: str, path: str, names: Sequence[str],
