@@ -39,6 +39,7 @@ class CompactModel(Protocol):
     metadata: dict[str, str]  # compactify.* keys stamped into every file that carries metadata
     source_meta: dict[str, Any]  # the source's metadata (architecture, what it was trained on)
     check_feeds: list[dict[str, np.ndarray]]  # seeded inputs at the planned shape, for the targets' own checks
+    regions: list[dict[str, Any]]  # report.json's regions: what was merged, from which ops and layers
 
     def program(self) -> Any:
         """The compact torch.export program (dynamic where the conversion was), or None when the

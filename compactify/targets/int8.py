@@ -18,6 +18,7 @@ import onnx
 from compactify.errors import BadInputError
 from compactify.targets.base import Built, CompactModel, Target, register_target
 from compactify.targets.calibration import CalibrationSet, calibration_set
+from compactify.targets.int8_outliers import pattern_warnings, weight_outliers
 from compactify.targets.int8_artifact import write_int8
 from compactify.targets.int8_quantize import METHODS
 from compactify.targets.onnx import read_onnx_model
@@ -77,7 +78,11 @@ class Int8Target(Target):
         assert settings.data is not None, "build_artifacts prepares every request first"
         entry = write_int8(settings, settings.data, built["onnx"], folder / self.file, compact.output_names,
                            compact.reference)
-        return Built(self.file, {self.report_key: entry})
+        entry["weight_ranges"] = weight_outliers(onnx.load(str(built["onnx"])))
+        entry["weight_ranges_definition"] = ("per Conv/Gemm/MatMul weight of compact.onnx: channel_spread = largest "
+                                             "channel max|w| / median channel max|w|; outlier_ratio = largest "
+                                             "channel max|w| / std; widest first")
+        return Built(self.file, {self.report_key: entry}, pattern_warnings(compact.regions, entry["weight_ranges"]))
 
     def tolerance(self, atol: float, rtol: float, artifacts: Mapping[str, str]) -> tuple[float, float] | None:
         return None

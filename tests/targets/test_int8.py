@@ -24,6 +24,7 @@ from compactify.targets import Int8Settings, OnnxGraph, build_artifacts, prepare
 from compactify.targets import calibration as C
 from compactify.targets import int8_artifact as A
 from compactify.targets import int8_kernels as K
+from compactify.targets import int8_outliers as O
 from compactify.targets import int8_measure as M
 from compactify.targets import int8_quantize as Q
 from torch_compact import TorchCompact
@@ -162,6 +163,35 @@ def test_a_kept_layer_is_counted_in_float_with_its_reason(fp32, tmp_path):
 def test_tensorrt_form_keeps_int8_activations(fp32, tmp_path):
     Q.quantize(fp32, tmp_path / "trt.onnx", calib(), tensorrt=True)
     assert _activation_zero_types(onnx.load(str(tmp_path / "trt.onnx"))) == {np.dtype(np.int8)}
+
+
+def test_weight_ranges_match_numpy_on_the_planted_wide_channel(fp32):
+    model = onnx.load(str(fp32))
+    rows = {r["layer"]: r for r in O.weight_outliers(model)}
+    inits = {i.name: numpy_helper.to_array(i).astype(np.float64) for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm"):
+            continue
+        w = inits[node.input[1]]
+        ch = w.reshape(w.shape[0], -1)  # torchscript's Gemm is transB=1: rows are output channels
+        peak = np.abs(ch).max(1)
+        assert rows[node.name]["channel_spread"] == pytest.approx(peak.max() / np.median(peak))
+        assert rows[node.name]["outlier_ratio"] == pytest.approx((peak / ch.std(1)).max())
+    # conv1's channel 0 was made 30x wider: it tops the list, well past the warning threshold.
+    first = O.weight_outliers(model)[0]
+    assert first["layer"].endswith("conv1/Conv") and first["channel_spread"] > O.SPREAD_WARNING
+
+
+def test_a_region_that_summed_batchnormed_branches_is_named_when_its_kernel_spreads():
+    region = {"name": "stage1.0", "decision": "dense", "ops": ["conv", "batchnorm", "conv", "batchnorm", "batchnorm", "sum"],
+              "layers": ["stage1.0.rbr_dense.conv (conv2d_2)", "stage1.0.rbr_identity (batch_norm_4)", "stage1.0 (add_1)"]}
+    chain = {"name": "head", "decision": "dense", "ops": ["conv", "batchnorm", "conv"], "layers": ["head (conv2d_9)"]}
+    wide = [{"weight": "merged_add_1.weight", "channel_spread": 40.0}, {"weight": "merged_conv2d_9.weight",
+                                                                         "channel_spread": 50.0}]
+    (warning,) = O.pattern_warnings([region, chain], wide)
+    assert "stage1.0 (40x)" in warning and "head" not in warning and "QARepVGG" in warning
+    assert O.pattern_warnings([region], [{"weight": "merged_add_1.weight", "channel_spread": 2.0}]) == []
+    assert O.pattern_warnings([dict(region, decision="keep")], wide) == []
 
 
 def activation_scales(model) -> dict[str, float]:

@@ -30,6 +30,7 @@ class TorchCompact:
         self.output_names = [f"output{i}" for i in range(len(flatten_outputs(self.compact(self.example))))]
         self.metadata = {"compactify.version": "test", "compactify.source_arch": "tiny"}
         self.check_feeds = [{"x": self.example.numpy()}]
+        self.regions: list[dict] = []
         self._onnx: OnnxGraph | None = None
 
     def program(self):

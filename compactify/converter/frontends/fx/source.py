@@ -190,6 +190,7 @@ class TorchCompactModel:
         self.input_shape = tuple(report["input_shape"])
         self.source_meta = dict(report["source"].get("meta") or {})
         self.metadata = metadata
+        self.regions = list(report.get("regions") or [])
         self.check_feeds = [{self.input_names[0]: source.example.numpy()}]
 
     def program(self) -> torch.export.ExportedProgram:

@@ -185,6 +185,7 @@ class OnnxCompactModel:
         self.input_shape = tuple(report["input_shape"])
         self.source_meta = dict(report["source"].get("meta") or {})
         self.metadata = metadata
+        self.regions = list(report.get("regions") or [])
         self.check_feeds = [dict(source.feeds)]
 
     def program(self):
