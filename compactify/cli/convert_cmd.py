@@ -155,7 +155,7 @@ def _print_summary(report: dict, out_dir: str) -> None:
     t = report.get("truncation")
     if t is not None:
         line = (f"--rank {t['rule']}: FLOPs {100 * t['flops_ratio']:.1f}% of the untruncated plan, output error vs "
-                f"untruncated {t['output_error']['max_rel']:.2e} (max rel)")
+                f"untruncated {t['output_error']['max_rel_error']:.2e} (max rel error)")
         if t.get("accuracy_before") is not None and t.get("accuracy_after") is not None:
             line += f", accuracy {100 * t['accuracy_before']:.2f}% -> {100 * t['accuracy_after']:.2f}%"
         console.print(line)

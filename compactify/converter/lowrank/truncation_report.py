@@ -92,7 +92,7 @@ def truncation_markdown(section: dict) -> list[str]:
         + (f" ({section['params_pruned']:,} after removing all-zero units)"
            if section["params_pruned"] != section["params_untruncated"] else ""),
         f"- output error vs the plan without --rank ({err['dtype']}, {err['inputs']}): "
-        f"max abs {err['max_abs']:.3g}, max rel {err['max_rel']:.3g}",
+        f"max abs {err['max_abs']:.3g}, max rel error {err['max_rel_error']:.3g}",
     ]
     if "accuracy_before" in section:
         def pct(a):
