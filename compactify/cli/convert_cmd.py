@@ -146,19 +146,15 @@ def _print_summary(report: dict, out_dir: str) -> None:
     columns = [Column("region"), Column("decision"), Column("reason"), Column("params", align="right"),
                Column("flops", "FLOPs", align="right")]
     print_table(console, rows, columns, title=f"compactify convert -> {out_dir}")
-    console.print(
-        f"parameters {report['params_before']:,} -> {report['params_after']:,}   "
-        f"FLOPs {report['flops_before']:,} -> {report['flops_after']:,}   "
-        f"max abs error {report['max_abs_error']:.2e}   max rel error {report['max_rel_error']:.2e} "
-        f"(source in float32: {report['source_float32_rel_error']:.2e})"
-    )
-    t = report.get("truncation")
-    if t is not None:
-        line = (f"--rank {t['rule']}: FLOPs {100 * t['flops_ratio']:.1f}% of the untruncated plan, output error vs "
-                f"untruncated {t['output_error']['max_rel_error']:.2e} (max rel error)")
-        if t.get("accuracy_before") is not None and t.get("accuracy_after") is not None:
-            line += f", accuracy {100 * t['accuracy_before']:.2f}% -> {100 * t['accuracy_after']:.2f}%"
-        console.print(line)
+    console.print(f"parameters {report['params_before']:,} -> {report['params_after']:,}   "
+                  f"FLOPs {report['flops_before']:,} -> {report['flops_after']:,}")
+    if report.get("truncation") is not None:  # the one error figure of a truncated network is the truncation's
+        from compactify.converter.lowrank.truncation_report import truncation_summary
+
+        console.print(truncation_summary(report["truncation"]), highlight=False)
+    else:
+        console.print(f"max abs error {report['max_abs_error']:.2e}   max rel error {report['max_rel_error']:.2e} "
+                      f"(source in float32: {report['source_float32_rel_error']:.2e})")
     if report.get("int8") is not None:
         from compactify.targets.int8_artifact import summary_lines
 

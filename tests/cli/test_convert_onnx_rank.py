@@ -58,7 +58,10 @@ def test_a_layer_of_exact_low_rank_is_factored_exactly_and_verify_passes(tmp_pat
     verified = run("verify", out)
     assert verified.exit_code == 0, verified.output
     assert "truncated compact.onnx float64" in verified.output
-    assert "truncation (--rank" in verified.output
+    said = " ".join(verified.output.split())  # the conversion's one truncation figure, repeated, not remeasured
+    err = report["truncation"]["output_error"]
+    assert "--rank threshold:0.0001: FLOPs" in said and "as convert measured it" in said
+    assert f"max rel error {err['max_rel_error']:.2e} against that plan" in said and err["inputs"] in said
 
 
 def test_a_lossy_rank_is_reported_as_truncation_not_as_a_failed_export(tmp_path):

@@ -123,8 +123,17 @@ def test_expanded_checkpoint_contracted_and_truncated_in_one_convert(tmp_path):
     assert t["flops_truncated"] == report["flops_after"] <= 0.6 * contracted["flops_after"]
     assert "accuracy_before" not in t  # not trained on digits: no accuracy to report
     assert t["output_error"]["inputs"].endswith("N(0,1) inputs")
-    # The error against the expanded source is the truncation's (contraction adds ~1e-7).
-    assert report["max_rel_error"] > 1e-4
+    # The error against the expanded source is the truncation's (contraction adds ~1e-7): one figure,
+    # measured once on the inputs the report names, and the same in report.json, report.md and the summary.
+    measured = t["output_error"]
+    assert report["max_rel_error"] == measured["max_rel_error"] > 1e-4
+    assert report["max_abs_error"] == measured["max_abs"] and measured["inputs"] in report["error_definition"]
+    figure = f"{measured['max_rel_error']:.3g}"
+    md = (out / "report.md").read_text()
+    assert md.count(f"max rel error {figure}") == 1 and measured["inputs"] in md
+    said = " ".join(r.output.split())
+    assert said.count("max rel error") == 1
+    assert f"max rel error {measured['max_rel_error']:.2e} against that plan" in said and measured["inputs"] in said
 
 
 def test_without_a_rule_nothing_changes(tiny, tmp_path):
