@@ -137,26 +137,6 @@ def _whole_number(text: str, option: str) -> int:
 def _print_summary(report: dict, out_dir: str) -> None:
     from rich.console import Console
 
-    from compactify.harness.report import Column, print_table
+    from compactify.harness.conversion_summary import print_conversion_summary
 
-    console = Console()  # fitted to the terminal: the reasons wrap, the numbers stay whole
-    rows = [{"region": r["name"], "decision": r["decision"], "reason": r["reason"],
-             "params": f"{r['params_before']:,} -> {r['params_after']:,}",
-             "flops": f"{r['flops_before']:,} -> {r['flops_after']:,}"} for r in report["regions"]]
-    columns = [Column("region"), Column("decision"), Column("reason"), Column("params", align="right"),
-               Column("flops", "FLOPs", align="right")]
-    print_table(console, rows, columns, title=f"compactify convert -> {out_dir}")
-    console.print(f"parameters {report['params_before']:,} -> {report['params_after']:,}   "
-                  f"FLOPs {report['flops_before']:,} -> {report['flops_after']:,}")
-    if report.get("truncation") is not None:  # the one error figure of a truncated network is the truncation's
-        from compactify.converter.lowrank.truncation_report import truncation_summary
-
-        console.print(truncation_summary(report["truncation"]), highlight=False)
-    else:
-        console.print(f"max abs error {report['max_abs_error']:.2e}   max rel error {report['max_rel_error']:.2e} "
-                      f"(source in float32: {report['source_float32_rel_error']:.2e})")
-    if report.get("int8") is not None:
-        from compactify.targets.int8_artifact import summary_lines
-
-        for line in summary_lines(report["int8"]):
-            console.print(line, highlight=False)
+    print_conversion_summary(Console(), report, out_dir)  # fitted to the terminal, for every source format

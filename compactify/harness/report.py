@@ -186,7 +186,7 @@ def fit_widths(specs, width: int) -> list[int] | None:
             slack = [j for j in range(len(widths)) if widths[j] > lows[j] and justified in (None, specs[j][0])]
             if not slack:
                 break
-            i = max(slack, key=lambda j: widths[j])
+            i = max(slack, key=lambda j: (widths[j], j))  # on a tie the later column: names come first
             widths[i] -= 1
     return widths
 

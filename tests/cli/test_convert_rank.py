@@ -21,8 +21,8 @@ DIGITS_SHAPE = [1, 1, 8, 8]
 NUCLEAR = 0.75
 
 
-def _run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
+def _run(*args, env=None):
+    return CliRunner().invoke(main, [str(a) for a in args], env=env)
 
 
 def _read(out):
@@ -83,6 +83,26 @@ def test_nuclear_trained_checkpoint_halves_its_flops_within_one_point(nuclear_di
     md = (out / "report.md").read_text()
     assert "## Rank truncation: `flops:0.5`" in md and "accuracy on the digits test split" in md
     assert "accuracy" in r.output and "flops:0.5" in r.output
+
+
+def test_rank_reasons_take_two_lines_at_most_at_80_columns(tiny, tmp_path):
+    """A factored layer's reason wrapped to 8 lines at 80 columns; the table says its rank and energy in
+    two lines at most, and report.md keeps how it was chosen."""
+    out = tmp_path / "out"
+    r = _run("convert", tiny, "-o", out, "--no-onnx", "--rank", "energy:0.9", env={"COLUMNS": "80"})
+    assert r.exit_code == 0, r.output
+    report = _read(out)
+    names = [g["name"] for g in report["regions"]]
+    lines = r.stdout.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.split()[:1] and line.split()[0] in names]
+    end = next(i for i, line in enumerate(lines) if line.startswith("parameters"))
+    heights = [b - a for a, b in zip(starts, starts[1:] + [end])]
+    assert len(starts) == len(names) and max(heights) <= 2, r.stdout
+    factored = [g for g in report["regions"] if g["decision"] == "factored"]
+    assert factored and all(len(line) <= 80 for line in lines)
+    row = next(t for t in report["truncation"]["layers"] if t["region"] == factored[0]["name"])
+    assert f"rank {row['rank_after']} of {row['full_rank']}" in " ".join(r.stdout.split())
+    assert factored[0]["reason"] in (out / "report.md").read_text()  # whole there
 
 
 def test_rank_multiple_and_the_report_rows(nuclear_digits, tmp_path):
