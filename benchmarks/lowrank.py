@@ -105,7 +105,7 @@ def sweep(checkpoint: Path, label: str, rules: list[str], batch: int, seconds: f
         rows.append({"checkpoint": label, "rule": rule, "accuracy": t["accuracy_after"], "flops": result.flops_after,
                      "params": result.params_after, "module": result.compact,
                      "factored": sum(row["form"] != "dense" for row in t["layers"]),
-                     "error": t["output_error"]["max_rel"]})
+                     "error": t["output_error"]["max_rel_error"]})
         print(f"  {label} {rule}: FLOPs {100 * t['flops_ratio']:.1f}%, accuracy {t['accuracy_before']:.4f} -> "
               f"{t['accuracy_after']:.4f} ({time.perf_counter() - t0:.1f} s)", flush=True)
     x = torch.randn((batch, *shape[1:]), generator=torch.Generator().manual_seed(0))

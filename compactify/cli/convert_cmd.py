@@ -142,30 +142,6 @@ def _whole_number(text: str, option: str) -> int:
 def _print_summary(report: dict, out_dir: str) -> None:
     from rich.console import Console
 
-    from compactify.harness.report import Column, print_table
+    from compactify.harness.conversion_summary import print_conversion_summary
 
-    console = Console()  # fitted to the terminal: the reasons wrap, the numbers stay whole
-    rows = [{"region": r["name"], "decision": r["decision"], "reason": r["reason"],
-             "params": f"{r['params_before']:,} -> {r['params_after']:,}",
-             "flops": f"{r['flops_before']:,} -> {r['flops_after']:,}"} for r in report["regions"]]
-    columns = [Column("region"), Column("decision"), Column("reason"), Column("params", align="right"),
-               Column("flops", "FLOPs", align="right")]
-    print_table(console, rows, columns, title=f"compactify convert -> {out_dir}")
-    console.print(
-        f"parameters {report['params_before']:,} -> {report['params_after']:,}   "
-        f"FLOPs {report['flops_before']:,} -> {report['flops_after']:,}   "
-        f"max abs error {report['max_abs_error']:.2e}   max rel error {report['max_rel_error']:.2e} "
-        f"(source in float32: {report['source_float32_rel_error']:.2e})"
-    )
-    t = report.get("truncation")
-    if t is not None:
-        line = (f"--rank {t['rule']}: FLOPs {100 * t['flops_ratio']:.1f}% of the untruncated plan, output error vs "
-                f"untruncated {t['output_error']['max_rel']:.2e} (max rel)")
-        if t.get("accuracy_before") is not None and t.get("accuracy_after") is not None:
-            line += f", accuracy {100 * t['accuracy_before']:.2f}% -> {100 * t['accuracy_after']:.2f}%"
-        console.print(line)
-    if report.get("int8") is not None:
-        from compactify.targets.int8_artifact import summary_lines
-
-        for line in summary_lines(report["int8"]):
-            console.print(line, highlight=False)
+    print_conversion_summary(Console(), report, out_dir)  # fitted to the terminal, for every source format

@@ -73,9 +73,14 @@ def _human(n: float) -> str:
 
 @click.command("models")
 @click.argument("pattern", required=False, default="*")
-@click.option("--expanded", is_flag=True, help="Also list the expanded variants (BASE-MODE) that apply.")
+@click.option("--expanded", is_flag=True,
+              help="Also list the expanded variants (BASE-MODE) that apply; a PATTERN with a '-' lists them too.")
 def models(pattern: str, expanded: bool) -> None:
     """List the built-in architectures matching PATTERN (shell-style, default all).
+
+    Each also has expanded variants, named BASE-MODE (smallnet7-ck+fc): MODE is fc, cl, ck, cl+fc
+    or ck+fc, where the model has such layers. --expanded lists them, and so does a PATTERN with
+    a '-' (repvgg-cl, 'smallnet7-*').
 
     Parameters and FLOPs (torch.utils.flop_counter, batch 1) are for the default input shape;
     models are built on the meta device, so no weights are allocated.
@@ -84,7 +89,7 @@ def models(pattern: str, expanded: bool) -> None:
     from rich.console import Console
 
     from compactify.harness.report import Column, print_table
-    from compactify.models import create_model, list_models, model_entry
+    from compactify.models import MODES, create_model, list_models, model_entry
 
     names = list_models(pattern, expanded=expanded)
     if not names:
@@ -102,7 +107,12 @@ def models(pattern: str, expanded: bool) -> None:
                      "description": desc})
     columns = [Column("name"), Column("params", fmt=",d"), Column("flops", "FLOPs", align="right"),
                Column("shape", "input shape", align="right"), Column("description")]
-    print_table(Console(), rows, columns, title="compactify models")  # the terminal's width, never wider
+    console = Console()
+    print_table(console, rows, columns, title="compactify models")  # the terminal's width, never wider
+    if not any("-" in name for name in names):  # the expanded names are not listed: say how to form them
+        console.print(f"expanded variants: NAME-MODE with MODE {', '.join(MODES)} where the model has such layers "
+                      "(smallnet7-ck+fc); `compactify models --expanded` or a pattern with a '-' "
+                      "('smallnet7-*') lists them", highlight=False)
 
 
 @click.command("expand")

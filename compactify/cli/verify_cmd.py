@@ -74,8 +74,10 @@ def verify(outdir, reference, candidate, runtime_a, runtime_b, reference_dtype, 
     float32 (shown as the baseline), compact.pt2, compact.onnx, the TensorRT engine and the
     OpenVINO IR (at fp32; --bf16 adds a bf16 run), and compact.int8.onnx on the held-out
     inputs of its calibration set within --int8-tol, and
-    prints per output: max-abs, max-rel and mean-abs error, cosine similarity and the smallest
-    atol/rtol that would pass. Exit 1 when an artifact fails the tolerance or outputs NaN/Inf.
+    prints per output: the max abs error and the max rel error (max|y - ref| / max|ref|, as
+    convert and report.json give it); --wide adds the max elementwise relative error, the mean
+    abs error, cosine similarity and the smallest atol/rtol that would pass. Exit 1 when an
+    artifact fails the tolerance or outputs NaN/Inf.
 
     With --reference A --candidate B, compares any two models instead.
 

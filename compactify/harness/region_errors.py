@@ -49,10 +49,10 @@ class RegionError:
             "exact": self.exact,
             "weights": self.weights,
             "deployed_max_abs": self.deployed.max_abs,
-            "deployed_scale_rel": self.deployed.scale_rel,
+            "deployed_max_rel_error": self.deployed.max_rel_error,
             "deployed_cosine": self.deployed.cosine,
             "algebra_max_abs": self.algebra.max_abs,
-            "algebra_scale_rel": self.algebra.scale_rel,
+            "algebra_max_rel_error": self.algebra.max_rel_error,
             "truncation": self.truncation,
             "result": "ok" if self.deployed.passed else "OVER TOLERANCE",
         }
@@ -113,7 +113,7 @@ def region_errors(
     missing = [r.name for r in results if r.weights != "compact.pt2"]
     if shipped is not None and missing:
         notes.append(f"weights of {', '.join(missing)} not found in compact.pt2: checked the merge recomputed from the source")
-    results.sort(key=lambda r: (-_key(r.deployed.scale_rel), -_key(r.algebra.scale_rel)))
+    results.sort(key=lambda r: (-_key(r.deployed.max_rel_error), -_key(r.algebra.max_rel_error)))
     return results, notes
 
 

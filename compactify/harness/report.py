@@ -14,6 +14,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -44,6 +45,8 @@ class Column:
     fmt: str | Callable[[Any], str] | None = None
     align: str | None = None
     wide: bool = False  # shown only with --wide: the terminal table keeps the columns a person decides by
+    # At most this many lines of a text cell in the terminal, cut at a word with "…" (markdown keeps it whole).
+    max_lines: int | None = None
 
     @property
     def title(self) -> str:
@@ -65,6 +68,17 @@ def format_cell(value: Any, column: Column) -> str:
     if column.fmt and not isinstance(value, (str, bool)):
         return format(value, column.fmt)
     return str(value)
+
+
+def short_count(n: float) -> str:
+    """A count in three significant digits and a unit, for a terminal: 950, 1.54k, 23.1k, 737k, 2.36M."""
+    if abs(n) < 1000:
+        return f"{n:.0f}"
+    for unit, scale in (("k", 1e3), ("M", 1e6), ("G", 1e9), ("T", 1e12)):
+        text = f"{n / scale:.3g}"
+        if abs(float(text)) < 1000 or unit == "T":
+            return text + unit
+    raise AssertionError("unreachable")
 
 
 def _is_number(value: Any) -> bool:
@@ -103,9 +117,40 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column |
     return "\n".join(lines) + "\n"
 
 
-# A text column may wrap at its words, but is never narrower than its longest word (up to this).
-_TEXT_MIN = 16
 _GAP = 2  # spaces between two columns
+ELLIPSIS = "…"
+# Where a text cell may break: after a space, and after a "/" (a path, an ONNX node name), never inside
+# a word, so a name is never cut in the middle ("compact.int8.onnx" stays whole).
+_PIECE = re.compile(r"[^\s/]*/+\s*|[^\s/]+\s*|\s+")
+
+
+def text_pieces(text: str) -> list[str]:
+    """The unbreakable pieces of one line of text, each with the space or "/" that ends it."""
+    return _PIECE.findall(text)
+
+
+def wrap_text(text: str, width: int, max_lines: int | None = None) -> list[str]:
+    """``text`` in lines of at most ``width``, broken only between pieces (``text_pieces``; a piece
+    longer than ``width`` gets a line of its own); with ``max_lines``, the lines beyond are dropped
+    and the last kept one ends with an ellipsis."""
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for piece in text_pieces(paragraph):
+            if line and len((line + piece).rstrip()) > width:
+                lines.append(line.rstrip())
+                line = piece.lstrip()
+            else:
+                line += piece
+        lines.append(line.rstrip())
+    if max_lines is None or len(lines) <= max_lines:
+        return lines
+    kept, last = lines[:max_lines - 1], ""
+    for piece in text_pieces(lines[max_lines - 1]):
+        if len((last + piece).rstrip()) + len(ELLIPSIS) > width:
+            break
+        last += piece
+    return kept + [last.rstrip() + ELLIPSIS]
 
 
 def _layout(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column | str], wide: bool):
@@ -120,23 +165,29 @@ def _layout(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column | str], 
         header_word = max((len(w) for w in c.title.split()), default=1)
         if justify == "right":  # never narrower than its widest number; only a header can wrap
             specs.append(("right", max(longest, header_word), max(longest, len(c.title))))
-        else:  # wraps at its words, never narrower than its longest word (up to _TEXT_MIN)
-            word = max((len(w) for t in texts for w in t.split()), default=1)
-            specs.append(("left", min(max(word, header_word), _TEXT_MIN), max(longest, len(c.title))))
+        else:  # wraps between its pieces, never narrower than its longest one: no word is cut
+            piece = max((len(p.rstrip()) for t in texts for line in t.split("\n") for p in text_pieces(line)),
+                        default=1)
+            specs.append(("left", max(piece, header_word), max(longest, len(c.title))))
     return cols, cells, specs
 
 
 def fit_widths(specs, width: int) -> list[int] | None:
-    """Column widths that fit ``width``: natural widths, the widest shrunk first down to their
-    narrowest; None when even the narrowest do not fit."""
+    """Column widths that fit ``width``: natural widths, shrunk down to their narrowest, the widest
+    first; number columns first, whose headers alone make them wider than their numbers (a header
+    on two lines reads better than a name on two); None when even the narrowest do not fit."""
     widths = [natural for _, _, natural in specs]
     lows = [low for _, low, _ in specs]
     room = width - _GAP * max(len(specs) - 1, 0)
     if sum(lows) > room:
         return None
-    while sum(widths) > room:
-        i = max((j for j in range(len(widths)) if widths[j] > lows[j]), key=lambda j: widths[j])
-        widths[i] -= 1
+    for justified in ("right", None):
+        while sum(widths) > room:
+            slack = [j for j in range(len(widths)) if widths[j] > lows[j] and justified in (None, specs[j][0])]
+            if not slack:
+                break
+            i = max(slack, key=lambda j: (widths[j], j))  # on a tie the later column: names come first
+            widths[i] -= 1
     return widths
 
 
@@ -155,6 +206,9 @@ def rich_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column | str
         fixed = widths[i] if widths else None
         table.add_column(c.title, justify=justify, width=fixed, overflow="fold")
     for r in cells:
+        if widths:  # wrapped here, between pieces: rich would cut a word longer than the column
+            r = [cell if justify == "right" else "\n".join(wrap_text(cell, widths[i], c.max_lines))
+                 for i, (cell, c, (justify, _, _)) in enumerate(zip(r, cols, specs))]
         table.add_row(*r)
     return table
 

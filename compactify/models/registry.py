@@ -96,12 +96,13 @@ def list_models(pattern: str = "*", expanded: bool = False) -> list[str]:
     """Registered names matching the shell-style ``pattern``, sorted.
 
     With ``expanded=True`` the expanded variants that apply to each model at its default
-    size (``smallnet7-cl``, ...) are listed too; finding them builds each model on the
-    meta device, so it allocates no weights.
+    size (``smallnet7-cl``, ...) are listed too, and so they are for a pattern with a "-",
+    which names them (``repvgg-cl``, ``*-ck``); finding them builds each model on the meta
+    device, so it allocates no weights.
     """
     _ensure_builtin()
     names = sorted(_REGISTRY)
-    if expanded:
+    if expanded or "-" in pattern:
         names = sorted(names + [f"{n}-{m}" for n in names for m in applicable_modes(n)])
     pat = pattern.lower()
     return [n for n in names if fnmatch.fnmatchcase(n, pat)]

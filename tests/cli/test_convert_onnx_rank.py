@@ -49,7 +49,7 @@ def test_a_layer_of_exact_low_rank_is_factored_exactly_and_verify_passes(tmp_pat
     merged = rows["fc2"]  # fc1 -> fc2 merged, then factored at its own rank: nothing lost
     # (its numerical rank is full: float32 weights put every other singular value at rounding level)
     assert (merged["form"], merged["rank_after"]) == ("channel", RANK)
-    assert report["truncation"]["output_error"]["max_rel"] < 1e-5
+    assert report["truncation"]["output_error"]["max_rel_error"] < 1e-5
     compact = onnx.load(str(out / "compact.onnx"))
     assert [n.op_type for n in compact.graph.node].count("Gemm") >= 3  # the merged layer is two Gemms now
     x = {"x": np.random.default_rng(1).standard_normal((5, 32)).astype(np.float32)}
@@ -58,7 +58,10 @@ def test_a_layer_of_exact_low_rank_is_factored_exactly_and_verify_passes(tmp_pat
     verified = run("verify", out)
     assert verified.exit_code == 0, verified.output
     assert "truncated compact.onnx float64" in verified.output
-    assert "truncation (--rank" in verified.output
+    said = " ".join(verified.output.split())  # the conversion's one truncation figure, repeated, not remeasured
+    err = report["truncation"]["output_error"]
+    assert "--rank threshold:0.0001: FLOPs" in said and "as convert measured it" in said
+    assert f"max rel error {err['max_rel_error']:.2e} against that plan" in said and err["inputs"] in said
 
 
 def test_a_lossy_rank_is_reported_as_truncation_not_as_a_failed_export(tmp_path):
@@ -69,7 +72,7 @@ def test_a_lossy_rank_is_reported_as_truncation_not_as_a_failed_export(tmp_path)
     truncated = onnx.load(str(out / "compact.onnx"))
     untruncated = contract_onnx(onnx.load(str(src))).compact
     x = {"x": np.random.default_rng(1).standard_normal((2, 32)).astype(np.float32)}  # the report's own check inputs
-    lost = report["truncation"]["output_error"]["max_rel"]
+    lost = report["truncation"]["output_error"]["max_rel_error"]
     assert lost > 1e-3  # rank 3 cut to 2
     ref = run_float64(untruncated, x)[0]
     measured = np.abs(run_ort(truncated, x)[0] - ref).max() / np.abs(ref).max()

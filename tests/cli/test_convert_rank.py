@@ -21,8 +21,8 @@ DIGITS_SHAPE = [1, 1, 8, 8]
 NUCLEAR = 0.75
 
 
-def _run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
+def _run(*args, env=None):
+    return CliRunner().invoke(main, [str(a) for a in args], env=env)
 
 
 def _read(out):
@@ -85,6 +85,26 @@ def test_nuclear_trained_checkpoint_halves_its_flops_within_one_point(nuclear_di
     assert "accuracy" in r.output and "flops:0.5" in r.output
 
 
+def test_rank_reasons_take_two_lines_at_most_at_80_columns(tiny, tmp_path):
+    """A factored layer's reason wrapped to 8 lines at 80 columns; the table says its rank and energy in
+    two lines at most, and report.md keeps how it was chosen."""
+    out = tmp_path / "out"
+    r = _run("convert", tiny, "-o", out, "--no-onnx", "--rank", "energy:0.9", env={"COLUMNS": "80"})
+    assert r.exit_code == 0, r.output
+    report = _read(out)
+    names = [g["name"] for g in report["regions"]]
+    lines = r.stdout.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.split()[:1] and line.split()[0] in names]
+    end = next(i for i, line in enumerate(lines) if line.startswith("parameters"))
+    heights = [b - a for a, b in zip(starts, starts[1:] + [end])]
+    assert len(starts) == len(names) and max(heights) <= 2, r.stdout
+    factored = [g for g in report["regions"] if g["decision"] == "factored"]
+    assert factored and all(len(line) <= 80 for line in lines)
+    row = next(t for t in report["truncation"]["layers"] if t["region"] == factored[0]["name"])
+    assert f"rank {row['rank_after']} of {row['full_rank']}" in " ".join(r.stdout.split())
+    assert factored[0]["reason"] in (out / "report.md").read_text()  # whole there
+
+
 def test_rank_multiple_and_the_report_rows(nuclear_digits, tmp_path):
     out = tmp_path / "out"
     r = _run("convert", nuclear_digits, "-o", out, "--no-onnx", "--rank", "energy:0.99", "--rank-multiple", "4")
@@ -123,8 +143,17 @@ def test_expanded_checkpoint_contracted_and_truncated_in_one_convert(tmp_path):
     assert t["flops_truncated"] == report["flops_after"] <= 0.6 * contracted["flops_after"]
     assert "accuracy_before" not in t  # not trained on digits: no accuracy to report
     assert t["output_error"]["inputs"].endswith("N(0,1) inputs")
-    # The error against the expanded source is the truncation's (contraction adds ~1e-7).
-    assert report["max_rel_error"] > 1e-4
+    # The error against the expanded source is the truncation's (contraction adds ~1e-7): one figure,
+    # measured once on the inputs the report names, and the same in report.json, report.md and the summary.
+    measured = t["output_error"]
+    assert report["max_rel_error"] == measured["max_rel_error"] > 1e-4
+    assert report["max_abs_error"] == measured["max_abs"] and measured["inputs"] in report["error_definition"]
+    figure = f"{measured['max_rel_error']:.3g}"
+    md = (out / "report.md").read_text()
+    assert md.count(f"max rel error {figure}") == 1 and measured["inputs"] in md
+    said = " ".join(r.output.split())
+    assert said.count("max rel error") == 1
+    assert f"max rel error {measured['max_rel_error']:.2e} against that plan" in said and measured["inputs"] in said
 
 
 def test_without_a_rule_nothing_changes(tiny, tmp_path):

@@ -38,12 +38,17 @@ def _program_error(model, out, size) -> float:
 def test_default_conversion_says_it_holds_at_the_traced_size(tmp_path):
     model, out, report = _convert(tmp_path)
     assert report["accepts_input_size"].startswith("12x12 only")
+    # Exact where it runs, said so; that its merges would hold elsewhere too is said apart.
+    assert report["exact_at"] == "the one input size it accepts (its merges hold at every size)"
+    assert report["merges_exact_at_every_size"]
+    md = (out / "report.md").read_text()
+    assert "- exact at: the one input size it accepts" in md and "accepts input size: 12x12 only" in md
     assert _program_error(model, out, 12) <= 1e-6
 
 
 def test_dynamic_hw_conversion_holds_at_every_size(tmp_path):
     model, out, report = _convert(tmp_path, "--dynamic-hw")
     assert report["dynamic_hw"] and report["accepts_input_size"] == "any"
-    assert report["exact_at"] == "every input size"
+    assert report["exact_at"] == "every input size it accepts"
     for size in (9, 12, 17):
         assert _program_error(model, out, size) <= 1e-6

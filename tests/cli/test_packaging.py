@@ -32,6 +32,15 @@ def test_install_requires_takes_ranges_and_requirements_txt_pins():
     assert re.search(r"^torch==\d", pinned, re.M)
 
 
+def test_the_readme_installs_the_pinned_torch_from_the_cpu_index_on_any_machine():
+    """The Makefile's plain pin finds the CPU wheel only where it lies on disk: the README gives the
+    install that works anywhere, for the version requirements.txt pins."""
+    version = re.search(r"^torch==(\S+)", (ROOT / "requirements.txt").read_text(), re.MULTILINE).group(1)
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert f"pip install torch=={version} --index-url https://download.pytorch.org/whl/cpu" in readme
+    assert "-r requirements.txt" in (ROOT / "Makefile").read_text()  # the plain pin, as the README says
+
+
 def test_one_table_of_file_kinds(tmp_path):
     from compactify.harness.bench import resolve_models
 

@@ -11,6 +11,7 @@ from compactify.harness.bench import BENCH_COLUMNS
 from compactify.harness.verify import VERIFY_COLUMNS
 
 from clihelp import run, tiny_checkpoint
+import user_models
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +70,49 @@ def test_convert_and_models_fit_the_terminal(converted, tmp_path, width):
     assert m.exit_code == 0, m.output
     _fits(m.stdout, width)
     assert "11,689,512" in m.stdout  # resnet18's parameter count, whole
+
+
+def _table_header(text: str) -> list[str]:
+    return next(line.split() for line in text.splitlines() if line.split()[:1] == ["region"])
+
+
+def _long_named_onnx(path):
+    """user_models.expanded exported to ONNX at 64x64 (FLOPs in the billions), its nodes renamed the
+    way deep nets' exports name them: a merged region's layers are longer together than 80 columns."""
+    import warnings
+
+    import onnx
+    import torch
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation
+        torch.onnx.export(user_models.expanded(64).eval(), (torch.randn(1, 3, 64, 64),), str(path), dynamo=False,
+                          input_names=["x"])
+    model = onnx.load(str(path))
+    for i, node in enumerate(model.graph.node):
+        node.name = f"/backbone/stages.{i}/blocks.{i}.0/conv_kxk/{node.op_type}"
+    onnx.save(model, str(path))
+    return path
+
+
+def test_an_onnx_source_prints_the_pytorch_sources_region_table_at_80_columns(converted, tmp_path):
+    """The ONNX path printed a block of 5 lines per region (115 for RepVGG-A0), its numbers too wide for
+    the table; both sources print one table now, counts shortened, report.md keeping everything whole."""
+    env = {"COLUMNS": "80"}
+    o = run("convert", _long_named_onnx(tmp_path / "deep.onnx"), "-o", tmp_path / "o", env=env)
+    assert o.exit_code == 0, o.output
+    _fits(o.stdout, 80)
+    p = run("convert", converted[0], "-o", tmp_path / "p", "--no-onnx", env=env)
+    assert p.exit_code == 0, p.output
+    assert _table_header(o.stdout) == _table_header(p.stdout) == ["region", "decision", "params", "FLOPs", "reason"]
+    assert not any(line.lstrip().startswith(("region:", "decision:")) for line in o.stdout.splitlines())
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    merged = next(r for r in report["regions"] if r["decision"] == "dense")
+    assert f"{report['flops_before']:,}" in o.stdout  # the totals whole under the table
+    assert "1.21G -> " in o.stdout  # the region's counts shortened in it
+    layers = ", ".join(merged["layers"])
+    assert len(layers) > 80 and f"| {layers} |" in (tmp_path / "o" / "report.md").read_text()
 
 
 def test_a_table_too_wide_for_any_squeeze_is_turned_or_printed_as_blocks():

@@ -13,8 +13,11 @@ from compactify.harness.report import (
     format_cell,
     latency_plot,
     markdown_table,
+    print_table,
     rich_table,
+    short_count,
     to_jsonable,
+    wrap_text,
     write_json,
     write_text,
 )
@@ -62,6 +65,38 @@ def test_rich_table_renders():
     console.print(rich_table(ROWS, [Column("model"), Column("p50_ms", "p50", ".2f")], title="latency"))
     text = console.export_text()
     assert "latency" in text and "expanded" in text and "10.50" in text and "a|b" in text
+
+
+def test_wrap_text_breaks_between_words_and_after_slashes_never_inside_a_name():
+    assert wrap_text("compact.int8.onnx (ort)", 16) == ["compact.int8.onnx", "(ort)"]  # longer than 16, yet whole
+    assert wrap_text("/stages/stages.1/stages.1.3/Add_1", 18) == ["/stages/stages.1/", "stages.1.3/Add_1"]
+    assert wrap_text("one two\nthree", 20) == ["one two", "three"]
+    long = "merged exactly; factored: energy:0.9 keeps rank 14 of 16 (91.0% of the energy)"
+    assert wrap_text(long, 22, max_lines=2) == ["merged exactly;", "factored: energy:0.9…"]
+    assert wrap_text(long, 22, max_lines=9) == wrap_text(long, 22)
+
+
+def test_short_count_keeps_three_significant_digits():
+    assert [short_count(n) for n in (0, 950, 1536, 23136, 737280, 999999, 2949120, 4_231_976_000)] == \
+        ["0", "950", "1.54k", "23.1k", "737k", "1M", "2.95M", "4.23G"]
+
+
+def test_an_80_column_table_keeps_names_whole_and_wraps_number_headers_first():
+    from rich.console import Console
+
+    rows = [{"candidate": "compact.int8.onnx (ort)", "output": "output0", "max_abs": 0.0123, "max_rel_error": 0.00456,
+             "top1": 0.99, "result": "pass (baseline)", "reason": "word " * 40}]
+    columns = [Column("candidate"), Column("output"), Column("max_abs", "max abs", ".3g"),
+               Column("max_rel_error", "max rel error", ".3g"), Column("top1", "top-1 agree", ".4f"),
+               Column("result"), Column("reason", max_lines=2)]
+    console = Console(width=80, record=True)
+    print_table(console, rows, columns)
+    lines = console.export_text().splitlines()
+    assert all(len(line.rstrip()) <= 80 for line in lines)
+    assert any("compact.int8.onnx" in line for line in lines)  # never "compact.int8.onn" / "x (ort)"
+    assert any("max rel" in line and "error" not in line for line in lines)  # the number's header wrapped instead
+    reason_lines = [line for line in lines if "word" in line]
+    assert len(reason_lines) == 2 and reason_lines[-1].rstrip().endswith("…")
 
 
 @dataclasses.dataclass

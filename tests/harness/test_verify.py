@@ -117,7 +117,7 @@ def test_scaled_weights_in_compact_pt2_fail_and_per_region_names_the_region(conv
     report_names = [r["name"] for r in _report(out)["regions"] if r["decision"] == "dense"]
     assert sorted(r.name for r in result.regions) == sorted(report_names)
     assert worst.weights == "compact.pt2"
-    assert not worst.deployed.passed and worst.deployed.scale_rel > 1e-2
+    assert not worst.deployed.passed and worst.deployed.max_rel_error > 1e-2
     assert worst.algebra.max_abs < 1e-9  # the merge is exact: the shipped weights are what is off
     assert all(r.deployed.passed for r in result.regions[1:])
 
@@ -265,7 +265,7 @@ def test_per_region_finds_the_approximate_merge(tmp_path):
     result = verify_conversion(out, batches=1, per_region=True)
     assert not result.passed
     worst, rest = result.regions[0], result.regions[1:]
-    assert not worst.exact and worst.algebra.scale_rel > 1e-3  # the merge itself is off, not the weights
+    assert not worst.exact and worst.algebra.max_rel_error > 1e-3  # the merge itself is off, not the weights
     assert "a" in " ".join(worst.layers) and "b" in " ".join(worst.layers)
     assert rest and all(r.exact and r.deployed.passed for r in rest)
 
@@ -280,7 +280,11 @@ def test_truncated_conversion_verifies_its_export_and_per_region_lists_truncated
     # The artifacts are judged against the truncated network: its export is exact. Rank 1 everywhere is
     # far from the source, which is reported apart, not as a failed export.
     assert result.passed and result.reference.startswith("truncated compact.pt2 float64")
-    assert result.truncation["max_rel"] > 0.1
+    # Its one error figure is the conversion's, on the inputs report.json names: verify repeats it.
+    measured = report["truncation"]["output_error"]
+    assert result.truncation["max_rel_error"] == measured["max_rel_error"] > 0.1
+    assert result.truncation["inputs"] == measured["inputs"]
+    assert f"{measured['max_rel_error']:.2e}" in result.truncation["note"] and measured["inputs"] in result.truncation["note"]
     marked = [r for r in result.regions if r.truncation]
     merged = {r.name for r in result.regions}
     assert marked and {r.name for r in marked} == truncated & merged

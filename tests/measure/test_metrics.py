@@ -6,7 +6,7 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra.numpy import arrays
 
 from compactify.errors import BadInputError
-from compactify.measure.metrics import REL_FLOOR, compare, compare_all, top1_agreement
+from compactify.measure.metrics import REL_FLOOR, compare, compare_all, relative_error, top1_agreement
 
 
 def _passes(cand, ref, atol, rtol):
@@ -23,8 +23,8 @@ def test_hand_computed_case():
     assert c.name == "y" and c.shape == (4,) and c.size == 4
     assert c.max_abs == pytest.approx(1.0)
     assert c.mean_abs == pytest.approx((0.1 + 1.0) / 4)
-    assert c.max_rel == pytest.approx(0.25)  # 1.0 / 4.0 beats 0.1 / 1.0
-    assert c.scale_rel == pytest.approx(1.0 / 4.0)
+    assert c.max_elementwise_rel == pytest.approx(0.25)  # 1.0 / 4.0 beats 0.1 / 1.0
+    assert c.max_rel_error == pytest.approx(1.0 / 4.0)  # the error over the largest |ref|
     expected_cos = np.dot(cand, ref) / (np.linalg.norm(cand) * np.linalg.norm(ref))
     assert c.cosine == pytest.approx(expected_cos)
     assert c.min_atol == pytest.approx(1.0)
@@ -67,7 +67,7 @@ def test_zero_reference_relative_error():
     ref = np.array([0.0, 1.0])
     cand = np.array([1e-6, 1.0])
     c = compare(cand, ref, atol=0, rtol=0)
-    assert c.max_rel == pytest.approx(1e-6 / REL_FLOOR) and c.max_rel > 1e300
+    assert c.max_elementwise_rel == pytest.approx(1e-6 / REL_FLOOR) and c.max_elementwise_rel > 1e300
     assert c.min_rtol == math.inf  # no rtol passes a nonzero error on a zero reference
     assert c.min_rtol_at_atol == math.inf
     c2 = compare(cand, ref, atol=1e-5, rtol=0)
@@ -111,9 +111,22 @@ def test_cosine_edge_cases():
     assert compare(big, big).cosine == pytest.approx(1.0)  # no overflow
 
 
-def test_scale_rel_zero_reference():
-    assert compare(np.zeros(2), np.zeros(2)).scale_rel == 0.0
-    assert compare(np.ones(2), np.zeros(2)).scale_rel == math.inf
+def test_max_rel_error_zero_reference():
+    assert compare(np.zeros(2), np.zeros(2)).max_rel_error == 0.0
+    assert compare(np.ones(2), np.zeros(2)).max_rel_error == math.inf
+
+
+def test_relative_error_is_the_error_over_the_largest_reference_value_for_arrays_and_tensors():
+    import torch
+
+    ref = np.array([[1.0, -8.0], [0.5, 2.0]])
+    got = ref + np.array([[0.0, 0.0], [0.5, 0.0]])  # elementwise 100% off where |ref| is 0.5
+    assert relative_error(got, ref) == (0.5, 0.5 / 8.0)
+    assert relative_error(torch.tensor(got, dtype=torch.float32), torch.tensor(ref)) == (0.5, 0.5 / 8.0)
+    assert compare(got, ref).max_rel_error == relative_error(got, ref)[1]
+    assert compare(got, ref).max_elementwise_rel == 1.0
+    assert relative_error(np.array([np.nan, 1.0]), np.ones(2)) == (math.inf, math.inf)
+    assert relative_error(np.zeros(0), np.zeros(0)) == (0.0, 0.0)
 
 
 def test_top1_agreement():
@@ -185,7 +198,7 @@ def test_statistics_properties(pair):
     assert c.max_abs == diff.max()
     assert c.mean_abs <= c.max_abs * (1 + 1e-12)
     assert -1.0 <= c.cosine <= 1.0
-    assert c.max_rel >= c.scale_rel * (1 - 1e-12) or np.any(np.abs(ref) < REL_FLOOR)
+    assert c.max_elementwise_rel >= c.max_rel_error * (1 - 1e-12) or np.any(np.abs(ref) < REL_FLOOR)
     swapped = compare(ref, cand)
     assert swapped.max_abs == c.max_abs
     assert swapped.cosine == pytest.approx(c.cosine, abs=1e-12)
@@ -205,6 +218,6 @@ def test_realistic_float32_error_against_float64():
     cand = ref.astype(np.float32)
     c = compare(cand, ref, atol=0, rtol=1e-6)
     assert c.passed  # a float32 rounding is within 2**-24 relative
-    assert 0 < c.max_rel <= 2.0**-24
+    assert 0 < c.max_elementwise_rel <= 2.0**-24
     assert c.min_rtol <= 2.0**-24 and c.min_atol_at_rtol == 0.0
     assert c.top1 == 1.0 and c.cosine == pytest.approx(1.0)

@@ -33,6 +33,18 @@ def test_models_table():
     one_line_error(run("models", "nosuch*"), "no model matches")
 
 
+def test_models_says_how_expanded_names_are_formed_and_a_pattern_with_a_dash_finds_them():
+    plain = run("models", "smallnet7")
+    assert plain.exit_code == 0, plain.output
+    said = " ".join(plain.output.split())
+    assert "expanded variants: NAME-MODE with MODE fc, cl, ck, cl+fc, ck+fc" in said and "--expanded" in said
+    found = run("models", "repvgg-cl")  # found nothing before: only --expanded listed BASE-MODE names
+    assert found.exit_code == 0, found.output
+    assert "repvgg-cl" in found.output and "expanded variants:" not in found.output
+    every = run("models", "smallnet7-*")
+    assert "smallnet7-ck+fc" in every.output and "smallnet7-fc" in every.output
+
+
 def test_expand_writes_a_checkpoint_that_rebuilds(tmp_path):
     out = tmp_path / "s7.safetensors"
     result = run("expand", "smallnet7", "--mode", "ck+fc", "--rate", "2", "--arch-kwargs", '{"input_size": 16}',

@@ -34,6 +34,8 @@ def test_list_models():
     expanded = list_models("smallnet*", expanded=True)
     assert "smallnet7-ck+fc" in expanded and "smallnet3-cl" in expanded and "smallnet3-ck" not in expanded
     assert set(TINY_KWARGS) == set(NAMES)
+    assert list_models("repvgg-cl") == ["repvgg-cl"]  # a pattern with a '-' names expanded variants
+    assert "smallnet7-ck+fc" in list_models("*-ck+fc") and "smallnet3-ck+fc" not in list_models("*-ck+fc")
 
 
 def test_smallnet7_has_the_papers_66186_parameters():

@@ -4,7 +4,8 @@ format and every report uses.
 A result is exact when its float32 error is within EXACT_REL of the output scale, or within
 SOURCE_ERROR_FACTOR times the float32 error of what it replaces (deep nets whose float32 run is
 already further off than EXACT_REL, ill-conditioned batch statistics). Errors are relative to the
-output's scale: ``max|y - ref| / max|ref|`` per output.
+output's scale: ``max|y - ref| / max|ref|`` per output (``measure.metrics.relative_error``, named
+``max_rel_error`` in every report).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class RegionCheck:
     decision: str
     input_shape: list[int]
     max_abs: float | None = None
-    max_rel: float | None = None  # merged float32 layer vs its layers in float64, of the output scale
+    max_rel_error: float | None = None  # merged float32 layer vs its layers in float64, of the output scale
     # Its layers in float32 vs float64, what rounding alone costs: run only when the merged layer is
     # further off than EXACT_REL (below that it passes whatever they give).
     layers_float32_rel: float | None = None
@@ -42,14 +43,14 @@ class RegionCheck:
 
     @property
     def passed(self) -> bool:
-        return self.skipped is not None or within(self.max_rel, self.layers_float32_rel or 0.0)
+        return self.skipped is not None or within(self.max_rel_error, self.layers_float32_rel or 0.0)
 
     def as_dict(self) -> dict:
         out = {"region": self.name, "decision": self.decision, "input_shape": self.input_shape}
         if self.skipped is not None:
             out["skipped"] = self.skipped
         else:
-            out.update(max_abs=self.max_abs, max_rel=self.max_rel, layers_float32_rel=self.layers_float32_rel,
+            out.update(max_abs=self.max_abs, max_rel_error=self.max_rel_error, layers_float32_rel=self.layers_float32_rel,
                        passed=self.passed)
         return out
 
@@ -61,10 +62,10 @@ class NetworkCheck:
     batch: int
     float64_batch: int
     max_abs: float = 0.0  # compact float32 vs source float64
-    max_rel: float = 0.0
+    max_rel_error: float = 0.0
     source_rel: float = 0.0  # source float32 vs source float64: rounding alone
     float32_max_abs: float | None = None  # compact float32 vs source float32, whole batch (where run)
-    float32_max_rel: float | None = None
+    float32_max_rel_error: float | None = None
     reference: str = ""
     notes: list[str] = field(default_factory=list)
 
@@ -80,7 +81,7 @@ def withdraw_failed(decisions: list[Decision], regions: list[RegionCheck]) -> tu
         if r is None or d.kind not in ("dense", "removed"):
             plan.append(d)
             continue
-        why = (f"its float64 check found it {r.max_rel:.2e} (of its output scale) off its own layers, more than "
+        why = (f"its float64 check found it {r.max_rel_error:.2e} (of its output scale) off its own layers, more than "
                f"{SOURCE_ERROR_FACTOR:g}x their float32 error ({r.layers_float32_rel or 0.0:.2e}) and above "
                f"{EXACT_REL:g}")
         plan.append(withdraw(d, why))
@@ -91,13 +92,13 @@ def withdraw_failed(decisions: list[Decision], regions: list[RegionCheck]) -> tu
 def check_warnings(network: NetworkCheck) -> list[str]:
     """What the user is told when the whole network is further off than the rule allows."""
     out = []
-    if not within(network.max_rel, network.source_rel):
+    if not within(network.max_rel_error, network.source_rel):
         out.append(
-            f"the compact model's error ({network.max_rel:.2e} of the output scale) is more than "
+            f"the compact model's error ({network.max_rel_error:.2e} of the output scale) is more than "
             f"{SOURCE_ERROR_FACTOR:g}x the source's own float32 error ({network.source_rel:.2e}) and above "
             f"{EXACT_REL:g}: check report.json's regions for approximate merges")
-    elif network.float32_max_rel is not None and network.float32_max_rel > 2 * max(
+    elif network.float32_max_rel_error is not None and network.float32_max_rel_error > 2 * max(
             EXACT_REL, SOURCE_ERROR_FACTOR * network.source_rel):
-        out.append(f"the compact model differs from the source by {network.float32_max_rel:.2e} of the output scale "
+        out.append(f"the compact model differs from the source by {network.float32_max_rel_error:.2e} of the output scale "
                    f"in float32 on a batch of {network.batch}, more than their float32 rounding explains")
     return out

@@ -99,7 +99,7 @@ def _after(op: AffineConv, shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def truncation_section(ranked: RankPlan, rule: str, multiple: int, error: tuple[float, float], inputs: int) -> dict:
     """The --rank report section of a plan-only truncation, in the PyTorch path's schema: per layer
-    the ranks and costs, and ``error`` = (max_abs, max_rel) of the truncated model against the
+    the ranks and costs, and ``error`` = (max_abs, max_rel_error) of the truncated model against the
     untruncated one in float64 on ``inputs`` seeded inputs."""
     ratio = ranked.flops_truncated / ranked.flops_untruncated if ranked.flops_untruncated else 1.0
     return {
@@ -118,9 +118,9 @@ def truncation_section(ranked: RankPlan, rule: str, multiple: int, error: tuple[
         "flops_ratio": ratio,
         "flops_ratio_of_pruned": ratio,
         "output_error": {
-            "max_abs": error[0], "max_rel": error[1], "inputs": f"{inputs} seeded N(0,1) input(s)",
+            "max_abs": error[0], "max_rel_error": error[1], "inputs": f"{inputs} seeded N(0,1) input(s)",
             "dtype": "float32 (ONNX Runtime) vs float64 (onnx.reference)",
             "definition": "compact.onnx with --rank vs the contracted model without it, on the check inputs; "
-                          "max_rel = max|truncated - untruncated| / max|untruncated|",
+                          "max_rel_error = max|truncated - untruncated| / max|untruncated| per output",
         },
     }

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import warnings
 from typing import Callable
 
@@ -66,6 +65,7 @@ from compactify.converter.lowrank.rank_rules import (
 from compactify.converter.lowrank.truncation_report import prune_text, report_row
 from compactify.errors import BadInputError
 from compactify.measure.latency import Candidate, compare_latency
+from compactify.measure.metrics import outputs_relative_error
 
 # Time per layer and form when --cost latency compares them (interleaved, after a warm-up).
 LATENCY_SECONDS = 0.3
@@ -108,17 +108,6 @@ def _outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     with torch.no_grad():
         out = model(x)
     return [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
-
-
-def _relative_error(got: list[torch.Tensor], ref: list[torch.Tensor]) -> tuple[float, float]:
-    """(max abs, max over outputs of max|got - ref| / max|ref|)."""
-    max_abs = max_rel = 0.0
-    for g, r in zip(got, ref):
-        diff = float((g.to(torch.float64) - r.to(torch.float64)).abs().max()) if r.numel() else 0.0
-        scale = float(r.abs().max()) if r.numel() else 0.0
-        max_abs = max(max_abs, diff)
-        max_rel = max(max_rel, diff / scale if scale > 0 else (0.0 if diff == 0 else math.inf))
-    return max_abs, max_rel
 
 
 def _module(op: AffineConv, dtype: torch.dtype = torch.float32) -> nn.Module:
@@ -198,7 +187,7 @@ def apply_rank_rule(
     def truncated_error(overrides: dict[int, nn.Module]) -> tuple[float, float]:
         full = modules(lambda la: _module(la.op, dtype))
         full.update(overrides)
-        return _relative_error(_outputs(builder.build(full, dtype), calibration.to(dtype)), ref_out)
+        return outputs_relative_error(_outputs(builder.build(full, dtype), calibration.to(dtype)), ref_out)
 
     batch_total = example.shape[0]
     total_flops = _count(untruncated, example)
@@ -287,11 +276,11 @@ def apply_rank_rule(
         "flops_ratio_of_pruned": flops_after / pruned_flops if pruned_flops else 1.0,
         "output_error": {
             "max_abs": max_abs,
-            "max_rel": max_rel,
+            "max_rel_error": max_rel,
             "inputs": calibration_source or f"{len(calibration)} calibration inputs",
             "dtype": str(dtype).replace("torch.", ""),
             "definition": "the plan with --rank (pruned and truncated) vs the contracted plan without it, on the "
-            "same inputs; max_rel = max|truncated - untruncated| / max|untruncated| per output",
+            "same inputs; max_rel_error = max|truncated - untruncated| / max|untruncated| per output",
         },
     }
     if evaluate is not None:

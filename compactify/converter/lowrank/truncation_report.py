@@ -75,6 +75,20 @@ def decision_row(d, choice: RankChoice | None, params_before: int, flops_before:
     }
 
 
+def truncation_summary(section: dict) -> str:
+    """What --rank did, in one line: its FLOPs, its error and the accuracy it cost. The error is measured
+    once, by the conversion, on the inputs it names; convert prints this line and verify repeats it."""
+    err = section["output_error"]
+    text = f"--rank {section['rule']}: FLOPs {100 * section['flops_ratio']:.1f}% of the plan without it"
+    if err.get("max_rel_error") is not None:  # a report.json of an older compactify named it otherwise
+        text += (f", max rel error {err['max_rel_error']:.2e} against that plan ({err['dtype']}, on "
+                 f"{err['inputs']})")
+    if section.get("accuracy_before") is not None and section.get("accuracy_after") is not None:
+        text += (f", accuracy {100 * section['accuracy_before']:.2f}% -> {100 * section['accuracy_after']:.2f}% "
+                 f"on the {section['accuracy_on']}")
+    return text
+
+
 def truncation_markdown(section: dict) -> list[str]:
     """The report.md lines of the truncation section."""
     err = section["output_error"]
@@ -91,8 +105,8 @@ def truncation_markdown(section: dict) -> list[str]:
         f"- parameters: {section['params_untruncated']:,} -> {section['params_truncated']:,}"
         + (f" ({section['params_pruned']:,} after removing all-zero units)"
            if section["params_pruned"] != section["params_untruncated"] else ""),
-        f"- output error vs the plan without --rank ({err['dtype']}, {err['inputs']}): "
-        f"max abs {err['max_abs']:.3g}, max rel {err['max_rel']:.3g}",
+        f"- error against the plan without --rank ({err['dtype']}, on {err['inputs']}): "
+        f"max rel error {err['max_rel_error']:.3g}, max abs error {err['max_abs']:.3g}",
     ]
     if "accuracy_before" in section:
         def pct(a):

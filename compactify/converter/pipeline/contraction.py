@@ -115,7 +115,7 @@ def contract_source(source: Source, allow_approximate: bool = False, rank: Any =
     regions = run_pass(stages, "check", "check regions", source.check_regions, captured, decisions, rank is not None)
     compact, counts, network = _rewrite_and_check(source, captured, graph, decisions, rank is not None, stages)
     withdrawn: list[str] = []
-    if rank is None and network is not None and not within(network.max_rel, network.source_rel):
+    if rank is None and network is not None and not within(network.max_rel_error, network.source_rel):
         _, told = withdraw_failed(decisions, regions)
         if told:  # the rewrite edited the captured graph in place: the withdrawal starts from a new capture
             captured, graph, decisions = plan_source(source, allow_approximate, stages)
@@ -124,7 +124,7 @@ def contract_source(source: Source, allow_approximate: bool = False, rank: Any =
     result = Contraction(source, compact, decisions, *counts,
                          warnings=[w for d in decisions for w in d.warnings] + withdrawn, truncation=truncation)
     if network is not None:
-        result.max_abs_error, result.max_rel_error = network.max_abs, network.max_rel
+        result.max_abs_error, result.max_rel_error = network.max_abs, network.max_rel_error
         result.source_rel_error = network.source_rel
         result.check = source.check_section(regions, network)
         if rank is None:  # --rank changes the network on purpose: its error is the truncation's report

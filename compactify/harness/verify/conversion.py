@@ -100,11 +100,10 @@ def verify_conversion(
             else:
                 results.append(judge(c.runnable, data, ref_out, c.tolerance, **judged))
         ref_accuracy = _accuracies(ref, runnable, results, ref_out, fixed, warnings) if accuracy else None
-        effect = truncation_effect(ref.source, ref.reference, ref_out, data, report, ref.meta, ref.input_shape) \
-            if ref.truncated else None
     if ref.low_precision:
         warnings.append(f"output(s) {', '.join(sorted(ref.low_precision))} are float16 in the graph itself: judged "
                         f"with the float16 tolerances (atol {fp16_atol:g}, rtol {fp16_rtol:g})")
+    effect = truncation_effect(report) if ref.truncated else None
     if effect is not None:
         warnings.append(effect["note"])
     regions = None

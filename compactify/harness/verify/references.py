@@ -35,7 +35,6 @@ class Reference:
 
     reference: Runnable  # float64: the source, or the truncated network when --rank changed it
     baseline: Runnable  # the source in float32: shown, never judged
-    source: Runnable  # the source in float64 (the reference itself unless truncated)
     input_names: list[str]
     input_dims: list[tuple[int, ...]]  # per input, the dims after the batch
     input_shape: tuple[int, ...]  # the planned shape of the first input, batch first
@@ -64,9 +63,8 @@ def pytorch_reference(outdir: Path, report: dict, stack: contextlib.ExitStack) -
         double, dtype = model, "float32"
         warnings.append("the source model does not run in float64: the reference is its float32 run")
     checkpoint = report["source"]["checkpoint"]
-    source = torch_runnable(double, f"expanded {dtype} (reference)", dtype, checkpoint)
+    reference = torch_runnable(double, f"expanded {dtype} (reference)", dtype, checkpoint)
     baseline = torch_runnable(model, "expanded float32", "float32", checkpoint)
-    reference = source
     truncated = report.get("truncation") is not None and "pt2" in artifacts
     if truncated:  # compact.pt2's weights, run in float64: the network --rank made
         path = outdir / artifacts["pt2"]
@@ -75,7 +73,7 @@ def pytorch_reference(outdir: Path, report: dict, stack: contextlib.ExitStack) -
     names = list(report.get("input_names") or ["x"])
     if len(names) != 1:
         raise BadInputError(f"report.json names {len(names)} inputs; compactify models take one input")
-    return Reference(reference, baseline, source, names, [shape[1:]], shape, truncated, dict(meta or {}),
+    return Reference(reference, baseline, names, [shape[1:]], shape, truncated, dict(meta or {}),
                      module=model, warnings=warnings)
 
 
@@ -87,15 +85,14 @@ def onnx_reference(outdir: Path, report: dict) -> Reference:
     shapes = report.get("input_shapes") or ({names[0]: report["input_shape"]} if names else {})
     if not names or any(n not in shapes for n in names):
         raise BadInputError(f"{outdir / 'report.json'} does not state its input shapes; convert again")
-    source = onnx_float64_runnable(model, f"{path.name} float64 (onnx.reference, reference)", str(path), names)
+    reference = onnx_float64_runnable(model, f"{path.name} float64 (onnx.reference, reference)", str(path), names)
     baseline = onnx_session_runnable(model, f"{path.name} float32 (ort)", str(path), names)
-    reference = source
     truncated = report.get("truncation") is not None and "onnx" in artifacts
     if truncated:  # compact.onnx evaluated in float64: the network --rank made
         compact = outdir / artifacts["onnx"]
         reference = onnx_float64_runnable(read_onnx(compact), f"truncated {artifacts['onnx']} float64 "
                                           "(onnx.reference, reference)", str(compact), names)
-    return Reference(reference, baseline, source, names, [tuple(shapes[n][1:]) for n in names],
+    return Reference(reference, baseline, names, [tuple(shapes[n][1:]) for n in names],
                      tuple(int(d) for d in report["input_shape"]), truncated,
                      low_precision=set(low_precision_outputs(model)))
 

@@ -16,7 +16,8 @@ VERIFY_COLUMNS = [
     Column("candidate"),
     Column("output"),
     Column("max_abs", "max abs", ".3g"),
-    Column("max_rel", "max rel", ".3g"),
+    Column("max_rel_error", "max rel error", ".3g"),  # max|y - ref| / max|ref|, as convert and report.json
+    Column("max_elementwise_rel", "max elementwise rel", ".3g", wide=True),
     Column("mean_abs", "mean abs", ".3g", wide=True),
     Column("cosine", "cosine", ".9f", wide=True),
     Column("min_atol", "min atol", ".3g", wide=True),
@@ -33,7 +34,7 @@ REGION_COLUMNS = [
     Column("exact", wide=True),
     Column("weights", wide=True),
     Column("deployed_max_abs", "max abs (fp32 layer)", ".3g"),
-    Column("deployed_scale_rel", "rel to scale", ".3g"),
+    Column("deployed_max_rel_error", "max rel error", ".3g"),
     Column("deployed_cosine", "cosine", ".9f", wide=True),
     Column("algebra_max_abs", "max abs (fp64 algebra)", ".3g", wide=True),
     Column("truncation", "--rank"),
@@ -78,8 +79,8 @@ class CandidateResult:
             if self.baseline:
                 verdict = f"{verdict.split()[0].lower()} (baseline)"
             rows.append({
-                "candidate": self.label, "output": name, "max_abs": c.max_abs, "max_rel": c.max_rel,
-                "mean_abs": c.mean_abs, "cosine": c.cosine, "min_atol": c.min_atol, "min_rtol": c.min_rtol,
+                "candidate": self.label, "output": name, "max_abs": c.max_abs, "max_rel_error": c.max_rel_error,
+                "max_elementwise_rel": c.max_elementwise_rel, "mean_abs": c.mean_abs, "cosine": c.cosine, "min_atol": c.min_atol, "min_rtol": c.min_rtol,
                 "top1": c.top1, "accuracy": self.accuracy, "tolerance": tol, "result": verdict,
             })
         return rows
@@ -101,7 +102,7 @@ class VerifyResult:
     reference_accuracy: float | None = None
     regions: list | None = None  # list[RegionError] with --per-region
     warnings: list[str] = dataclasses.field(default_factory=list)
-    truncation: dict[str, Any] | None = None  # what --rank did to the source (truncation_effect), never judged
+    truncation: dict[str, Any] | None = None  # what --rank did, from report.json (truncation_effect), never judged
 
     @property
     def judged(self) -> list[CandidateResult]:

@@ -93,7 +93,7 @@ def test_exact_recovery_when_the_true_rank_is_below_the_cut():
         assert _rel(_apply_module64(d.module, x), dense) < 1e-5
     # The whole plan in float64: truncated against untruncated.
     assert r.truncation["output_error"]["dtype"] == "float64"
-    assert r.truncation["output_error"]["max_rel"] < 1e-10
+    assert r.truncation["output_error"]["max_rel_error"] < 1e-10
     assert r.max_rel_error < 1e-5  # the compact float32 model against the float64 source
     assert r.truncation["flops_truncated"] == r.flops_after
     assert r.truncation["flops_ratio"] < 0.5
@@ -158,11 +158,11 @@ def test_each_rule_through_contract(random_net, rule):
     assert t["flops_truncated"] == r.flops_after
     x = random_calibration(SHAPE)
     shipped_error = _rel(r.compact(x).double(), reference_float64(random_net)(x.double()))
-    assert shipped_error == pytest.approx(t["output_error"]["max_rel"], rel=1e-3, abs=1e-5)
+    assert shipped_error == pytest.approx(t["output_error"]["max_rel_error"], rel=1e-3, abs=1e-5)
     if parsed.kind == "flops":
         assert t["flops_ratio"] <= parsed.value
     if parsed.kind == "error":
-        assert 0 < t["output_error"]["max_rel"] <= parsed.value
+        assert 0 < t["output_error"]["max_rel_error"] <= parsed.value
 
 
 def test_rank_multiple_rounds_ranks_up(random_net):
@@ -261,7 +261,7 @@ def test_group_lasso_units_are_removed_with_the_next_layers_inputs():
     x = example_input((4, 3, 8, 8), seed=4)
     ref = reference_float64(model)(x.double())
     assert _rel(r.compact(x).double(), ref) < 1e-5
-    assert r.truncation["output_error"]["max_rel"] < 1e-12
+    assert r.truncation["output_error"]["max_rel_error"] < 1e-12
     assert r.params_after < contract(model, (1, 3, 8, 8)).params_after
     t = r.truncation
     assert t["params_truncated"] == t["params_pruned"] < t["params_untruncated"]

@@ -41,6 +41,8 @@ def test_every_point_is_converted_judged_and_timed(swept):
     assert points["none"]["agreement"] == 1.0  # the contracted net is the untruncated one
     assert points["flops:0.5"]["flops"] < 0.6 * points["none"]["flops"]
     assert points["flops:0.5"]["accuracy"] < points["none"]["accuracy"] - 0.05  # an untrained-for truncation
+    # report.json's one truncation figure (truncation.output_error.max_rel_error), as the sweep reads it
+    assert points["none"]["truncation_error"] is None and points["flops:0.5"]["truncation_error"] > 0.01
     for b in ("1", "4"):
         rec = on_disk["recommended"][b]
         assert rec is not None and rec["budget"] in ("none", "energy:0.99")  # within 1 point of the source

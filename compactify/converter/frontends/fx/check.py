@@ -36,6 +36,7 @@ from compactify.converter.frontends.fx.float64 import (
     run_graph,
     run_part,
 )
+from compactify.measure.metrics import outputs_relative_error, relative_error
 from compactify.tensors import flatten_outputs
 
 ERROR_SEED = 0
@@ -45,18 +46,6 @@ FLOAT64_BATCH = 2
 REGION_SEED = 1000
 def example_input(shape: tuple[int, ...], seed: int = ERROR_SEED) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
-
-
-def scale_error(got: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
-    """``(max |got - ref|, that / max |ref|)`` in float64; inf where a value is not finite."""
-    diff = (got.double() - ref.double()).abs()
-    if diff.numel() == 0:
-        return 0.0, 0.0
-    if not bool(torch.isfinite(diff).all()):
-        return float("inf"), float("inf")
-    max_abs = float(diff.max())
-    scale = float(ref.double().abs().max())
-    return max_abs, (max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf")))
 
 
 # --------------------------------------------------------------------------- regions
@@ -110,10 +99,10 @@ def check_regions(gm: fx.GraphModule, decisions, profile, truncated: bool = Fals
             row.skipped = (f"its layer's output {list(got.shape)} differs from the region's {list(ref.shape)} "
                            "(pruned units)")
             continue
-        row.max_abs, row.max_rel = scale_error(got, ref)
-        if not within(row.max_rel, 0.0):
+        row.max_abs, row.max_rel_error = relative_error(got, ref)
+        if not within(row.max_rel_error, 0.0):
             own = run_part(gm, region.entry, region.exit, x, torch.float32, profile.scalars)
-            row.layers_float32_rel = scale_error(own, ref)[1]
+            row.layers_float32_rel = relative_error(own, ref)[1]
         del ref, got
     return out
 
@@ -134,20 +123,20 @@ def check_network(model: nn.Module, compact: nn.Module, input_shape, seed: int =
             ref, how = float64_forward(model, small)
     n = int(small.shape[0])
     result = NetworkCheck(batch=int(x.shape[0]), float64_batch=n, reference=how, float32_max_abs=0.0,
-                          float32_max_rel=0.0)
+                          float32_max_rel_error=0.0)
     if n != x.shape[0]:  # the same first samples through both float32 models (outputs need not be batch-first)
         with torch.no_grad():
             src_n, got_n = flatten_outputs(model(x[:n])), flatten_outputs(compact(x[:n]))
     else:
         src_n, got_n = src, got
     for g, s in zip(got, src):
-        f32_abs, f32_rel = scale_error(g, s)
+        f32_abs, f32_rel = relative_error(g, s)
         result.float32_max_abs = max(result.float32_max_abs, f32_abs)
-        result.float32_max_rel = max(result.float32_max_rel, f32_rel)
+        result.float32_max_rel_error = max(result.float32_max_rel_error, f32_rel)
     for g, s, r in zip(got_n, src_n, ref):
-        c_abs, c_rel = scale_error(g, r)
-        result.max_abs, result.max_rel = max(result.max_abs, c_abs), max(result.max_rel, c_rel)
-        result.source_rel = max(result.source_rel, scale_error(s, r)[1])
+        c_abs, c_rel = relative_error(g, r)
+        result.max_abs, result.max_rel_error = max(result.max_abs, c_abs), max(result.max_rel_error, c_rel)
+        result.source_rel = max(result.source_rel, relative_error(s, r)[1])
     return result
 
 
@@ -222,7 +211,7 @@ def float64_weights(model: nn.Module) -> Iterator[None]:
 def check_section(regions: list[RegionCheck], network: NetworkCheck) -> dict:
     """What report.json says was checked, and how it came out."""
     checked = [r for r in regions if r.skipped is None]
-    worst = max(checked, key=lambda r: r.max_rel, default=None)
+    worst = max(checked, key=lambda r: r.max_rel_error, default=None)
     return {
         "what": ("each merged region's float32 layer against its own layers in float64 on a random input of the "
                  f"region's input shape (and, where it is off by more than {EXACT_REL:g}, those layers in float32, for "
@@ -233,14 +222,15 @@ def check_section(regions: list[RegionCheck], network: NetworkCheck) -> dict:
         "exact_rule": EXACT_RULE,
         "regions_checked": len(checked),
         "regions_skipped": len(regions) - len(checked),
-        "regions_max_rel": worst.max_rel if worst is not None else None,
+        "regions_max_rel_error": worst.max_rel_error if worst is not None else None,
         "worst_region": worst.name if worst is not None else None,
         "regions": [r.as_dict() for r in regions],
         "network": {
             "input": f"seeded N(0,1), seed {ERROR_SEED + 1}", "batch": network.batch,
-            "float32_vs_float32": {"max_abs": network.float32_max_abs, "max_rel": network.float32_max_rel},
+            "float32_vs_float32": {"max_abs": network.float32_max_abs,
+                                   "max_rel_error": network.float32_max_rel_error},
             "float64_batch": network.float64_batch, "float64_reference": network.reference,
-            "max_abs_error": network.max_abs, "max_rel_error": network.max_rel,
+            "max_abs_error": network.max_abs, "max_rel_error": network.max_rel_error,
             "source_float32_rel_error": network.source_rel,
         },
     }
@@ -256,17 +246,15 @@ def reference_float64(model: nn.Module) -> nn.Module | None:
 
 
 def measure_error(model: nn.Module, compact: nn.Module, input_shape, batches: int = 1) -> tuple[float, float]:
-    """``(max_abs, max_rel)`` of ``compact`` (float32) against ``model`` in float64 on ``batches`` seeded
-    batches of ``input_shape`` (the model's weights cast to float64 one module at a time)."""
-    max_abs, max_rel = 0.0, 0.0
+    """``(max_abs, max_rel_error)`` of ``compact`` (float32) against ``model`` in float64 on ``batches``
+    seeded batches of ``input_shape`` (the model's weights cast to float64 one module at a time)."""
+    errors = []
     with torch.no_grad():
         for b in range(batches):
             x = example_input(tuple(input_shape), seed=ERROR_SEED + 1 + b)
             ref, _ = float64_forward(model, x)
-            for g, r in zip(flatten_outputs(compact(x)), ref):
-                a, rel = scale_error(g, r)
-                max_abs, max_rel = max(max_abs, a), max(max_rel, rel)
-    return max_abs, max_rel
+            errors.append(outputs_relative_error(flatten_outputs(compact(x)), ref))
+    return max(a for a, _ in errors), max(r for _, r in errors)
 
 
 def float64_outputs(model: nn.Module, feeds, input_name: str = "x") -> list:

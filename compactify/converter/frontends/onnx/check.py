@@ -11,7 +11,7 @@ from compactify.targets.onnx_io import run_ort, short_error
 from compactify.converter.frontends.onnx.prepare import CHECK_BATCH
 from compactify.converter.frontends.onnx.shapes import InputSpec
 from compactify.errors import BadInputError, CompactifyError
-from compactify.measure.metrics import compare
+from compactify.measure.metrics import compare, outputs_relative_error
 from compactify.measure.onnx_float64 import Float64Reference
 
 CHECK_SEED = 1  # the seed of the check inputs, as the PyTorch path uses
@@ -56,18 +56,14 @@ def check_network(source: onnx.ModelProto, compact: onnx.ModelProto, feeds: dict
         if np.asarray(r).dtype.itemsize < 4:
             continue  # an output the graph itself casts to float16 (see low_precision_outputs)
         c = compare(g, r, name=f"output{i}")
-        result.max_abs, result.max_rel = max(result.max_abs, c.max_abs), max(result.max_rel, c.scale_rel)
-        result.source_rel = max(result.source_rel, compare(b, r, name=f"output{i}").scale_rel)
+        result.max_abs, result.max_rel_error = max(result.max_abs, c.max_abs), max(result.max_rel_error, c.max_rel_error)
+        result.source_rel = max(result.source_rel, compare(b, r, name=f"output{i}").max_rel_error)
     return result
 
 
 def model_error(model: onnx.ModelProto, reference: list[np.ndarray], feeds: dict[str, np.ndarray]) -> tuple[float, float]:
-    """``(max_abs, max_rel)`` of ``model`` on ONNX Runtime against reference outputs."""
-    max_abs = max_rel = 0.0
-    for i, (g, r) in enumerate(zip(run_ort(model, feeds), reference)):
-        c = compare(g, r, name=f"output{i}")
-        max_abs, max_rel = max(max_abs, c.max_abs), max(max_rel, c.scale_rel)
-    return max_abs, max_rel
+    """``(max_abs, max_rel_error)`` of ``model`` on ONNX Runtime against reference outputs."""
+    return outputs_relative_error(run_ort(model, feeds), reference)
 
 
 def low_precision_outputs(model: onnx.ModelProto) -> list[str]:

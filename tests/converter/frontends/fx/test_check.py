@@ -15,6 +15,7 @@ from compactify.converter.frontends.fx import check as C
 from compactify.converter.pipeline.contraction import contract
 from compactify.converter.frontends.fx.check import example_input
 from compactify.converter.frontends.fx.profile import count_flops
+from compactify.measure.metrics import relative_error
 from compactify.models import create_model
 
 
@@ -38,7 +39,7 @@ def test_every_merged_region_is_checked_in_float64():
     merged = [d for d in r.decisions if d.kind == "dense"]
     assert len(merged) == 2 and len(rows) == 2 and r.check["regions_checked"] == 2
     for row in rows:
-        assert row["passed"] and row["max_rel"] < 1e-6 and row["input_shape"][0] == 1
+        assert row["passed"] and row["max_rel_error"] < 1e-6 and row["input_shape"][0] == 1
     assert r.check["network"]["float64_reference"].startswith("source model, weights cast")
     assert not r.warnings
 
@@ -60,7 +61,7 @@ def test_a_merged_layer_that_is_off_is_caught_and_withdrawn(monkeypatch):
     monkeypatch.setattr(K, "check_regions", corrupted)
     r = contract(chain(), (1, 3, 10, 10))
     failed = [row for row in r.check["regions"] if not row["passed"]]
-    assert len(failed) == 1 and failed[0]["max_rel"] > 1e-6
+    assert len(failed) == 1 and failed[0]["max_rel_error"] > 1e-6
     withdrawn = [d for d in r.decisions if d.stopped_by == "withdrawn"]
     assert [d.region.name for d in withdrawn] == [failed[0]["region"]] and withdrawn[0].kind == "keep"
     assert any("merge withdrawn" in w and "off its own layers" in w for w in r.warnings)
@@ -74,8 +75,8 @@ def test_network_error_equals_a_float64_copy_reference():
     x = example_input((1, 3, 10, 10), seed=C.ERROR_SEED + 1)
     with torch.no_grad():
         truth = copy.deepcopy(model).double()(x.double())
-        _, expected = C.scale_error(r.compact(x), truth)
-        _, source = C.scale_error(model(x), truth)
+        _, expected = relative_error(r.compact(x), truth)
+        _, source = relative_error(model(x), truth)
     assert r.max_rel_error == pytest.approx(expected, rel=1e-12, abs=0)
     assert r.source_rel_error == pytest.approx(source, rel=1e-12, abs=0)
 
