@@ -68,11 +68,6 @@ class OutputComparison:
     reference_nonfinite: int
     top1: float | None = None  # fraction of rows whose argmax agrees (classifier logits only)
 
-    @property
-    def scale_rel(self) -> float:
-        """``max_rel_error`` under its former name, which targets/int8_measure still reads."""
-        return self.max_rel_error
-
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["shape"] = list(self.shape)

@@ -156,14 +156,14 @@ def measure(fp32_path: str | Path, int8_path: str | Path, data: CalibrationSet, 
         c = compare(int8[i], ref[i], name=name, classifier=False)
         c32 = compare(fp32[i], ref[i], name=name, classifier=False)
         lo, hi = ranges.get(name, (-math.inf, math.inf))
-        out["outputs"][name] = {"max_abs": c.max_abs, "mean_abs": c.mean_abs, "max_rel_to_scale": c.scale_rel,
+        out["outputs"][name] = {"max_abs": c.max_abs, "mean_abs": c.mean_abs, "max_rel_error": c.max_rel_error,
                                 "fp32_max_abs": c32.max_abs, "nonfinite": c.nonfinite,
                                 # values the fp32 model gives beyond what the int8 output can hold: clipped
                                 "clipped": float(np.mean((fp32[i] < lo) | (fp32[i] > hi))) if fp32[i].size else 0.0}
     stats = out["outputs"].values()
     out["max_abs_error"] = max(s["max_abs"] for s in stats)
     out["mean_abs_error"] = max(s["mean_abs"] for s in stats)
-    out["max_rel_error"] = max(s["max_rel_to_scale"] for s in stats)
+    out["max_rel_error"] = max(s["max_rel_error"] for s in stats)
     out["fp32_max_abs_error"] = max(s["fp32_max_abs"] for s in stats)
     out["clipped"] = max(s["clipped"] for s in stats)
     k = classifier_index(fp32)

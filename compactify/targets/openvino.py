@@ -104,7 +104,7 @@ class OpenVinoTarget(Target):
                 outputs = list(runner.infer(feeds).values())
                 for name, out, ref in zip(compact.output_names, outputs, compact.reference(feeds)):
                     c = compare(out, ref, DEFAULT_ATOL, DEFAULT_RTOL, name=name)
-                    worst_abs, worst_rel = max(worst_abs, c.max_abs), max(worst_rel, c.scale_rel)
+                    worst_abs, worst_rel = max(worst_abs, c.max_abs), max(worst_rel, c.max_rel_error)
                     passed = passed and c.passed
             check = {"precision": runner.precision, "max_abs_error": worst_abs, "max_rel_error": worst_rel}
         if passed and np.isfinite(worst_abs):
