@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 import click
@@ -54,6 +55,9 @@ import click
 @click.option("--int8-min-agreement", type=float, metavar="A",
               help="Fail (exit 1, nothing written) when the int8 model's top-1 agreement with the fp32 compact model "
                    "on the held-out inputs is below A (e.g. 0.99).")
+@click.option("--int8-equalize", is_flag=True,
+              help="Cross-layer equalization before quantizing: an exact rescaling of each Conv -> ReLU -> Conv pair "
+                   "that evens out the channel ranges merging spread apart.")
 @click.option("--data", "rank_data", type=click.Path(dir_okay=False, path_type=str), metavar="FILE.npz",
               help="--rank: held-out inputs x and their labels on which the accuracy before and after truncation is "
                    "measured (default for checkpoints trained on digits: the digits test split).")
@@ -68,7 +72,7 @@ import click
                    "taken a few seconds (default: when stderr is a terminal).")
 def convert(checkpoint, arch, arch_kwargs, input_shape, out_dir, outputs, allow_approximate, dynamic_hw, force, trust_pickle,
             no_onnx, static, no_simplify, fp16, trt, openvino, max_batch, timing_cache, rank_rule, rank_multiple, cost,
-            int8, calibration, calibration_method, int8_keep, int8_min_agreement, rank_data, max_accuracy_drop,
+            int8, calibration, calibration_method, int8_keep, int8_min_agreement, int8_equalize, rank_data, max_accuracy_drop,
             max_memory, progress):
     """Contract CHECKPOINT into its compact network.
 
@@ -117,9 +121,10 @@ def convert(checkpoint, arch, arch_kwargs, input_shape, out_dir, outputs, allow_
         int8_method=calibration_method,
         int8_keep=tuple(k for k in (int8_keep or "").split(",") if k.strip()),
         int8_min_agreement=int8_min_agreement,
+        int8_equalize=int8_equalize,
         rank_data=rank_data,
         max_accuracy_drop=max_accuracy_drop,
-        progress=click.get_text_stream("stderr").isatty() if progress is None else progress,
+        progress=sys.stderr.isatty() if progress is None else progress,
         max_memory=parse_size(max_memory) if max_memory is not None else None,
     )
     with warnings.catch_warnings():

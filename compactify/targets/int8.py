@@ -33,6 +33,7 @@ class Int8Settings:
     keep: tuple[str, ...] = ()  # layers left in float (node names or their weights' names)
     min_agreement: float | None = None  # fail, writing nothing, below this top-1 agreement with fp32
     tensorrt: bool = False  # write the form TensorRT takes (symmetric activations, float biases)
+    equalize: bool = False  # cross-layer equalization of the fp32 graph before quantizing (int8_equalize)
     # The calibration and held-out inputs: read and checked by the target's prepare(), before any work.
     data: CalibrationSet | None = field(default=None, repr=False, compare=False)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,6 +19,7 @@ from compactify.targets.int8_measure import (
     layer_errors,
     measure,
 )
+from compactify.targets.int8_equalize import equalize_graph
 from compactify.targets.int8_kernels import census_line, kernel_census
 from compactify.targets.int8_quantize import qdq_structure, quantize
 
@@ -30,8 +32,16 @@ def write_int8(request, data: CalibrationSet, fp32_path: str | Path, out_path: s
     and measure it against ``reference``; the report.json entry. CompactifyError (exit 1) when the top-1
     agreement falls below ``request.min_agreement``."""
     t = time.perf_counter()
-    kept = quantize(fp32_path, out_path, data.calibration, method=request.method, keep=request.keep,
-                    tensorrt=request.tensorrt)
+    with tempfile.TemporaryDirectory(prefix="compactify-equalize-") as tmp:
+        equalization = None
+        quantized_from = fp32_path
+        if request.equalize:
+            equalized = onnx.load(str(fp32_path))
+            equalization = equalize_graph(equalized)
+            quantized_from = Path(tmp) / "equalized.onnx"
+            onnx.save(equalized, str(quantized_from))
+        kept = quantize(quantized_from, out_path, data.calibration, method=request.method, keep=request.keep,
+                        tensorrt=request.tensorrt)
     quantize_s = time.perf_counter() - t
     quantized = onnx.load(str(out_path))
     structure = qdq_structure(quantized)
@@ -60,6 +70,7 @@ def write_int8(request, data: CalibrationSet, fp32_path: str | Path, out_path: s
         "calibration": {k: v for k, v in data.description.items() if not k.startswith("held_out")},
         "held_out": data.description,
         "kept_in_float": kept,
+        "equalization": equalization,
         "quantized_layers": sum(r["weight"] is not None for r in structure),
         "linear_layers": len(structure),
         **result,
@@ -106,6 +117,10 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
                      + ", ".join(f"{x['layer']} {x['added']:+.2g}" for x in worst))
     if r.get("kept_in_float"):
         lines.append(f"int8: kept in float: {', '.join(r['kept_in_float'])}")
+    if r.get("equalization"):
+        e = r["equalization"]
+        lines.append(f"int8: cross-layer equalization of {e['pairs']} layer pair(s) before quantizing "
+                     f"(channel scales up to {e['largest_scale_ratio']:.3g}x apart)")
     if r.get("kernels"):
         lines.append(census_line(r["kernels"]))
     return lines

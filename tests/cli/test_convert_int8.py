@@ -160,3 +160,21 @@ def test_bad_int8_options_are_one_line(ckpts, tmp_path, args, needle):
     before = snapshot(tmp_path)
     error_line(run("convert", ckpts["digits"], "-o", tmp_path / "out", *args), needle)
     assert snapshot(tmp_path) == before
+
+
+def test_int8_equalize_rescales_the_relu_pairs_and_keeps_agreement(ckpts, tmp_path):
+    out = tmp_path / "eq"
+    result = run("convert", ckpts["digits"], "-o", out, "--int8", "--int8-equalize")
+    assert result.exit_code == 0, result.output
+    r = json.loads((out / "report.json").read_text())["int8"]
+    # SmallNet-7's convs and its hidden Linear: the Conv -> ReLU -> Conv pairs of the compact graph.
+    assert r["equalization"]["pairs"] >= 2 and r["equalization"]["largest_scale_ratio"] > 1
+    assert r["top1_agreement"] >= MIN_AGREEMENT
+    assert "cross-layer equalization of" in " ".join(result.stdout.split())
+
+
+def test_int8_equalize_needs_int8(ckpts, tmp_path):
+    before = snapshot(tmp_path)
+    result = run("convert", ckpts["digits"], "-o", tmp_path / "o", "--int8-equalize")
+    assert result.exit_code == 2 and "--int8-equalize applies only with --int8" in error_line(result)
+    assert snapshot(tmp_path) == before
