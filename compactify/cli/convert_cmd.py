@@ -53,8 +53,11 @@ import click
               help="Keep these layers in float in compact.int8.onnx (ONNX node names as report.json lists them, or "
                    "their weights' names).")
 @click.option("--int8-min-agreement", type=float, metavar="A",
-              help="Fail (exit 1, nothing written) when the int8 model's top-1 agreement with the fp32 compact model "
-                   "on the held-out inputs is below A (e.g. 0.99).")
+              help="Keep the most sensitive layers in float, fewest first, until the int8 model's top-1 agreement "
+                   "with the fp32 compact model on the held-out inputs is at least A (e.g. 0.99); fail (exit 1, "
+                   "nothing written) when even every layer in float misses it.")
+@click.option("--int8-max-accuracy-drop", type=float, metavar="D",
+              help="The same bar as accuracy: at most D percentage points lost on the held-out inputs (needs labels).")
 @click.option("--int8-equalize", is_flag=True,
               help="Cross-layer equalization before quantizing: an exact rescaling of each Conv -> ReLU -> Conv pair "
                    "that evens out the channel ranges merging spread apart.")
@@ -72,7 +75,8 @@ import click
                    "taken a few seconds (default: when stderr is a terminal).")
 def convert(checkpoint, arch, arch_kwargs, input_shape, out_dir, outputs, allow_approximate, dynamic_hw, force, trust_pickle,
             no_onnx, static, no_simplify, fp16, trt, openvino, max_batch, timing_cache, rank_rule, rank_multiple, cost,
-            int8, calibration, calibration_method, int8_keep, int8_min_agreement, int8_equalize, rank_data, max_accuracy_drop,
+            int8, calibration, calibration_method, int8_keep, int8_min_agreement, int8_max_accuracy_drop, int8_equalize,
+            rank_data, max_accuracy_drop,
             max_memory, progress):
     """Contract CHECKPOINT into its compact network.
 
@@ -122,6 +126,7 @@ def convert(checkpoint, arch, arch_kwargs, input_shape, out_dir, outputs, allow_
         int8_keep=tuple(k for k in (int8_keep or "").split(",") if k.strip()),
         int8_min_agreement=int8_min_agreement,
         int8_equalize=int8_equalize,
+        int8_max_accuracy_drop=int8_max_accuracy_drop,
         rank_data=rank_data,
         max_accuracy_drop=max_accuracy_drop,
         progress=sys.stderr.isatty() if progress is None else progress,

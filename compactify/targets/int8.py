@@ -31,7 +31,8 @@ class Int8Settings:
     calibration: str | None = None  # an .npz of inputs (and labels); None: the digits, for checkpoints trained on them
     method: str = "minmax"  # activation ranges: minmax, entropy or percentile
     keep: tuple[str, ...] = ()  # layers left in float (node names or their weights' names)
-    min_agreement: float | None = None  # fail, writing nothing, below this top-1 agreement with fp32
+    min_agreement: float | None = None  # keep layers in float until the int8 model agrees this much with fp32
+    max_accuracy_drop: float | None = None  # the same for accuracy points lost (needs labels)
     tensorrt: bool = False  # write the form TensorRT takes (symmetric activations, float biases)
     equalize: bool = False  # cross-layer equalization of the fp32 graph before quantizing (int8_equalize)
     # The calibration and held-out inputs: read and checked by the target's prepare(), before any work.
@@ -43,6 +44,9 @@ class Int8Settings:
         a = self.min_agreement
         if a is not None and (isinstance(a, bool) or not isinstance(a, (int, float)) or not 0.0 <= a <= 1.0):
             raise BadInputError(f"--int8-min-agreement must be a fraction in [0, 1], got {a!r}")
+        d = self.max_accuracy_drop
+        if d is not None and (isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= d <= 100.0):
+            raise BadInputError(f"--int8-max-accuracy-drop must be percentage points in [0, 100], got {d!r}")
         object.__setattr__(self, "keep", tuple(k.strip() for k in self.keep if k.strip()))
 
 

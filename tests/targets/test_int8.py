@@ -395,10 +395,48 @@ def test_min_agreement_failure_raises_after_measuring(digits_compact, tmp_path, 
         return out
 
     monkeypatch.setattr(A, "measure", lower)
-    with pytest.raises(CompactifyError, match="0.9000 on the digits test split.*below --int8-min-agreement 0.95.*"
-                                              "--int8-keep") as info:
+    with pytest.raises(CompactifyError, match="below --int8-min-agreement 0.95 .0.9000 on the digits test split .360 images, with labels.. "
+                                              "even with every Conv/Gemm/MatMul layer in float .5 kept.; nothing "
+                                              "was written") as info:
         build_artifacts(compact, tmp_path, {"onnx": None, "onnx_int8": Int8Settings(min_agreement=0.95)})
     assert not isinstance(info.value, BadInputError)  # exit 1: the conversion ran and failed its bar
+
+
+def test_sensitivity_pass_keeps_the_most_sensitive_layers_until_the_bar_is_met(digits_compact, tmp_path, monkeypatch):
+    """As if int8 flipped 10% of the predictions until two layers are in float: the pass keeps exactly
+    the two that add the most error, in that order, and times each step."""
+    compact, _ = digits_compact
+    real_measure, real_quantize = M.measure, A.quantize
+    keeps = []
+
+    def quantize(*args, keep=(), **kwargs):
+        keeps.append(tuple(keep))
+        return real_quantize(*args, keep=keep, **kwargs)
+
+    def measure(*args, **kwargs):
+        out = real_measure(*args, **kwargs)
+        out["top1_agreement"] = 0.9 if len(keeps[-1]) < 2 else 0.99
+        return out
+
+    orders = []
+    real_layers = A.layer_errors
+
+    def layer_errors(*args, **kwargs):
+        rows = real_layers(*args, **kwargs)
+        orders.append([r["layer"] for r in rows if r["int8"]])
+        return rows
+
+    monkeypatch.setattr(A, "quantize", quantize)
+    monkeypatch.setattr(A, "measure", measure)
+    monkeypatch.setattr(A, "layer_errors", layer_errors)
+    out = build_artifacts(compact, tmp_path, {"onnx": None, "onnx_int8": Int8Settings(min_agreement=0.95)})
+    r = out["int8"]
+    assert keeps == [(), (orders[0][0],), (orders[0][0], orders[1][0])]
+    assert r["kept_in_float"] == list(keeps[-1]) and r["top1_agreement"] == 0.99
+    fallback = r["sensitivity_fallback"]
+    assert [k["layer"] for k in fallback["kept"]] == list(keeps[-1])
+    assert fallback["top1_agreement_all_int8"] == 0.9 and all(k["latency_ms_after"] > 0 for k in fallback["kept"])
+    assert "to meet --int8-min-agreement 0.95, kept in float" in "\n".join(A.summary_lines(r))
 
 
 def test_settings_are_checked_before_any_work(tmp_path):

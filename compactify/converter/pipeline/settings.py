@@ -45,6 +45,7 @@ class ConvertOptions:
     int8_keep: tuple[str, ...] = ()  # --int8-keep: layers left in float
     int8_min_agreement: float | None = None  # --int8-min-agreement: fail below this top-1 agreement with fp32
     int8_equalize: bool = False  # --int8-equalize: cross-layer equalization before quantizing
+    int8_max_accuracy_drop: float | None = None  # --int8-max-accuracy-drop: keep layers in float until met
     progress: bool = False  # a line per stage on stderr once a conversion has taken a few seconds
     rank_data: str | None = None  # --data FILE.npz: held-out inputs and labels on which --rank's accuracy is judged
     max_accuracy_drop: float | None = None  # --max-accuracy-drop D: fail (nothing written) when --rank loses more
@@ -100,7 +101,8 @@ class ConvertOptions:
         int8_flags = {"--calibration": self.int8_calibration is not None,
                       "--calibration-method": self.int8_method != "minmax",
                       "--int8-keep": bool(self.int8_keep), "--int8-min-agreement": self.int8_min_agreement is not None,
-                      "--int8-equalize": self.int8_equalize}
+                      "--int8-equalize": self.int8_equalize,
+                      "--int8-max-accuracy-drop": self.int8_max_accuracy_drop is not None}
         used = [k for k, v in int8_flags.items() if v]
         if used and not self.int8:
             raise BadInputError(f"{', '.join(used)} appl{'y' if len(used) > 1 else 'ies'} only with --int8; add --int8")
@@ -114,7 +116,8 @@ class ConvertOptions:
         if self.int8:
             wanted["onnx_int8"] = Int8Settings(calibration=self.int8_calibration, method=self.int8_method,
                                                keep=tuple(self.int8_keep), min_agreement=self.int8_min_agreement,
-                                               equalize=self.int8_equalize)
+                                               equalize=self.int8_equalize,
+                                               max_accuracy_drop=self.int8_max_accuracy_drop)
         if self.trt:
             wanted["engine"] = EngineSettings(max_batch=self.max_batch, timing_cache=self.timing_cache)
         if self.openvino:
