@@ -6,6 +6,16 @@ import warnings
 
 import click
 
+from compactify.arguments import (
+    existing_file,
+    parse_arch_kwargs,
+    parse_input_shape,
+    parse_size,
+)
+from compactify.converter.load.sniff import is_onnx
+from compactify.converter.pipeline.options import ConvertOptions
+from compactify.errors import BadInputError
+
 
 @click.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=str))
@@ -83,11 +93,9 @@ def convert(checkpoint, arch, arch_kwargs, input_shape, out_dir, outputs, allow_
     atomically, never over the source, an existing file only with --force; --fp16, --int8 and
     --trt need the folder form.
     """
-    from compactify.converter.pipeline.settings import ConvertOptions
-    from compactify.converter.pipeline.convert import convert_checkpoint
-    from compactify.converter.load.ingest import parse_arch_kwargs, parse_input_shape
-    from compactify.converter.load.resources import parse_size
-
+    existing_file(checkpoint, "checkpoint")
+    existing_file(calibration, "calibration file")
+    existing_file(rank_data, "--data file")
     options = ConvertOptions(
         arch=arch,
         arch_kwargs=parse_arch_kwargs(arch_kwargs),
@@ -117,6 +125,10 @@ def convert(checkpoint, arch, arch_kwargs, input_shape, out_dir, outputs, allow_
         progress=click.get_text_stream("stderr").isatty() if progress is None else progress,
         max_memory=parse_size(max_memory) if max_memory is not None else None,
     )
+    options.check("onnx" if is_onnx(checkpoint) else "pytorch")  # the flags, before torch is imported
+
+    from compactify.converter.pipeline.convert import convert_checkpoint
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the report's own warnings are printed below, once
         report = convert_checkpoint(checkpoint, out_dir, options)
@@ -126,8 +138,6 @@ def convert(checkpoint, arch, arch_kwargs, input_shape, out_dir, outputs, allow_
 
 
 def _whole_number(text: str, option: str) -> int:
-    from compactify.errors import BadInputError
-
     try:
         return int(text)
     except ValueError:

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from compactify import __version__
+from compactify.arguments import existing_file, parse_batches, parse_input_shape
 from compactify.converter.load.checkpoint import load_checkpoint
-from compactify.converter.load.ingest import parse_input_shape
 from compactify.errors import BadInputError
 from compactify.harness.devices import only_device
 from compactify.harness.machine import machine_info, machine_summary
@@ -67,31 +67,6 @@ BENCH_COLUMNS = [
 ]
 
 
-def parse_batches(text: str | Sequence[int]) -> list[int]:
-    """``"1,8,32"`` -> ``[1, 8, 32]``: positive integers, no duplicates."""
-    if isinstance(text, str):
-        parts = [p.strip() for p in text.split(",")]
-        try:
-            values = [int(p) for p in parts]
-        except ValueError:
-            raise BadInputError(f"--batch must be a comma-separated list of positive integers like 1,8,32; got {text!r}") from None
-    else:
-        values = [int(v) for v in text]
-    if not values or any(v < 1 for v in values):
-        raise BadInputError(f"--batch must list positive integers like 1,8,32; got {text!r}")
-    if len(set(values)) != len(values):
-        raise BadInputError(f"--batch lists a size twice: {text!r}")
-    return values
-
-
-def parse_shape(text: str | Sequence[int] | None) -> tuple[int, ...] | None:
-    """``"1,3,32,32"`` -> ``(1, 3, 32, 32)``: N,C,H,W, the batch first, as in every command; an empty
-    --input-shape is a mistake here, not "no shape"."""
-    if isinstance(text, str) and not text.strip():
-        raise BadInputError("--input-shape is empty; give N,C,H,W such as 1,3,32,32")
-    return parse_input_shape(text)
-
-
 @dataclasses.dataclass
 class BenchModel:
     """One model to time: where it is, which runtime runs it, the name it gets in tables."""
@@ -115,10 +90,7 @@ def resolve_models(paths: Sequence[str | Path], runtime: str | None = None) -> l
     models = []
     for p in paths:
         path = Path(p)
-        if not path.exists():
-            raise BadInputError(f"model file {path} does not exist")
-        if not path.is_file():
-            raise BadInputError(f"model {path} is not a file")
+        existing_file(path, "model file")
         target = None if is_checkpoint(path) else model_target(path, f"cannot benchmark {path.name}")
         native = target.runtime if target is not None else CHECKPOINT.runtime
         chosen = runtime or native
@@ -277,7 +249,8 @@ def bench(
         raise BadInputError(f"unknown device {device!r}; use cpu or cuda")
     if threads is not None and threads < 1:
         raise BadInputError(f"--threads must be >= 1, got {threads}")
-    full_shape = parse_shape(input_shape)  # N,C,H,W like every command: N is the default batch
+    # N,C,H,W like every command (N is the default batch); an empty --input-shape is a mistake here, not "no shape"
+    full_shape = parse_input_shape(input_shape, empty_ok=False)
     shape = full_shape[1:] if full_shape else None
     if batches is None:
         batches = (full_shape[0],) if full_shape else (1,)

@@ -42,7 +42,9 @@ def test_a_folder_of_someone_elses_is_refused(tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("keep")
-    result = _run("sweep", tmp_path / "c.pt", "-o", out)
+    ckpt = tmp_path / "c.pt"
+    ckpt.write_bytes(b"not read: the folder is refused first")
+    result = _run("sweep", ckpt, "-o", out)
     assert result.exit_code == 2 and "not a sweep's folder" in result.output
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
@@ -75,3 +77,4 @@ def test_an_unreachable_cluster_is_one_line_and_leaves_no_folder(tmp_path):
     assert result.exit_code == 2 and "cannot reach the Ray cluster" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+

@@ -13,6 +13,7 @@ import torch
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
+from compactify.arguments import parse_batches, parse_input_shape
 from compactify.cli import main
 from compactify.errors import BadInputError
 from compactify.harness.bench import (
@@ -20,8 +21,6 @@ from compactify.harness.bench import (
     bench,
     make_feeds,
     markdown_report,
-    parse_batches,
-    parse_shape,
     resolve_models,
 )
 from compactify.runtimes.base import TensorSpec
@@ -89,12 +88,12 @@ def test_parse_batches():
 
 
 def test_parse_shape():  # N,C,H,W, the batch first, as in convert and verify
-    assert parse_shape("1,3,32,32") == (1, 3, 32, 32)
-    assert parse_shape("8x3x32x32") == (8, 3, 32, 32)
-    assert parse_shape(None) is None
+    assert parse_input_shape("1,3,32,32", empty_ok=False) == (1, 3, 32, 32)
+    assert parse_input_shape("8x3x32x32", empty_ok=False) == (8, 3, 32, 32)
+    assert parse_input_shape(None, empty_ok=False) is None
     for bad in ("", "3,a", "0,1", "4"):
         with pytest.raises(BadInputError):
-            parse_shape(bad)
+            parse_input_shape(bad, empty_ok=False)
 
 
 def test_resolve_models(models, tmp_path):

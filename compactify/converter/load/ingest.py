@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -23,35 +21,6 @@ class Source:
     model: nn.Module  # eval mode, float32
     meta: dict = field(default_factory=dict)  # what rebuilds it: arch, arch_kwargs, expand, rate, ...
     input_shape: tuple[int, ...] | None = None
-
-
-def parse_input_shape(text: str | Sequence[int] | None, option: str = "--input-shape") -> tuple[int, ...] | None:
-    """``"1,3,32,32"`` (or ``1x3x32x32``, or a sequence of ints) -> ``(1, 3, 32, 32)``: N,C,H,W, the
-    batch first, in every command; None for no shape."""
-    if text is None or text == "":
-        return None
-    try:
-        dims = tuple(int(d) for d in (str(text).replace("x", ",").split(",") if isinstance(text, str) else text))
-    except (TypeError, ValueError):
-        raise BadInputError(f"{option} {text!r} is not a list of integers such as 1,3,32,32 (N,C,H,W)") from None
-    if len(dims) < 2 or any(d <= 0 for d in dims):
-        raise BadInputError(f"{option} {text!r} needs at least two positive sizes, the batch first, such as "
-                            "1,3,32,32 (N,C,H,W)")
-    return dims
-
-
-def parse_arch_kwargs(text: str | dict | None) -> dict:
-    if text is None or text == "":
-        return {}
-    if isinstance(text, dict):
-        return text
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadInputError(f"--arch-kwargs is not valid JSON ({exc.msg} at column {exc.colno})") from None
-    if not isinstance(value, dict):
-        raise BadInputError("--arch-kwargs must be a JSON object such as '{\"num_classes\": 10}'")
-    return value
 
 
 def build_source(

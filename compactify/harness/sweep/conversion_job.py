@@ -19,14 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from compactify.converter.pipeline.settings import ConvertOptions
-
-from compactify.converter.pipeline.convert import convert_checkpoint
 from compactify.converter.load.checkpoint import load_checkpoint
 from compactify.converter.load.ingest import build_source
+from compactify.converter.lowrank.rule_syntax import UNTRUNCATED
+from compactify.converter.pipeline.convert import convert_checkpoint
+from compactify.converter.pipeline.options import ConvertOptions
 from compactify.errors import CompactifyError, first_line
 from compactify.harness.sweep.evaluation import DIGITS, EvalData, load_eval_data, predict, scores
-from compactify.harness.sweep.grid import UNTRUNCATED, precision_target
+from compactify.harness.sweep.grid import precision_target
 from compactify.targets import Target
 
 

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from compactify import __version__
+from compactify.arguments import existing_file, parse_batches
 from compactify.converter.load.checkpoint import load_checkpoint
 from compactify.converter.load.ingest import build_source
+from compactify.converter.lowrank.rule_syntax import parse_budgets
 from compactify.errors import BadInputError
-from compactify.harness.bench import parse_batches
 from compactify.harness.machine import machine_summary
 from compactify.harness.report import write_json
 from compactify.harness.sweep import frontier as F
@@ -30,7 +31,6 @@ from compactify.harness.sweep.grid import (
     Checkpoint,
     check_precisions,
     make_jobs,
-    parse_budgets,
     settings_key,
     unique_labels,
 )
@@ -140,8 +140,7 @@ def _read_checkpoints(paths: Sequence[str | Path], options: SweepOptions) -> tup
         raise BadInputError("give at least one checkpoint to sweep")
     paths = [Path(p) for p in paths]
     for p in paths:
-        if not p.is_file():
-            raise BadInputError(f"checkpoint {p} does not exist" if not p.exists() else f"checkpoint {p} is not a file")
+        existing_file(p, "checkpoint")
     ckpts, payloads = [], {}
     for path, label in zip(paths, unique_labels(paths)):
         loaded = load_checkpoint(path)
