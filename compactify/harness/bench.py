@@ -23,6 +23,7 @@ import torch
 from compactify import __version__
 from compactify.arguments import existing_file, parse_batches, parse_input_shape
 from compactify.converter.load.checkpoint import load_checkpoint
+from compactify.converter.load.input_fit import check_declared_dims, check_input_fits
 from compactify.errors import BadInputError
 from compactify.harness.devices import only_device
 from compactify.harness.machine import machine_info, machine_summary
@@ -125,10 +126,14 @@ class _Loaded:
 
 
 def _open(model: BenchModel, device: str, threads: int | None, trust_pickle: bool,
-          input_shape: tuple[int, ...] | None) -> tuple[Runner, tuple[int, ...] | None]:
-    """The model's loaded runner, and for a checkpoint the input dims its metadata gives."""
+          full_shape: tuple[int, ...] | None) -> tuple[Runner, tuple[int, ...] | None]:
+    """The model's loaded runner, and for a checkpoint the input dims its metadata gives (``full_shape``:
+    --input-shape, N,C,H,W, checked against the checkpoint's network)."""
+    input_shape = full_shape[1:] if full_shape else None
     if model.target is None:
         module, hint = _module_from_checkpoint(model.path, trust_pickle)
+        if full_shape:
+            check_input_fits(module, full_shape, (full_shape[0], *hint) if hint else None)
         shape = input_shape or hint
         opts = {"input_shape": (None, *shape)} if shape else {}
         return open_runner(module, runtime=CHECKPOINT.runtime, device=device, **opts), shape
@@ -168,7 +173,9 @@ def make_feeds(specs, batch: int, input_shape: tuple[int, ...] | None, label: st
     """Random inputs that fit ``specs`` at ``batch``; dynamic dims after the batch come from ``input_shape``."""
     rng = np.random.default_rng(seed)
     feeds = {}
-    for spec in specs:
+    for k, spec in enumerate(specs):
+        if k == 0 and input_shape is not None and spec.shape:  # a fixed size is never silently kept
+            check_declared_dims(spec.shape, (batch, *input_shape), f"{label}'s input {spec.name!r}")
         if spec.shape is None:
             if input_shape is None:
                 raise BadInputError(f"{label}: the rank of input {spec.name!r} is unknown; pass --input-shape N,C,H,W")
@@ -268,7 +275,7 @@ def bench(
     with contextlib.ExitStack() as stack, pinned_threads(threads):
         loaded = []
         for m in resolved:
-            runner, hint = _open(m, device, threads, trust_pickle, shape)
+            runner, hint = _open(m, device, threads, trust_pickle, full_shape)
             stack.enter_context(runner)
             loaded.append(_Loaded(m, runner, hint))
         machine = machine_info()  # after loading: torch threads are pinned by now

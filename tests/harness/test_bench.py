@@ -211,6 +211,23 @@ def test_bench_bad_inputs(models):
         bench([models["onnx"]], device="tpu", **FAST)
 
 
+def test_an_input_shape_is_applied_or_refused_never_ignored(models, tmp_path):
+    """A model file with fixed dims: --input-shape must agree with them (the JSON records what ran)."""
+    with pytest.raises(BadInputError, match=r"takes 1x4 .*did you mean 1,4\?"):
+        bench([models["fixed"]], input_shape="1,5", **FAST)
+    with pytest.raises(BadInputError, match=r"takes \?x3x8x8 .*did you mean 1,3,8,8\?"):
+        bench([models["onnx"]], input_shape="1,3,16,16", **FAST)
+    with pytest.raises(BadInputError, match="takes 4 dims"):
+        bench([models["pt2"]], input_shape="1,3,8", **FAST)
+    assert bench([models["fixed"]], input_shape="1,4", **FAST).settings["input_shape"] == [1, 4]
+    path, _ = _checkpoint(tmp_path, ".pt")  # a checkpoint: its network says what it takes
+    with pytest.raises(BadInputError, match="takes 3 channels, got 1"):
+        bench([path], input_shape="1,1,24,24", **FAST)
+    with pytest.raises(BadInputError, match=r"built for 24x24 inputs \(1,3,24,24\); at 16x16 it fails in its "
+                                                 r"layer conv3.1 \(Conv2d\): .*Kernel size"):
+        bench([path], input_shape="1,3,16,16", **FAST)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_bench_cuda_without_device_is_missing_runtime(models):
     from compactify.errors import MissingRuntimeError

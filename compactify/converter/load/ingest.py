@@ -9,6 +9,7 @@ from torch import nn
 
 from compactify.converter.frontends.fx.capture import graph_module
 from compactify.converter.load.checkpoint import Checkpoint
+from compactify.converter.load.input_fit import check_declared_dims, check_input_fits
 from compactify.converter.load.resources import check_memory
 from compactify.errors import BadInputError
 from compactify.models import build_model, default_input_shape
@@ -43,6 +44,8 @@ def build_source(
         model = graph_module(ckpt.exported)
         inputs = program_inputs(ckpt.exported)
         traced = tuple(1 if d is None else d for d in inputs[0][1]) if inputs else None
+        if input_shape and inputs:
+            check_declared_dims(inputs[0][1], input_shape, f"the exported program {ckpt.path.name}")
         meta = validate_meta(ckpt.meta, where)
         shape = input_shape or tuple(meta.get("input_shape") or ()) or traced
         check_weights(model.state_dict(), ckpt.path)
@@ -51,6 +54,8 @@ def build_source(
         model = ckpt.module.float().eval()
         check_weights(model.state_dict(), ckpt.path)
         meta = validate_meta(ckpt.meta, where)
+        if input_shape:
+            check_input_fits(model, input_shape, meta.get("input_shape"))
         shape = input_shape or tuple(meta.get("input_shape") or ()) or None
         return _checked(Source(model, meta, shape), run_memory_check, max_memory)
 
@@ -69,12 +74,14 @@ def build_source(
     check_weights(ckpt.state_dict, ckpt.path)
     model = build_model(meta)
     load_weights(model, ckpt.state_dict, str(meta["arch"]))
-    shape = input_shape or (tuple(meta["input_shape"]) if meta.get("input_shape") else None)
-    if shape is None:
-        shape = default_input_shape(meta)
+    model = model.float().eval()
+    built_for = default_input_shape(meta)  # the metadata's shape, else the registry's default
+    if input_shape:
+        check_input_fits(model, input_shape, built_for)
+    shape = input_shape or built_for
     if shape is not None:
         shape = tuple(check_shape(list(shape), "the input shape"))
-    return _checked(Source(model.float().eval(), meta, tuple(shape) if shape else None), run_memory_check, max_memory)
+    return _checked(Source(model, meta, tuple(shape) if shape else None), run_memory_check, max_memory)
 
 
 def _checked(source: Source, run_memory_check: bool = True, max_memory: int | None = None) -> Source:
