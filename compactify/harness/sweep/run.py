@@ -232,7 +232,7 @@ def _run_jobs(todo, options, payloads, data_arrays, calibration, folder, results
         else:
             echo(f"[{count[0]}/{len(todo)}] {what}: failed: {result['error']}")
 
-    run_conversions(calls, done)
+    run_conversions(calls, done, echo)
 
 
 def _score_text(point: dict) -> str:
@@ -268,7 +268,7 @@ def _time_points(points, options, batches, folder: SweepFolder, session, echo) -
                   folder.artifact(p["job"], p["artifact"]).read_bytes(), p["input_shape"]) for p in ok]
     return time_target((artifacts, options.runtime, [int(b) for b in batches]),
                        {"threads": options.threads, "seconds": options.seconds, "iters": options.iters,
-                        "warmup": options.warmup}, options.bench_resource)
+                        "warmup": options.warmup}, options.bench_resource, echo)
 
 
 def _summary(ckpts, budgets, precisions, batches, points, latency, options, data_name, session) -> dict[str, Any]:
