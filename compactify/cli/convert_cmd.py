@@ -93,7 +93,8 @@ def convert(checkpoint, arch, arch_kwargs, input_shape, out_dir, outputs, allow_
     atomically, never over the source, an existing file only with --force; --fp16, --int8 and
     --trt need the folder form.
     """
-    existing_file(checkpoint, "checkpoint")
+    source_format = "onnx" if is_onnx(checkpoint) else "pytorch"  # by content; by its name when it is missing
+    existing_file(checkpoint, "ONNX model" if source_format == "onnx" else "checkpoint")
     existing_file(calibration, "calibration file")
     existing_file(rank_data, "--data file")
     options = ConvertOptions(
@@ -125,7 +126,7 @@ def convert(checkpoint, arch, arch_kwargs, input_shape, out_dir, outputs, allow_
         progress=click.get_text_stream("stderr").isatty() if progress is None else progress,
         max_memory=parse_size(max_memory) if max_memory is not None else None,
     )
-    options.check("onnx" if is_onnx(checkpoint) else "pytorch")  # the flags, before torch is imported
+    options.check(source_format)  # the flags, before torch is imported
 
     from compactify.converter.pipeline.convert import convert_checkpoint
 

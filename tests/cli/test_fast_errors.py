@@ -31,6 +31,7 @@ print(json.dumps({"code": code, "stderr": err.getvalue(), "torch": "torch" in sy
 CASES = {
     "convert": [
         (["convert", "{dir}/missing.pt", "-o", "{dir}/out"], "checkpoint {dir}/missing.pt does not exist"),
+        (["convert", "{dir}/missing.onnx", "-o", "{dir}/out"], "ONNX model {dir}/missing.onnx does not exist"),
         (["convert", "{file}", "-o", "{dir}/out", "--arch-kwargs", "{{width"], "not valid JSON"),
         (["convert", "{file}", "-o", "{dir}/out", "--input-shape", "1,x"], "--input-shape"),
         (["convert", "{file}", "-o", "{dir}/out", "--rank", "energy:3"], "the fraction must be in (0, 1]"),
