@@ -103,7 +103,7 @@ def real_size_int8(name: str, mode: str, folder: Path) -> tuple[Path, dict[str, 
     import numpy as np
 
     from compactify.converter.pipeline.convert import convert_checkpoint
-    from compactify.converter.pipeline.settings import ConvertOptions
+    from compactify.converter.pipeline.options import ConvertOptions
 
     ckpt = real_size_checkpoint(name, mode, folder)
     calibration = folder / "calibration.npz"
@@ -146,7 +146,7 @@ def quantize_variants(checkpoint: Path, folder: Path, exporter: str = "auto") ->
     from compactify.converter.load.checkpoint import load_checkpoint
     from compactify.converter.load.ingest import build_source
     from compactify.converter.pipeline.convert import convert_checkpoint
-    from compactify.converter.pipeline.settings import ConvertOptions
+    from compactify.converter.pipeline.options import ConvertOptions
     from compactify.targets import TARGETS
     from compactify.targets import int8_measure as M
     from compactify.targets import int8_quantize as Q

@@ -84,7 +84,8 @@ def sweep(checkpoint: Path, label: str, rules: list[str], batch: int, seconds: f
     """Every rule through contract(); then all truncated networks timed interleaved."""
     from compactify.converter.load.checkpoint import load_checkpoint
     from compactify.converter.pipeline.contraction import contract
-    from compactify.converter.pipeline.settings import ConvertOptions
+    from compactify.converter.pipeline.options import ConvertOptions
+    from compactify.converter.pipeline.settings import split
     from compactify.converter.load.ingest import build_source
     from compactify.converter.lowrank.rank_request import rank_request
     from compactify.measure.latency import Candidate, compare_latency
@@ -99,7 +100,7 @@ def sweep(checkpoint: Path, label: str, rules: list[str], batch: int, seconds: f
              "flops": base.flops_after, "params": base.params_after, "module": base.compact}]
     for rule in rules:
         t0 = time.perf_counter()
-        request = rank_request(ConvertOptions(rank=rule, cost=cost).split("pytorch").rank, shape, source.meta)
+        request = rank_request(split(ConvertOptions(rank=rule, cost=cost), "pytorch").rank, shape, source.meta)
         result = contract(source.model, shape, rank=request)
         t = result.truncation
         rows.append({"checkpoint": label, "rule": rule, "accuracy": t["accuracy_after"], "flops": result.flops_after,

@@ -25,9 +25,16 @@ class VerificationError(CompactifyError):
     """Outputs did not match within tolerance. Exit code 1."""
 
 
-def first_line(exc: BaseException, limit: int = 300) -> str:
-    """The first line of prose in an exception's message, for one-line errors. Library errors
-    (torch.export's above all) often open with a graph dump or a stack frame; those are skipped."""
+def one_line(text: object) -> str:
+    """A message as one line, whole: its non-empty lines joined (errors are one line on stderr and in
+    tables, whatever the exception text holds)."""
+    return "; ".join(part.strip() for part in str(text).splitlines() if part.strip()) or "(no message)"
+
+
+def first_line(exc: BaseException, limit: int | None = 300) -> str:
+    """The first line of prose in an exception's message, for one-line errors (cut at ``limit``
+    characters; None: whole). Library errors (torch.export's above all) often open with a graph dump or
+    a stack frame; those are skipped."""
     for line in str(exc).splitlines():
         text = line.strip()
         if not text or line[0].isspace() or text.startswith(("def ", "#", "File ")) or "torch.ops." in text:

@@ -21,7 +21,7 @@ import threading
 import click
 
 from compactify import __version__
-from compactify.errors import CompactifyError, first_line
+from compactify.errors import CompactifyError, first_line, one_line
 
 
 COMMANDS: dict[str, str] = {
@@ -93,11 +93,6 @@ def _show_debug_logs(debug: bool) -> None:
     else:
         logger.removeHandler(_DEBUG_HANDLER)
         logger.setLevel(logging.NOTSET)
-
-
-def one_line(text: str) -> str:
-    """Messages are one line on stderr, whatever the exception text holds."""
-    return "; ".join(part.strip() for part in str(text).splitlines() if part.strip()) or "(no message)"
 
 
 def _usage_line(exc: click.ClickException) -> str:

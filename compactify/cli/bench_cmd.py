@@ -6,17 +6,17 @@ import json
 from pathlib import Path
 
 import click
-from rich.console import Console
 
-from compactify.harness.bench import BENCH_COLUMNS, DEFAULT_THREADS, bench_header, markdown_report
-from compactify.harness.bench import bench as run_bench
-from compactify.harness.model_files import model_kinds_table
-from compactify.harness.report import latency_plot, print_table, to_jsonable, write_json, write_text
-from compactify.measure.latency import DEFAULT_ITERS, DEFAULT_WARMUP
+from compactify.arguments import existing_file, parse_batches, parse_input_shape
+from compactify.cli.api_defaults import ApiDefault, resolve
+from compactify.cli.kinds_help import KindsHelpCommand
 from compactify.outputs import check_output_file
 
+# The --iters default said in its help (--iters has no default of its own: without it, --seconds or this).
+ITERS_SHOWN = 100
 
-@click.command("bench")
+
+@click.command("bench", cls=KindsHelpCommand)
 @click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="MODEL...")
 @click.option("--runtime", metavar="torch|ort|trt|openvino", default=None,
               help="Runtime for every model. Default: each file's own (see the table above).")
@@ -24,16 +24,18 @@ from compactify.outputs import check_output_file
               help="Device for every model. Default: cuda when a TensorRT engine is given, else cpu.")
 @click.option("--batch", "batch", default=None, metavar="B1,B2,...",
               help="Comma-separated batch sizes, e.g. 1,8,32 (default: the N of --input-shape, else 1).")
-@click.option("--threads", type=click.IntRange(min=1), default=DEFAULT_THREADS, show_default=True,
-              help="Pin torch intra-op threads, ONNX Runtime intra-op threads and OpenVINO's threads to N (one by default: firm "
-                   "numbers on a busy machine, as train and demo use); the table's header line says N.")
+@click.option("--threads", type=click.IntRange(min=1), cls=ApiDefault, api="compactify.harness.bench:DEFAULT_THREADS",
+              show_default="1",
+              help="Pin torch intra-op threads, ONNX Runtime intra-op threads and OpenVINO's threads to N (one by "
+                   "default: firm numbers on a busy machine, as train and demo use); the table's header line says N.")
 @click.option("--bf16", is_flag=True,
               help="Also time every model whose runtime can compute in bf16 (OpenVINO) at bf16, as a row of its own "
                    "(labelled \"(bf16)\"; the others run at fp32, labelled where the runtime lets it be chosen).")
-@click.option("--warmup", type=click.IntRange(min=0), default=DEFAULT_WARMUP, show_default=True,
+@click.option("--warmup", type=click.IntRange(min=0), cls=ApiDefault, api="compactify.measure.latency:DEFAULT_WARMUP",
+              show_default="10",
               help="Untimed rounds before measuring.")
 @click.option("--iters", type=click.IntRange(min=1), default=None,
-              help=f"Measured rounds per batch size (default {DEFAULT_ITERS}).")
+              help=f"Measured rounds per batch size (default {ITERS_SHOWN}).")
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Measure each batch size for this long instead of --iters.")
 @click.option("--input-shape", default=None, metavar="N,C,H,W",
@@ -58,18 +60,37 @@ def bench(models, runtime, device, batch, threads, bf16, warmup, iters, seconds,
 
     {kinds}
     """
+    for path in models:
+        existing_file(path, "model file")
+    if batch is not None:
+        parse_batches(batch)
+    parse_input_shape(input_shape, empty_ok=False)
     to_stdout = json_path is not None and str(json_path) == "-"
     for option, path in (("--json file", None if to_stdout else json_path), ("--md file", md_path),
                          ("--png file", png_path)):
         if path is not None:  # before the timing: a name that would destroy a model is refused at once
             check_output_file(path, inputs=models, what=option)
+
+    from rich.console import Console
+
+    from compactify.harness.bench import BENCH_COLUMNS, bench_header, markdown_report
+    from compactify.harness.bench import bench as run_bench
+    from compactify.harness.report import (
+        latency_plot,
+        print_table,
+        to_jsonable,
+        write_json,
+        write_text,
+    )
+
+    given = resolve(click.get_current_context(), threads=threads, warmup=warmup)
     result = run_bench(
         models,
         runtime=runtime,
         device=device,
         batches=batch,
-        threads=threads,
-        warmup=warmup,
+        threads=given["threads"],
+        warmup=given["warmup"],
         iters=iters,
         seconds=seconds,
         input_shape=input_shape,
@@ -95,6 +116,3 @@ def bench(models, runtime, device, batch, threads, bf16, warmup, iters, seconds,
         title = f"{result.settings['device']} latency"
         latency_plot(result.rows, png_path, title=title)
         click.echo(f"wrote {png_path}", err=to_stdout)
-
-
-bench.help = bench.help.replace("    {kinds}", model_kinds_table(indent="    "))

@@ -7,6 +7,16 @@ import warnings
 
 import click
 
+from compactify.arguments import (
+    existing_file,
+    parse_arch_kwargs,
+    parse_input_shape,
+    parse_size,
+)
+from compactify.converter.load.sniff import is_onnx
+from compactify.converter.pipeline.options import ConvertOptions
+from compactify.errors import BadInputError
+
 
 @click.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=str))
@@ -95,11 +105,10 @@ def convert(checkpoint, arch, arch_kwargs, input_shape, out_dir, outputs, allow_
     atomically, never over the source, an existing file only with --force; --fp16, --int8 and
     --trt need the folder form.
     """
-    from compactify.converter.pipeline.settings import ConvertOptions
-    from compactify.converter.pipeline.convert import convert_checkpoint
-    from compactify.converter.load.ingest import parse_arch_kwargs, parse_input_shape
-    from compactify.converter.load.resources import parse_size
-
+    source_format = "onnx" if is_onnx(checkpoint) else "pytorch"  # by content; by its name when it is missing
+    existing_file(checkpoint, "ONNX model" if source_format == "onnx" else "checkpoint")
+    existing_file(calibration, "calibration file")
+    existing_file(rank_data, "--data file")
     options = ConvertOptions(
         arch=arch,
         arch_kwargs=parse_arch_kwargs(arch_kwargs),
@@ -132,6 +141,10 @@ def convert(checkpoint, arch, arch_kwargs, input_shape, out_dir, outputs, allow_
         progress=sys.stderr.isatty() if progress is None else progress,
         max_memory=parse_size(max_memory) if max_memory is not None else None,
     )
+    options.check(source_format)  # the flags, before torch is imported
+
+    from compactify.converter.pipeline.convert import convert_checkpoint
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the report's own warnings are printed below, once
         report = convert_checkpoint(checkpoint, out_dir, options)
@@ -141,8 +154,6 @@ def convert(checkpoint, arch, arch_kwargs, input_shape, out_dir, outputs, allow_
 
 
 def _whole_number(text: str, option: str) -> int:
-    from compactify.errors import BadInputError
-
     try:
         return int(text)
     except ValueError:

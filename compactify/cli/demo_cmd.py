@@ -10,10 +10,10 @@ import click
 @click.command("demo")
 @click.option("-o", "--output", "out_dir", default="compactify-demo", show_default=True,
               type=click.Path(file_okay=False, path_type=Path), help="Folder for everything the demo writes.")
-@click.option("--epochs", type=int, default=3, show_default=True, help="Training epochs on the digits.")
+@click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True, help="Training epochs on the digits.")
 @click.option("--mode", default="cl", show_default=True, type=click.Choice(["cl", "ck", "fc", "cl+fc", "ck+fc"]),
               help="ExpandNets expansion of SmallNet-7 to train.")
-@click.option("--threads", type=int, default=1, show_default=True, help="CPU threads for training and timing.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="CPU threads for training and timing.")
 @click.option("--force", is_flag=True, help="Overwrite -o even if it is not a previous demo's folder.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
 def demo(out_dir, epochs, mode, threads, force, no_progress) -> None:
@@ -26,12 +26,9 @@ def demo(out_dir, epochs, mode, threads, force, no_progress) -> None:
     from rich.console import Console
 
     from compactify.cli.verify_cmd import print_result
-    from compactify.errors import BadInputError
     from compactify.harness.demo import DemoConfig, run_demo
     from compactify.harness.report import Column, print_table
 
-    if threads < 1:
-        raise BadInputError(f"--threads must be >= 1, got {threads}")
     warnings.simplefilter("ignore", FutureWarning)
     console = Console()
     config = DemoConfig(mode=mode, epochs=epochs, threads=threads)

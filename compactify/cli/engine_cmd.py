@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
+from compactify.arguments import existing_file
 from compactify.outputs import check_output_file
-from compactify.targets.tensorrt_build import build_engine
 
 
 def default_engine_path(onnx_path: Path, fp16: bool) -> Path:
@@ -31,9 +31,13 @@ def default_engine_path(onnx_path: Path, fp16: bool) -> Path:
 def engine(model: Path, output: Path | None, min_batch: int, opt_batch: int | None, max_batch: int | None,
            workspace_mb: int, timing_cache: Path | None, fp16: bool, force: bool) -> None:
     """Build a serialized TensorRT engine from MODEL.onnx (needs TensorRT and a CUDA device)."""
+    existing_file(model, "ONNX file")
     output = output or default_engine_path(model, fp16)
     # The engine never replaces its own ONNX input or the timing cache, even with --force.
     check_output_file(output, force=force, inputs=[model, timing_cache], what="engine file")
+
+    from compactify.targets.tensorrt_build import build_engine
+
     info = build_engine(
         model, output, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
         workspace_mb=workspace_mb, timing_cache=timing_cache, fp16=fp16, force=True,

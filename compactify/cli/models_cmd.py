@@ -3,11 +3,11 @@ command line, thin over ``compactify.models``."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
+from compactify.arguments import parse_arch_kwargs
 from compactify.errors import BadInputError
 
 # `train --nuclear` with no value. Measured on digits with the default AdamW at --lr 0.002: on widevgg
@@ -15,18 +15,6 @@ from compactify.errors import BadInputError
 # untruncated net 6 points); on SmallNet-7 (3 epochs) tau 3 keeps 98.1% untruncated but loses most of it
 # at flops:0.5, where tau 5 keeps 94.7% of 96.9% and tau 10 does not train (45%).
 NUCLEAR_DEFAULT = 3.0
-
-
-def _arch_kwargs(text: str | None) -> dict:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadInputError(f"--arch-kwargs is not valid JSON ({exc.msg} at char {exc.pos}): {text!r}") from None
-    if not isinstance(value, dict):
-        raise BadInputError(f"--arch-kwargs must be a JSON object, got {text!r}")
-    return value
 
 
 def _layers(text: str | None) -> list[str] | None:
@@ -48,6 +36,11 @@ def _resolve(arch: str, mode: str | None):
         if name_mode is not None and name_mode != mode:
             raise BadInputError(f"{arch!r} already names mode {name_mode}; it conflicts with mode {mode}")
     return base, mode or name_mode
+
+
+def _check_output(output: Path, force: bool) -> None:
+    if output.exists() and not force:
+        raise BadInputError(f"output file {output} already exists; pass --force to overwrite it")
 
 
 def _check_rate(rate: int) -> None:
@@ -131,6 +124,11 @@ def expand_cmd(arch: str, mode: str | None, rate: int, layers: str | None, arch_
 
     `compactify convert FILE -o OUT` then needs no --arch.
     """
+    _check_rate(rate)
+    kwargs = parse_arch_kwargs(arch_kwargs)
+    layer_list = _layers(layers)
+    _check_output(output, force)
+
     import torch
 
     from compactify.converter.load.checkpoint import save_checkpoint
@@ -140,11 +138,6 @@ def expand_cmd(arch: str, mode: str | None, rate: int, layers: str | None, arch_
     base, mode = _resolve(arch, mode)
     if mode is None:
         raise BadInputError("give --mode (fc, cl, ck, cl+fc or ck+fc) or an expanded name such as smallnet7-cl")
-    _check_rate(rate)
-    kwargs = _arch_kwargs(arch_kwargs)
-    layer_list = _layers(layers)
-    if output.exists() and not force:
-        raise BadInputError(f"output file {output} already exists; pass --force to overwrite it")
     torch.manual_seed(seed)
     model = expand(create_model(base, **kwargs), mode, rate=rate, layers=layer_list)
     shape = list(model_entry(base).input_shape(**kwargs))
@@ -195,15 +188,6 @@ def train_cmd(arch: str, mode: str | None, rate: int, layers: str | None, arch_k
               quiet: bool, output: Path, force: bool) -> None:
     """Train ARCH (optionally expanded) on the built-in digits data on the CPU and save a
     checkpoint whose metadata lets `compactify convert` rebuild it."""
-    import torch
-
-    from compactify.converter.load.checkpoint import save_checkpoint
-    from compactify.models import attach_auxiliary, create_model, expand, model_entry
-    from compactify.models.metadata import CheckpointMeta
-    from compactify.models.data import NUM_CLASSES, load_digits_data
-    from compactify.models.train import train
-
-    base, mode = _resolve(arch, mode)
     _check_rate(rate)
     if epochs <= 0:
         raise BadInputError(f"--epochs must be a positive integer, got {epochs}")
@@ -213,17 +197,28 @@ def train_cmd(arch: str, mode: str | None, rate: int, layers: str | None, arch_k
         raise BadInputError(f"--threads must be >= 1, got {threads}")
     if lr <= 0 or batch_size < 1:
         raise BadInputError(f"--lr must be > 0 and --batch-size >= 1, got {lr} and {batch_size}")
+    if input_size is not None and input_size < 1:
+        raise BadInputError(f"--input-size must be positive, got {input_size}")
+    given_kwargs = parse_arch_kwargs(arch_kwargs)
+    layer_list = _layers(layers)
+    regularized = _layers(reg_layers)
+    _check_output(output, force)
+
+    import torch
+
+    from compactify.converter.load.checkpoint import save_checkpoint
+    from compactify.models import attach_auxiliary, create_model, expand, model_entry
+    from compactify.models.data import NUM_CLASSES, load_digits_data
+    from compactify.models.metadata import CheckpointMeta
+    from compactify.models.train import train
+
+    base, mode = _resolve(arch, mode)
     entry = model_entry(base)
-    kwargs = {**entry.train_kwargs, **_arch_kwargs(arch_kwargs)}
+    kwargs = {**entry.train_kwargs, **given_kwargs}
     if input_size is not None:
-        if input_size < 1:
-            raise BadInputError(f"--input-size must be positive, got {input_size}")
         kwargs["input_size"] = input_size
     if int(kwargs.get("num_classes", NUM_CLASSES)) != NUM_CLASSES:
         raise BadInputError(f"digits has {NUM_CLASSES} classes; drop num_classes from --arch-kwargs")
-    layer_list = _layers(layers)
-    if output.exists() and not force:
-        raise BadInputError(f"output file {output} already exists; pass --force to overwrite it")
 
     torch.manual_seed(seed)
     model = create_model(base, **kwargs)
@@ -235,7 +230,7 @@ def train_cmd(arch: str, mode: str | None, rate: int, layers: str | None, arch_k
     data = load_digits_data(shape, seed=0)
     result = train(model, epochs, data=data, lr=lr, batch_size=batch_size, seed=seed, nuclear=nuclear,
                    nuclear_kind=nuclear_kind, group_lasso=group_lasso, proximal=not penalty,
-                   reg_layers=_layers(reg_layers), threads=threads, progress=not quiet)
+                   reg_layers=regularized, threads=threads, progress=not quiet)
     meta = {
         "arch": base,
         "arch_kwargs": kwargs,
@@ -261,7 +256,7 @@ def train_cmd(arch: str, mode: str | None, rate: int, layers: str | None, arch_k
             "nuclear_kind": nuclear_kind,
             "group_lasso": group_lasso,
             "regularizer_form": "penalty" if penalty else "proximal",
-            "reg_layers": _layers(reg_layers),
+            "reg_layers": regularized,
             "history": result.history,
         },
     }

@@ -7,9 +7,13 @@ from pathlib import Path
 
 import click
 
-from compactify.converter.load.ingest import parse_arch_kwargs, parse_input_shape
-from compactify.harness.sweep import SweepOptions, run_sweep
-from compactify.harness.sweep.tables import recommendation_lines
+from compactify.arguments import (
+    existing_file,
+    parse_arch_kwargs,
+    parse_batches,
+    parse_input_shape,
+)
+from compactify.converter.lowrank.rule_syntax import parse_budgets
 
 
 @click.command("sweep")
@@ -63,12 +67,21 @@ def sweep(checkpoints, out, budgets, fp16, int8, calibration, data, runtime, bat
     one node. A point that fails is listed with its error and the rest complete; an interrupted
     sweep resumes from OUT without redoing finished points.
     """
+    for path in checkpoints:
+        existing_file(path, "checkpoint")
+    parse_budgets(budgets)
+    parse_batches(batches)
+    kwargs = parse_arch_kwargs(arch_kwargs) or None
+    shape = parse_input_shape(input_shape)
+
+    from compactify.harness.sweep import SweepOptions, run_sweep
+    from compactify.harness.sweep.tables import recommendation_lines
+
     options = SweepOptions(
         budgets=budgets, fp16=fp16, int8=int8, data=data, calibration=calibration, runtime=runtime, batches=batches,
         threads=threads, seconds=seconds if seconds is not None or iters is not None else 2.0, iters=iters,
         max_accuracy_drop=max_accuracy_drop, ray_address=ray_address, bench_resource=bench_resource,
-        num_cpus=num_cpus, arch=arch, arch_kwargs=parse_arch_kwargs(arch_kwargs) or None,
-        input_shape=parse_input_shape(input_shape), retry_failed=retry_failed,
+        num_cpus=num_cpus, arch=arch, arch_kwargs=kwargs, input_shape=shape, retry_failed=retry_failed,
     )
     summary = run_sweep(checkpoints, out, options, echo=lambda line: click.echo(line, err=True))
     for w in summary["warnings"]:

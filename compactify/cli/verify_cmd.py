@@ -5,29 +5,27 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
 
-from compactify.converter.load.ingest import parse_arch_kwargs, parse_input_shape
-from compactify.errors import BadInputError
-from compactify.harness.model_files import model_kinds_table
-from compactify.harness.report import print_table, to_jsonable, write_json
-from compactify.harness.verify import (
-    FP16_ATOL,
-    FP16_RTOL,
-    INT8_TOL,
-    REGION_COLUMNS,
-    VERIFY_COLUMNS,
-    VerifyResult,
-    verify_conversion,
-    verify_models,
+from compactify.arguments import (
+    CONVERT_FOLDER_HINT,
+    existing_file,
+    existing_path,
+    parse_arch_kwargs,
+    parse_input_shape,
 )
-from compactify.measure.metrics import DEFAULT_ATOL, DEFAULT_RTOL
+from compactify.cli.api_defaults import ApiDefault, resolve
+from compactify.cli.kinds_help import KindsHelpCommand
+from compactify.errors import BadInputError
 from compactify.outputs import check_output_file
 
+if TYPE_CHECKING:
+    from compactify.harness.verify import VerifyResult
 
-@click.command("verify")
+
+@click.command("verify", cls=KindsHelpCommand)
 @click.argument("outdir", required=False, type=click.Path(path_type=Path))
 @click.option("--reference", "reference", type=click.Path(path_type=Path), default=None,
               help="Instead of OUTDIR: the reference model (checkpoint, .pt2, .onnx or engine).")
@@ -44,11 +42,15 @@ from compactify.outputs import check_output_file
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Rows per seeded batch (default 8, or the model's fixed batch).")
 @click.option("--seed", type=int, default=1234, show_default=True, help="Seed of the generated inputs.")
-@click.option("--atol", type=float, default=DEFAULT_ATOL, show_default=True, help="Absolute tolerance (allclose rule).")
-@click.option("--rtol", type=float, default=DEFAULT_RTOL, show_default=True, help="Relative tolerance (allclose rule).")
-@click.option("--fp16-atol", type=float, default=FP16_ATOL, show_default=True, help="Absolute tolerance for fp16 artifacts.")
-@click.option("--fp16-rtol", type=float, default=FP16_RTOL, show_default=True, help="Relative tolerance for fp16 artifacts.")
-@click.option("--int8-tol", type=float, default=INT8_TOL, show_default=True,
+@click.option("--atol", type=float, cls=ApiDefault, api="compactify.measure.metrics:DEFAULT_ATOL", show_default="1e-05",
+              help="Absolute tolerance (allclose rule).")
+@click.option("--rtol", type=float, cls=ApiDefault, api="compactify.measure.metrics:DEFAULT_RTOL", show_default="0.0001",
+              help="Relative tolerance (allclose rule).")
+@click.option("--fp16-atol", type=float, cls=ApiDefault, api="compactify.harness.verify:FP16_ATOL", show_default="0.01",
+              help="Absolute tolerance for fp16 artifacts.")
+@click.option("--fp16-rtol", type=float, cls=ApiDefault, api="compactify.harness.verify:FP16_RTOL", show_default="0.01",
+              help="Relative tolerance for fp16 artifacts.")
+@click.option("--int8-tol", type=float, cls=ApiDefault, api="compactify.harness.verify:INT8_TOL", show_default="0.1",
               help="Tolerance of an int8 artifact, as a fraction of each output's largest reference value (it is "
                    "judged on the held-out inputs of its calibration set unless --inputs is given).")
 @click.option("--bf16", is_flag=True,
@@ -104,24 +106,36 @@ def verify(outdir, reference, candidate, runtime_a, runtime_b, reference_dtype, 
         raise BadInputError("--bf16 adds a bf16 run of a conversion folder's artifacts (OUTDIR); --candidate runs at "
                             "fp32")
 
+    shape = parse_input_shape(input_shape)
+    kwargs = parse_arch_kwargs(arch_kwargs) or None
+    if pair:
+        existing_path(reference, "model file")
+        existing_path(candidate, "model file")
+    else:
+        existing_path(outdir, "folder", CONVERT_FOLDER_HINT)
+    existing_file(inputs, "inputs file")
     to_stdout = json_path is not None and str(json_path) == "-"
     if json_path is not None and not to_stdout:
         check_output_file(json_path, inputs=[reference, candidate, inputs,
                                              *(outdir.glob("*") if outdir is not None and outdir.is_dir() else [])],
                           what="--json file")
+
+    from compactify.harness.report import to_jsonable, write_json
+    from compactify.harness.verify import verify_conversion, verify_models
+
+    tol = resolve(click.get_current_context(), atol=atol, rtol=rtol, fp16_atol=fp16_atol, fp16_rtol=fp16_rtol,
+                  int8_tol=int8_tol)
     if pair:
         result = verify_models(
             reference, candidate, runtime_a=runtime_a, runtime_b=runtime_b, device=device,
             reference_dtype=reference_dtype, inputs=inputs, batches=batches, batch_size=batch_size, seed=seed,
-            atol=atol, rtol=rtol, input_shape=parse_input_shape(input_shape), arch=arch,
-            arch_kwargs=parse_arch_kwargs(arch_kwargs) or None, trust_pickle=trust_pickle,
+            atol=tol["atol"], rtol=tol["rtol"], input_shape=shape, arch=arch, arch_kwargs=kwargs,
+            trust_pickle=trust_pickle,
         )
     else:
-        result = verify_conversion(
-            outdir, inputs=inputs, batches=batches, batch_size=batch_size, seed=seed, atol=atol, rtol=rtol,
-            fp16_atol=fp16_atol, fp16_rtol=fp16_rtol, device=device, per_region=per_region, int8_tol=int8_tol,
-            precisions=("bf16",) if bf16 else (),
-        )
+        result = verify_conversion(outdir, inputs=inputs, batches=batches, batch_size=batch_size, seed=seed,
+                                   device=device, per_region=per_region, precisions=("bf16",) if bf16 else (),
+                                   **tol)
     if to_stdout:
         click.echo(json.dumps(to_jsonable(result.to_dict()), indent=2, allow_nan=False))
     else:
@@ -135,6 +149,11 @@ def verify(outdir, reference, candidate, runtime_a, runtime_b, reference_dtype, 
 
 def print_result(result: VerifyResult, wide: bool = False) -> None:
     """The comparison table (and the per-region table), fitted to the terminal (``wide``: every column)."""
+    from rich.console import Console
+
+    from compactify.harness.report import print_table
+    from compactify.harness.verify import REGION_COLUMNS, VERIFY_COLUMNS
+
     d = result.inputs
     what = d.get("source", "")
     if "seed" in d:
@@ -155,6 +174,3 @@ def print_result(result: VerifyResult, wide: bool = False) -> None:
                           + "worst first")
     for w in result.warnings:
         click.echo(f"note: {w}", err=True)
-
-
-verify.help = verify.help.replace("    {kinds}", model_kinds_table(indent="    "))

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from compactify import __version__
+from compactify.arguments import existing_file, parse_batches, parse_input_shape
 from compactify.converter.load.checkpoint import load_checkpoint
-from compactify.converter.load.ingest import parse_input_shape
+from compactify.converter.load.input_fit import check_declared_dims, check_input_fits
 from compactify.errors import BadInputError
 from compactify.harness.devices import device_for, only_device
 from compactify.harness.machine import machine_info, machine_summary
@@ -67,31 +68,6 @@ BENCH_COLUMNS = [
 ]
 
 
-def parse_batches(text: str | Sequence[int]) -> list[int]:
-    """``"1,8,32"`` -> ``[1, 8, 32]``: positive integers, no duplicates."""
-    if isinstance(text, str):
-        parts = [p.strip() for p in text.split(",")]
-        try:
-            values = [int(p) for p in parts]
-        except ValueError:
-            raise BadInputError(f"--batch must be a comma-separated list of positive integers like 1,8,32; got {text!r}") from None
-    else:
-        values = [int(v) for v in text]
-    if not values or any(v < 1 for v in values):
-        raise BadInputError(f"--batch must list positive integers like 1,8,32; got {text!r}")
-    if len(set(values)) != len(values):
-        raise BadInputError(f"--batch lists a size twice: {text!r}")
-    return values
-
-
-def parse_shape(text: str | Sequence[int] | None) -> tuple[int, ...] | None:
-    """``"1,3,32,32"`` -> ``(1, 3, 32, 32)``: N,C,H,W, the batch first, as in every command; an empty
-    --input-shape is a mistake here, not "no shape"."""
-    if isinstance(text, str) and not text.strip():
-        raise BadInputError("--input-shape is empty; give N,C,H,W such as 1,3,32,32")
-    return parse_input_shape(text)
-
-
 @dataclasses.dataclass
 class BenchModel:
     """One model to time: where it is, which runtime runs it, the name it gets in tables."""
@@ -118,10 +94,7 @@ def resolve_models(paths: Sequence[str | Path], runtime: str | None = None,
     models = []
     for p in paths:
         path = Path(p)
-        if not path.exists():
-            raise BadInputError(f"model file {path} does not exist")
-        if not path.is_file():
-            raise BadInputError(f"model {path} is not a file")
+        existing_file(path, "model file")
         target = None if is_checkpoint(path) else model_target(path, f"cannot benchmark {path.name}")
         native = target.runtime if target is not None else CHECKPOINT.runtime
         chosen = runtime or native
@@ -163,10 +136,14 @@ class _Loaded:
 
 
 def _open(model: BenchModel, device: str, threads: int | None, trust_pickle: bool,
-          input_shape: tuple[int, ...] | None) -> tuple[Runner, tuple[int, ...] | None]:
-    """The model's loaded runner, and for a checkpoint the input dims its metadata gives."""
+          full_shape: tuple[int, ...] | None) -> tuple[Runner, tuple[int, ...] | None]:
+    """The model's loaded runner, and for a checkpoint the input dims its metadata gives (``full_shape``:
+    --input-shape, N,C,H,W, checked against the checkpoint's network)."""
+    input_shape = full_shape[1:] if full_shape else None
     if model.target is None:
         module, hint = _module_from_checkpoint(model.path, trust_pickle)
+        if full_shape:
+            check_input_fits(module, full_shape, (full_shape[0], *hint) if hint else None)
         shape = input_shape or hint
         opts = {"input_shape": (None, *shape)} if shape else {}
         return open_runner(module, runtime=CHECKPOINT.runtime, device=device, **opts), shape
@@ -206,7 +183,9 @@ def make_feeds(specs, batch: int, input_shape: tuple[int, ...] | None, label: st
     """Random inputs that fit ``specs`` at ``batch``; dynamic dims after the batch come from ``input_shape``."""
     rng = np.random.default_rng(seed)
     feeds = {}
-    for spec in specs:
+    for k, spec in enumerate(specs):
+        if k == 0 and input_shape is not None and spec.shape:  # a fixed size is never silently kept
+            check_declared_dims(spec.shape, (batch, *input_shape), f"{label}'s input {spec.name!r}")
         if spec.shape is None:
             if input_shape is None:
                 raise BadInputError(f"{label}: the rank of input {spec.name!r} is unknown; pass --input-shape N,C,H,W")
@@ -289,7 +268,8 @@ def bench(
         raise BadInputError(f"unknown device {device!r}; use cpu or cuda")
     if threads is not None and threads < 1:
         raise BadInputError(f"--threads must be >= 1, got {threads}")
-    full_shape = parse_shape(input_shape)  # N,C,H,W like every command: N is the default batch
+    # N,C,H,W like every command (N is the default batch); an empty --input-shape is a mistake here, not "no shape"
+    full_shape = parse_input_shape(input_shape, empty_ok=False)
     shape = full_shape[1:] if full_shape else None
     if batches is None:
         batches = (full_shape[0],) if full_shape else (1,)
@@ -307,7 +287,7 @@ def bench(
     with contextlib.ExitStack() as stack, pinned_threads(threads):
         loaded = []
         for m in resolved:
-            runner, hint = _open(m, device, threads, trust_pickle, shape)
+            runner, hint = _open(m, device, threads, trust_pickle, full_shape)
             stack.enter_context(runner)
             loaded.append(_Loaded(m, runner, hint))
         machine = machine_info()  # after loading: torch threads are pinned by now

@@ -21,7 +21,7 @@ import torch
 from compactify.converter.backends.onnx_export import export_onnx
 from compactify.converter.load.checkpoint import save_checkpoint
 from compactify.converter.pipeline.convert import convert_checkpoint
-from compactify.converter.pipeline.settings import ConvertOptions
+from compactify.converter.pipeline.options import ConvertOptions
 from compactify.errors import BadInputError
 from compactify.harness.bench import bench
 from compactify.harness.report import write_json

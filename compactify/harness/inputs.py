@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from compactify.arguments import existing_file
 from compactify.converter.load.sniff import detect
 from compactify.errors import BadInputError
 
@@ -50,9 +51,7 @@ def load_inputs(path: str | Path, names: Sequence[str], shapes: Sequence[Sequenc
     An array with the input's rank is one batch (split into ``batch_size`` chunks if given);
     an array with one more axis holds several batches along its first axis.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise BadInputError(f"inputs file {path} does not exist")
+    path = existing_file(path, "inputs file")
 
     content = detect(path)
     if content.kind != "npz":

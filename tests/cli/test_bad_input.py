@@ -9,6 +9,7 @@ import pickle
 import shutil
 import signal
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -329,8 +330,8 @@ def net_for_32x32(tmp_path_factory):
     return save_checkpoint(tmp_path_factory.mktemp("net32") / "c.pt", build_model(meta).state_dict(), meta)
 
 
-def _stderr_of_process(*args) -> tuple[int, str]:
-    p = process(*args)
+def _stderr_of_process(*args, cwd=None) -> tuple[int, str]:
+    p = process(*args, cwd=cwd)
     _, err = p.communicate(timeout=300)
     return p.returncode, err
 
@@ -341,12 +342,30 @@ def _stderr_of_process(*args) -> tuple[int, str]:
 def test_a_wrong_input_shape_is_one_line_without_torch_logs(net_for_32x32, tmp_path, shape):
     code, err = _stderr_of_process("convert", net_for_32x32, "--input-shape", shape, "-o", tmp_path / "out", *CONVERT)
     assert code == 2 and len(err.splitlines()) == 1, err
-    assert err.startswith(f"error: the model rejects input shape {shape}: "), err
+    assert err.startswith(f"error: --input-shape {shape}: the model was built for 32x32 inputs (1,3,32,32); "), err
 
 
-def test_debug_shows_what_torch_logged(net_for_32x32, tmp_path):
-    code, err = _stderr_of_process("--debug", "convert", net_for_32x32, "--input-shape", "1,3,16,16",
-                                   "-o", tmp_path / "out", *CONVERT)
+@pytest.fixture(scope="module")
+def functional_head(tmp_path_factory):
+    """A net whose size no layer module states (F.linear on its own weight), so that a wrong size
+    reaches the capture, where torch logs a failed meta kernel."""
+    path = tmp_path_factory.mktemp("head") / "head.pt"
+    torch.save(user_models.functional_head().state_dict(), path)
+    return path
+
+
+def test_a_size_no_layer_states_is_still_one_line_without_torch_logs(functional_head, tmp_path):
+    code, err = _stderr_of_process("convert", functional_head, "--arch", "user_models:functional_head",
+                                   "--input-shape", "1,3,8,8", "-o", tmp_path / "out", *CONVERT,
+                                   cwd=Path(user_models.__file__).parent)
+    assert code == 2 and err.splitlines() == [("error: the model rejects input shape 1,3,8,8: mat1 and mat2 shapes "
+                                               "cannot be multiplied (1x192 and 48x5)")], err
+
+
+def test_debug_shows_what_torch_logged(functional_head, tmp_path):
+    code, err = _stderr_of_process("--debug", "convert", functional_head, "--arch", "user_models:functional_head",
+                                   "--input-shape", "1,3,8,8", "-o", tmp_path / "out", *CONVERT,
+                                   cwd=Path(user_models.__file__).parent)
     assert code == 1 and "torch said:" in err and "torch._subclasses.fake_tensor" in err, err
     assert err.rstrip().splitlines()[-1].startswith("compactify.errors.BadInputError: the model rejects"), err
 

@@ -17,6 +17,7 @@ from compactify.converter.load.checkpoint import save_checkpoint
 
 import user_models
 from families import public
+from clihelp import error_line, tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +135,7 @@ def test_existing_output_needs_force(ckpts, tmp_path):
      "shape mismatch"),
     ("nan", ["--arch", "user_models:expanded", "--input-shape", "1,3,12,12"], "NaN or Inf"),
     ("dd", ["--arch", "user_models:data_dependent", "--input-shape", "1,3,12,12"], "torch.export could not capture"),
-    ("bare", ["--arch", "user_models:expanded", "--input-shape", "1,5,12,12"], "rejects input shape 1,5,12,12"),
+    ("bare", ["--arch", "user_models:expanded", "--input-shape", "1,5,12,12"], "takes 3 channels, got 5"),
     ("bare", ["--arch", "user_models:expanded", "--input-shape", "1,x,2"], "--input-shape"),
     ("bare", ["--arch", "no_such_module:f"], "cannot import"),
 ])
@@ -148,6 +149,33 @@ def test_bad_input_is_one_line_exit_2_and_no_output(ckpts, tmp_path, kind, extra
     assert "Traceback" not in r.output
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []  # no temporary folder left behind either
+
+
+@pytest.mark.parametrize("kind,shape,needle", [
+    ("meta", "1,3,12", "--input-shape 1,3,12: expected 4 dims (batch, channels, height, width), got 3"),
+    ("meta", "3,12,12", ("has no batch dim: the first layer (chain.0, a Conv2d) takes 4 dims (batch, channels, "
+                         "height, width); did you mean 1,3,12,12?")),
+    ("meta", "1,1,12,12", "the first layer (chain.0, a Conv2d) takes 3 channels, got 1"),
+    ("pickle", "1,1,12,12", "takes 3 channels, got 1"),
+    ("pt2", "1,3,16,16", "the exported program prog.pt2 takes 2x3x12x12 (? is any size); did you mean 1,3,12,12?"),
+    ("pt2", "1,3,16", "the exported program prog.pt2 takes 4 dims"),
+    ("registry", "1,3,16,16", ("the model was built for 8x8 inputs (1,3,8,8); at 16x16 its layer fc1.0 (Linear) "
+                               "gets 32 features where it takes 8")),
+    ("flat", "1,3,6,6", "does not fit the model: at 6x6 its layer 2 (Linear) gets 144 features where it takes 256"),
+])
+def test_an_input_shape_that_does_not_fit_names_what_the_model_takes(ckpts, tmp_path, kind, shape, needle):
+    """--input-shape against the model's own sizes, before anything runs on data (issue 22)."""
+    extra = {"pickle": ["--trust-pickle"], "flat": ["--arch", "user_models:flat"]}.get(kind, [])
+    if kind == "registry":
+        path = tiny_checkpoint(tmp_path / "tiny.pt")
+    elif kind == "flat":
+        path = tmp_path / "flat.pt"
+        torch.save(user_models.flat().state_dict(), path)
+    else:
+        path = ckpts[kind]
+    r = _run("convert", path, "-o", tmp_path / "out", "--input-shape", shape, *extra)
+    error_line(r, needle)
+    assert not (tmp_path / "out").exists()
 
 
 def test_data_dependent_error_names_the_failing_call(ckpts, tmp_path):

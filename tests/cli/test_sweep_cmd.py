@@ -42,7 +42,9 @@ def test_a_folder_of_someone_elses_is_refused(tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("keep")
-    result = _run("sweep", tmp_path / "c.pt", "-o", out)
+    ckpt = tmp_path / "c.pt"
+    ckpt.write_bytes(b"not read: the folder is refused first")
+    result = _run("sweep", ckpt, "-o", out)
     assert result.exit_code == 2 and "not a sweep's folder" in result.output
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
@@ -74,4 +76,19 @@ def test_an_unreachable_cluster_is_one_line_and_leaves_no_folder(tmp_path):
     result = _run("sweep", ckpt, "-o", tmp_path / "out", "--ray-address", f"127.0.0.1:{port}")
     assert result.exit_code == 2 and "cannot reach the Ray cluster" in result.output
     assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_input_shape_that_does_not_fit_is_refused_before_ray_starts(tmp_path):
+    """--input-shape against each checkpoint's network (issue 22): one line naming what it takes."""
+    from compactify.converter.load.checkpoint import save_checkpoint
+    from compactify.models import create_model
+
+    kwargs = {"num_classes": 10, "in_chans": 1, "input_size": 8, "width": 4, "blocks": [1, 1]}
+    ckpt = save_checkpoint(tmp_path / "w.pt", create_model("widevgg", **kwargs).state_dict(),
+                           {"arch": "widevgg", "arch_kwargs": kwargs, "input_shape": [1, 1, 8, 8],
+                            "training": {"dataset": "digits"}})
+    result = _run("sweep", ckpt, "-o", tmp_path / "out", "--input-shape", "1,3,8,8")
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "--input-shape 1,3,8,8: the first layer" in result.output and "takes 1 channel, got 3" in result.output
     assert not (tmp_path / "out").exists()

@@ -83,12 +83,18 @@ def test_reference_and_candidate(converted):
     ([], "give the output folder"),
     (["--reference", "{out}/compact.pt2", "--candidate", "{out}/compact.onnx", "--runtime-b", "trt"],
      "runs on --runtime ort"),
+    # --input-shape against the reference's own sizes (issue 22): a checkpoint's network, a program's dims.
+    (["--reference", "{ckpt}", "--candidate", "{out}/compact.onnx", "--input-shape", "3,8,8"],
+     ("has no batch dim: the first layer (conv1.0, a Conv2d) takes 4 dims (batch, channels, height, width); "
+      "did you mean 1,3,8,8?")),
+    (["--reference", "{ckpt}", "--candidate", "{out}/compact.onnx", "--input-shape", "1,3,16,16"],
+     "the model was built for 8x8 inputs (1,3,8,8); at 16x16 its layer fc1.0 (Linear) gets 32 features"),
 ])
 def test_bad_input_is_one_line_and_exit_2(converted, tmp_path, args, message):
-    _, out = converted
+    ckpt, out = converted
     np.savez(tmp_path / "wrong.npz", image=np.zeros((2, 3, 8, 8), np.float32))
     np.savez(tmp_path / "shape.npz", x=np.zeros((4, 3, 8), np.float32))
-    r = _run("verify", *(a.format(tmp=tmp_path, out=out) for a in args))
+    r = _run("verify", *(a.format(tmp=tmp_path, out=out, ckpt=ckpt) for a in args))
     assert r.exit_code == 2, r.output
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr

@@ -37,3 +37,23 @@ def data_dependent() -> nn.Module:
 
 def raising(width: int = 2) -> nn.Module:
     raise ValueError("width must be even")
+
+
+def flat(size: int = 8) -> nn.Module:
+    """A net whose Linear after the flatten fixes the input size, though nothing else says which."""
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * size * size, 5))
+
+
+class FunctionalHead(nn.Module):
+    """A head written as F.linear on its own weight: no layer module says which size it takes."""
+
+    def __init__(self, features: int = 48):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(5, features))
+
+    def forward(self, x):
+        return torch.nn.functional.linear(x.flatten(1), self.weight)
+
+
+def functional_head(features: int = 48) -> nn.Module:
+    return FunctionalHead(features)

@@ -13,6 +13,7 @@ import torch
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
+from compactify.arguments import parse_batches, parse_input_shape
 from compactify.cli import main
 from compactify.errors import BadInputError
 from compactify.harness.bench import (
@@ -20,8 +21,6 @@ from compactify.harness.bench import (
     bench,
     make_feeds,
     markdown_report,
-    parse_batches,
-    parse_shape,
     resolve_models,
 )
 from compactify.runtimes.base import TensorSpec
@@ -89,12 +88,12 @@ def test_parse_batches():
 
 
 def test_parse_shape():  # N,C,H,W, the batch first, as in convert and verify
-    assert parse_shape("1,3,32,32") == (1, 3, 32, 32)
-    assert parse_shape("8x3x32x32") == (8, 3, 32, 32)
-    assert parse_shape(None) is None
+    assert parse_input_shape("1,3,32,32", empty_ok=False) == (1, 3, 32, 32)
+    assert parse_input_shape("8x3x32x32", empty_ok=False) == (8, 3, 32, 32)
+    assert parse_input_shape(None, empty_ok=False) is None
     for bad in ("", "3,a", "0,1", "4"):
         with pytest.raises(BadInputError):
-            parse_shape(bad)
+            parse_input_shape(bad, empty_ok=False)
 
 
 def test_resolve_models(models, tmp_path):
@@ -210,6 +209,23 @@ def test_bench_bad_inputs(models):
         bench([models["onnx"]], iters=2, seconds=1.0)
     with pytest.raises(BadInputError, match="device"):
         bench([models["onnx"]], device="tpu", **FAST)
+
+
+def test_an_input_shape_is_applied_or_refused_never_ignored(models, tmp_path):
+    """A model file with fixed dims: --input-shape must agree with them (the JSON records what ran)."""
+    with pytest.raises(BadInputError, match=r"takes 1x4 .*did you mean 1,4\?"):
+        bench([models["fixed"]], input_shape="1,5", **FAST)
+    with pytest.raises(BadInputError, match=r"takes \?x3x8x8 .*did you mean 1,3,8,8\?"):
+        bench([models["onnx"]], input_shape="1,3,16,16", **FAST)
+    with pytest.raises(BadInputError, match="takes 4 dims"):
+        bench([models["pt2"]], input_shape="1,3,8", **FAST)
+    assert bench([models["fixed"]], input_shape="1,4", **FAST).settings["input_shape"] == [1, 4]
+    path, _ = _checkpoint(tmp_path, ".pt")  # a checkpoint: its network says what it takes
+    with pytest.raises(BadInputError, match="takes 3 channels, got 1"):
+        bench([path], input_shape="1,1,24,24", **FAST)
+    with pytest.raises(BadInputError, match=r"built for 24x24 inputs \(1,3,24,24\); at 16x16 it fails in its "
+                                                 r"layer conv3.1 \(Conv2d\): .*Kernel size"):
+        bench([path], input_shape="1,3,16,16", **FAST)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")

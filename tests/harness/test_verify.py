@@ -12,7 +12,7 @@ import torch
 from onnx import numpy_helper
 
 from compactify.converter.load.checkpoint import save_checkpoint
-from compactify.converter.pipeline.settings import ConvertOptions
+from compactify.converter.pipeline.options import ConvertOptions
 from compactify.converter.pipeline.convert import convert_checkpoint
 from compactify.errors import BadInputError, VerificationError
 from compactify.harness.inputs import load_inputs, seeded_inputs

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 from torch import nn
 
 from compactify.converter.frontends.fx.capture import graph_module
 from compactify.converter.load.checkpoint import Checkpoint
+from compactify.converter.load.input_fit import check_declared_dims, check_input_fits
 from compactify.converter.load.resources import check_memory
 from compactify.errors import BadInputError
 from compactify.models import build_model, default_input_shape
@@ -23,35 +22,6 @@ class Source:
     model: nn.Module  # eval mode, float32
     meta: dict = field(default_factory=dict)  # what rebuilds it: arch, arch_kwargs, expand, rate, ...
     input_shape: tuple[int, ...] | None = None
-
-
-def parse_input_shape(text: str | Sequence[int] | None, option: str = "--input-shape") -> tuple[int, ...] | None:
-    """``"1,3,32,32"`` (or ``1x3x32x32``, or a sequence of ints) -> ``(1, 3, 32, 32)``: N,C,H,W, the
-    batch first, in every command; None for no shape."""
-    if text is None or text == "":
-        return None
-    try:
-        dims = tuple(int(d) for d in (str(text).replace("x", ",").split(",") if isinstance(text, str) else text))
-    except (TypeError, ValueError):
-        raise BadInputError(f"{option} {text!r} is not a list of integers such as 1,3,32,32 (N,C,H,W)") from None
-    if len(dims) < 2 or any(d <= 0 for d in dims):
-        raise BadInputError(f"{option} {text!r} needs at least two positive sizes, the batch first, such as "
-                            "1,3,32,32 (N,C,H,W)")
-    return dims
-
-
-def parse_arch_kwargs(text: str | dict | None) -> dict:
-    if text is None or text == "":
-        return {}
-    if isinstance(text, dict):
-        return text
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadInputError(f"--arch-kwargs is not valid JSON ({exc.msg} at column {exc.colno})") from None
-    if not isinstance(value, dict):
-        raise BadInputError("--arch-kwargs must be a JSON object such as '{\"num_classes\": 10}'")
-    return value
 
 
 def build_source(
@@ -74,6 +44,8 @@ def build_source(
         model = graph_module(ckpt.exported)
         inputs = program_inputs(ckpt.exported)
         traced = tuple(1 if d is None else d for d in inputs[0][1]) if inputs else None
+        if input_shape and inputs:
+            check_declared_dims(inputs[0][1], input_shape, f"the exported program {ckpt.path.name}")
         meta = validate_meta(ckpt.meta, where)
         shape = input_shape or tuple(meta.get("input_shape") or ()) or traced
         check_weights(model.state_dict(), ckpt.path)
@@ -82,6 +54,8 @@ def build_source(
         model = ckpt.module.float().eval()
         check_weights(model.state_dict(), ckpt.path)
         meta = validate_meta(ckpt.meta, where)
+        if input_shape:
+            check_input_fits(model, input_shape, meta.get("input_shape"))
         shape = input_shape or tuple(meta.get("input_shape") or ()) or None
         return _checked(Source(model, meta, shape), run_memory_check, max_memory)
 
@@ -100,12 +74,14 @@ def build_source(
     check_weights(ckpt.state_dict, ckpt.path)
     model = build_model(meta)
     load_weights(model, ckpt.state_dict, str(meta["arch"]))
-    shape = input_shape or (tuple(meta["input_shape"]) if meta.get("input_shape") else None)
-    if shape is None:
-        shape = default_input_shape(meta)
+    model = model.float().eval()
+    built_for = default_input_shape(meta)  # the metadata's shape, else the registry's default
+    if input_shape:
+        check_input_fits(model, input_shape, built_for)
+    shape = input_shape or built_for
     if shape is not None:
         shape = tuple(check_shape(list(shape), "the input shape"))
-    return _checked(Source(model.float().eval(), meta, tuple(shape) if shape else None), run_memory_check, max_memory)
+    return _checked(Source(model, meta, tuple(shape) if shape else None), run_memory_check, max_memory)
 
 
 def _checked(source: Source, run_memory_check: bool = True, max_memory: int | None = None) -> Source:

@@ -26,18 +26,6 @@ from compactify.errors import BadInputError, first_line
 # An input this large a share of the memory budget gets its activations estimated before anything runs.
 LARGE_INPUT_SHARE = 16
 
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20,
-          "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40}
-
-
-def parse_size(text: str, option: str = "--max-memory") -> int:
-    """``"8GB"``, ``"512M"``, ``"1.5g"`` -> bytes (binary units)."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
-    if not m or m.group(2).lower() not in _UNITS or float(m.group(1)) <= 0:
-        raise BadInputError(f"{option} {text!r} is not a size such as 8GB, 512MB or 1.5G")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-
-
 def human(n: float) -> str:
     for unit, scale in (("TB", 1 << 40), ("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
         if n >= scale:

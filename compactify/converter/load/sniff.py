@@ -198,3 +198,12 @@ def _json(text: str, size: int) -> bool:
     except ValueError:
         return False
     return True
+
+
+def is_onnx(path: str | Path) -> bool:
+    """An ONNX model by its content, or by its name when its content is too damaged to tell (so
+    that a truncated model.onnx is reported as a broken ONNX file, not as a bad checkpoint)."""
+    path = Path(path)
+    if not path.is_file():
+        return path.suffix.lower() == ".onnx"
+    return detect(path).kind == "onnx" or path.suffix.lower() == ".onnx"

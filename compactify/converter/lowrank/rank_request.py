@@ -18,8 +18,6 @@ from compactify.models.train import evaluate as accuracy_on
 from compactify.models.train import predict
 from compactify.targets.calibration import read_npz
 
-COSTS = ("flops", "latency")
-CALIBRATIONS = ("random", "digits")
 CALIBRATION_SAMPLES = 128
 CALIBRATION_SEED = 1234
 

@@ -26,12 +26,8 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from compactify.converter.lowrank.rule_syntax import RankRule, parse_rank_rule
 from compactify.errors import BadInputError
-
-KINDS = ("energy", "nuclear", "threshold", "rank", "flops", "error")
-GLOBAL_KINDS = ("flops", "error")
-_USAGE = "use energy:F, nuclear:F, threshold:T, rank:N, flops:F or error:E, e.g. energy:0.99"
-_EXAMPLES = {"energy": "0.99", "nuclear": "0.99", "threshold": "1e-3", "rank": "16", "flops": "0.5", "error": "1e-2"}
 
 # Singular values this far below the largest are float64 round-off (a product of float32
 # weights composed in float64), not rank.
@@ -39,54 +35,6 @@ RANK_RTOL = 1e-10
 # Frontier size above which the global FLOPs search thins its candidate set (then it is
 # exact to within budget / _FRONTIER_CAP FLOPs per layer instead of exactly optimal).
 _FRONTIER_CAP = 4096
-
-
-@dataclass(frozen=True)
-class RankRule:
-    kind: str
-    value: float
-
-    @property
-    def is_global(self) -> bool:
-        return self.kind in GLOBAL_KINDS
-
-    @property
-    def text(self) -> str:
-        return f"{self.kind}:{int(self.value)}" if self.kind == "rank" else f"{self.kind}:{self.value:g}"
-
-    def __str__(self) -> str:
-        return self.text
-
-
-def parse_rank_rule(text: str) -> RankRule:
-    """``"energy:0.99"`` -> ``RankRule("energy", 0.99)``; BadInputError (one line) otherwise."""
-    if not isinstance(text, str) or ":" not in text:
-        raise BadInputError(f"cannot parse --rank rule {text!r}: {_USAGE}")
-    kind, _, raw = text.strip().partition(":")
-    kind, raw = kind.strip().lower(), raw.strip()
-    if kind not in KINDS:
-        raise BadInputError(f"unknown --rank rule {kind!r} in {text!r}: {_USAGE}")
-    example = f"{kind}:{_EXAMPLES[kind]}"
-    if kind == "rank":
-        try:
-            n = int(raw)
-        except ValueError:
-            n = 0
-        if n < 1:
-            raise BadInputError(f"--rank {text!r}: the rank must be a whole number >= 1, e.g. {example}")
-        return RankRule(kind, n)
-    try:
-        value = float(raw)
-    except ValueError:
-        raise BadInputError(f"--rank {text!r}: {raw!r} is not a number, e.g. {example}") from None
-    if not math.isfinite(value):
-        raise BadInputError(f"--rank {text!r}: the value must be finite, e.g. {example}")
-    if kind == "error":
-        if value <= 0:
-            raise BadInputError(f"--rank {text!r}: the error bound must be > 0, e.g. {example}")
-    elif not 0 < value <= 1:
-        raise BadInputError(f"--rank {text!r}: the fraction must be in (0, 1], e.g. {example}")
-    return RankRule(kind, value)
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,6 @@ from compactify.converter.lowrank import factor as L
 from compactify.converter.lowrank.layers import Layer, conv_layers
 from compactify.converter.lowrank.pruning import PRUNING_LIMITS, prune_dead_units
 from compactify.converter.lowrank.rank_request import (
-    COSTS,
     RankRequest,
     random_calibration,
 )
@@ -62,6 +61,7 @@ from compactify.converter.lowrank.rank_rules import (
     choose_ranks,
     parse_rank_rule,
 )
+from compactify.converter.lowrank.rule_syntax import COSTS
 from compactify.converter.lowrank.truncation_report import prune_text, report_row
 from compactify.errors import BadInputError
 from compactify.measure.latency import Candidate, compare_latency

@@ -12,7 +12,7 @@ from pathlib import Path
 from compactify.converter.backends.onnx_export import torch_to_onnx
 from compactify.converter.frontends.fx.source import TorchSource
 from compactify.converter.frontends.onnx.source import OnnxSource
-from compactify.converter.load.sniff import detect
+from compactify.converter.load.sniff import is_onnx
 from compactify.converter.lowrank.truncation_report import judge_accuracy
 from compactify.converter.pipeline.contraction import contract_source
 from compactify.converter.pipeline.passes import run_pass
@@ -21,7 +21,8 @@ from compactify.converter.pipeline.report import (
     file_metadata,
     write_report,
 )
-from compactify.converter.pipeline.settings import ConvertOptions, ConvertSettings
+from compactify.converter.pipeline.options import ConvertOptions
+from compactify.converter.pipeline.settings import ConvertSettings, split
 from compactify.converter.stages import Stages
 from compactify.converter.threads import conversion_thread_limit
 from compactify.errors import BadInputError
@@ -39,14 +40,14 @@ def convert_checkpoint(checkpoint: str | Path, out_dir: str | Path, options: Con
     inputs = [checkpoint, *options.inputs()]  # a folder holding one is never replaced, nor a file that is one
     source_format = "onnx" if is_onnx(checkpoint) else "pytorch"
     if source_format == "onnx" and writes_file(out_dir):
-        settings = options.split(source_format)
+        settings = split(options, source_format)
         _refuse_beside_file(settings.targets, out_dir)
         files = {"compact.onnx": out_dir, "report.json": report_beside(out_dir, ".json"),
                  "report.md": report_beside(out_dir, ".md")}
         with atomic_files(files, force=settings.force, inputs=inputs) as tmp, conversion_thread_limit():
             return _convert_into(tmp, checkpoint, source_format, settings, model_name=out_dir.name)
     check_output_folder(out_dir, options.force, inputs)
-    settings = options.split(source_format)
+    settings = split(options, source_format)
     # The folder is claimed (locked, a temporary sibling made) before the work: a second run into the
     # same target, or an unwritable parent, is refused at once, and any failure leaves nothing behind.
     with atomic_dir(out_dir, force=settings.force, inputs=inputs) as tmp, conversion_thread_limit():
@@ -105,12 +106,3 @@ def _convert_into(tmp: Path, checkpoint: str | Path, source_format: str, setting
     report["stages"] = stages.rounded()
     write_report(report, tmp)
     return report
-
-
-def is_onnx(path: str | Path) -> bool:
-    """An ONNX model by its content, or by its name when its content is too damaged to tell (so
-    that a truncated model.onnx is reported as a broken ONNX file, not as a bad checkpoint)."""
-    path = Path(path)
-    if not path.is_file():
-        return path.suffix.lower() == ".onnx"
-    return detect(path).kind == "onnx" or path.suffix.lower() == ".onnx"

@@ -19,14 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from compactify.converter.pipeline.settings import ConvertOptions
-
-from compactify.converter.pipeline.convert import convert_checkpoint
 from compactify.converter.load.checkpoint import load_checkpoint
 from compactify.converter.load.ingest import build_source
-from compactify.errors import CompactifyError, first_line
+from compactify.converter.lowrank.rule_syntax import UNTRUNCATED
+from compactify.converter.pipeline.convert import convert_checkpoint
+from compactify.converter.pipeline.options import ConvertOptions
+from compactify.errors import CompactifyError, first_line, one_line
 from compactify.harness.sweep.evaluation import DIGITS, EvalData, load_eval_data, predict, scores
-from compactify.harness.sweep.grid import UNTRUNCATED, precision_target
+from compactify.harness.sweep.grid import precision_target
 from compactify.runtimes import thread_options
 from compactify.targets import TARGETS, Target
 
@@ -58,15 +58,12 @@ def run_job(spec: JobSpec, checkpoint: bytes, data: EvalData | None = None,
         with tempfile.TemporaryDirectory(prefix="compactify-sweep-") as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             result = _convert_and_judge(spec, checkpoint, data, calibration, Path(tmp))
-    except Exception as exc:
-        what = "" if isinstance(exc, CompactifyError) else f"{type(exc).__name__}: "
-        result = {"status": "failed", "error": what + _one_line(first_line(exc))}
+    except Exception as exc:  # the job's failure, reported whole in its row: never cut mid-word
+        error = one_line(exc) if isinstance(exc, CompactifyError) else \
+            f"{type(exc).__name__}: {first_line(exc, limit=None)}"
+        result = {"status": "failed", "error": error}
     result.update(id=spec.id, seconds=round(time.perf_counter() - start, 2))
     return result
-
-
-def _one_line(text: str) -> str:
-    return "; ".join(p.strip() for p in str(text).splitlines() if p.strip()) or "(no message)"
 
 
 def _convert_and_judge(spec: JobSpec, checkpoint: bytes, data: EvalData | None, calibration: bytes | None,

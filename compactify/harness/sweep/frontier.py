@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from compactify.harness.sweep.grid import UNTRUNCATED
+from compactify.converter.lowrank.rule_syntax import UNTRUNCATED
 
 
 def quality(point: dict[str, Any]) -> float | None:

@@ -19,30 +19,12 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from compactify.converter.lowrank.rank_rules import parse_rank_rule
 from compactify.errors import BadInputError
 from compactify.targets import TARGETS, Target
 
-UNTRUNCATED = "none"  # the budget of the untruncated conversion
 FULL_PRECISION = "fp32"  # what convert writes by default; every other precision is a convert flag (--fp16, --int8)
 PRECISIONS = (FULL_PRECISION, "fp16", "int8")
 RUNTIMES = ("ort", "torch", "openvino")
-
-
-def parse_budgets(text: str | Sequence[str]) -> list[str]:
-    """``"flops:0.3,flops:0.5,energy:0.99"`` -> the rules, each checked; ``none`` is always added first."""
-    parts = [p.strip() for p in (text.split(",") if isinstance(text, str) else text)]
-    if not parts or any(not p for p in parts):
-        raise BadInputError(f"--rank must list rules separated by commas, like flops:0.3,flops:0.5,energy:0.99; "
-                            f"got {text!r}")
-    rules = []
-    for p in parts:
-        if p.lower() == UNTRUNCATED:
-            continue
-        rules.append(parse_rank_rule(p).text)
-    if len(set(rules)) != len(rules):
-        raise BadInputError(f"--rank lists a rule twice: {text!r}")
-    return [UNTRUNCATED, *rules]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from compactify import __version__
+from compactify.arguments import existing_file, parse_batches
 from compactify.converter.load.checkpoint import load_checkpoint
 from compactify.converter.load.ingest import build_source
+from compactify.converter.lowrank.rule_syntax import parse_budgets
 from compactify.errors import BadInputError
-from compactify.harness.bench import parse_batches
 from compactify.harness.machine import machine_summary
 from compactify.harness.report import write_json
 from compactify.harness.sweep import frontier as F
@@ -30,7 +31,6 @@ from compactify.harness.sweep.grid import (
     Checkpoint,
     check_precisions,
     make_jobs,
-    parse_budgets,
     settings_key,
     unique_labels,
 )
@@ -141,8 +141,7 @@ def _read_checkpoints(paths: Sequence[str | Path], options: SweepOptions) -> tup
         raise BadInputError("give at least one checkpoint to sweep")
     paths = [Path(p) for p in paths]
     for p in paths:
-        if not p.is_file():
-            raise BadInputError(f"checkpoint {p} does not exist" if not p.exists() else f"checkpoint {p} is not a file")
+        existing_file(p, "checkpoint")
     ckpts, payloads = [], {}
     for path, label in zip(paths, unique_labels(paths)):
         loaded = load_checkpoint(path)
@@ -234,7 +233,7 @@ def _run_jobs(todo, options, payloads, data_arrays, calibration, folder, results
         else:
             echo(f"[{count[0]}/{len(todo)}] {what}: failed: {result['error']}")
 
-    run_conversions(calls, done)
+    run_conversions(calls, done, echo)
 
 
 def _score_text(point: dict) -> str:
@@ -270,7 +269,7 @@ def _time_points(points, options, batches, folder: SweepFolder, session, echo) -
                   _artifact_files(folder.artifact(p["job"], p["artifact"])), p["input_shape"]) for p in ok]
     return time_target((artifacts, options.runtime, [int(b) for b in batches]),
                        {"threads": options.threads, "seconds": options.seconds, "iters": options.iters,
-                        "warmup": options.warmup}, options.bench_resource)
+                        "warmup": options.warmup}, options.bench_resource, echo)
 
 
 def _artifact_files(path: Path) -> dict[str, bytes]:

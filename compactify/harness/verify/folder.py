@@ -12,6 +12,7 @@ from typing import Any
 import onnx
 import torch
 
+from compactify.arguments import CONVERT_FOLDER_HINT, existing_path
 from compactify.converter.frontends.fx.capture import select_outputs
 from compactify.converter.frontends.fx.check import example_input
 from compactify.converter.frontends.onnx.prepare import (
@@ -27,8 +28,7 @@ REQUIRED_KEYS = ("source", "input_shape", "output_names")
 
 def load_report(outdir: str | Path) -> dict:
     outdir = Path(outdir)
-    if not outdir.exists():
-        raise BadInputError(f"{outdir} does not exist; give the output folder of `compactify convert`")
+    existing_path(outdir, "folder", CONVERT_FOLDER_HINT)
     if not outdir.is_dir():
         beside = outdir.with_suffix(".report.json")
         if outdir.suffix.lower() == ".onnx" and beside.is_file():  # `convert MODEL.onnx -o FILE.onnx` wrote it

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from compactify.arguments import existing_path
 from compactify.converter.frontends.fx.check import reference_float64
 from compactify.converter.load.checkpoint import load_checkpoint
 from compactify.converter.load.ingest import build_source
@@ -105,8 +106,7 @@ def _open_model(path: str | Path, runtime: str | None, device: str, dtype: str, 
                 stack: contextlib.ExitStack, warnings: list[str]) -> tuple[Runnable, tuple[int, ...] | None, dict]:
     """Open a checkpoint, .pt2, .onnx or engine on its runtime; returns the model, its input shape and meta."""
     path = Path(path)
-    if not path.exists():
-        raise BadInputError(f"model file {path} does not exist")
+    existing_path(path, "model file")
     if is_checkpoint(path):
         return _open_checkpoint(path, runtime, dtype, arch, arch_kwargs, input_shape, trust_pickle, warnings)
     target = model_target(path)

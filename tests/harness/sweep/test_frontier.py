@@ -6,7 +6,7 @@ import pytest
 
 from compactify.errors import BadInputError
 from compactify.harness.sweep import frontier as F
-from compactify.harness.sweep.grid import parse_budgets
+from compactify.converter.lowrank.rule_syntax import parse_budgets
 from compactify.harness.sweep.layout import SweepFolder
 
 
