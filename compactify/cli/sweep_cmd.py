@@ -9,6 +9,7 @@ import click
 
 from compactify.converter.load.ingest import parse_arch_kwargs, parse_input_shape
 from compactify.harness.sweep import SweepOptions, run_sweep
+from compactify.harness.sweep.grid import FULL_PRECISION, RUNTIMES, precision_target
 from compactify.harness.sweep.tables import recommendation_lines
 
 
@@ -27,12 +28,14 @@ from compactify.harness.sweep.tables import recommendation_lines
 @click.option("--data", default=None, metavar="digits|FILE.npz",
               help="Held-out data: the digits test split, or an .npz with x (and labels: accuracy; without labels: "
                    "top-1 agreement with the untruncated model). Default: digits, for checkpoints trained on it.")
-@click.option("--runtime", default="ort", show_default=True, type=click.Choice(["ort", "torch"]),
-              help="The target timed: compact.onnx on ONNX Runtime, or compact.pt2 on torch (fp32 only).")
+@click.option("--runtime", default="ort", show_default=True, type=click.Choice(RUNTIMES),
+              help="The target timed: " + ", ".join(f"{precision_target(FULL_PRECISION, r).file} on {r}"
+                                                    for r in RUNTIMES) + " (--fp16 and --int8: ort only).")
 @click.option("--batch", "batches", default="1", show_default=True, metavar="B1,B2,...",
               help="Batch sizes at which every point is timed.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
-              help="ONNX Runtime and torch intra-op threads, pinned, for the timing and in every worker.")
+              help="Intra-op threads of every runtime (torch, ONNX Runtime, ExecuTorch), pinned, for the timing and "
+                   "in every worker.")
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Interleaved timing per batch size (default 2 s).")
 @click.option("--iters", type=click.IntRange(min=1), default=None, help="Timed rounds per batch size instead of --seconds.")

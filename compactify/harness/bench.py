@@ -41,7 +41,7 @@ from compactify.measure.latency import (
     pinned_threads,
 )
 from compactify.models import build_model, default_input_shape
-from compactify.runtimes import RUNTIMES, Runner, open_runner
+from compactify.runtimes import RUNTIMES, Runner, open_runner, thread_options
 from compactify.targets import Target
 
 DEVICES = ("cpu", "cuda")
@@ -160,10 +160,8 @@ def _open(model: BenchModel, device: str, threads: int | None, trust_pickle: boo
         shape = input_shape or hint
         opts = {"input_shape": (None, *shape)} if shape else {}
         return open_runner(module, runtime=CHECKPOINT.runtime, device=device, **opts), shape
-    opts = {}
-    if model.runtime == "ort" and threads:  # torch threads are pinned process-wide (pinned_threads)
-        opts["intra_op_threads"] = threads
-    return model.target.open(model.path, device=device, **opts), None
+    # torch's threads are pinned process-wide (pinned_threads); a runtime with its own setting gets it here
+    return model.target.open(model.path, device=device, **thread_options(model.runtime, threads)), None
 
 
 def _module_from_checkpoint(path: Path, trust_pickle: bool) -> tuple[torch.nn.Module, tuple[int, ...] | None]:
@@ -269,7 +267,8 @@ def bench(
     N,C,H,W as in every command (its dims after the batch fill the models' dynamic dims; N is the batch
     when ``batches`` is not given).
     ``iters`` rounds (each model once per round) or ``seconds`` of rounds per batch size. ``threads``:
-    torch's and ONNX Runtime's intra-op threads (None: leave torch's as they are). ``progress``: True/False
+    the intra-op threads of torch and of every runtime with its own setting (ONNX Runtime, ExecuTorch's
+    XNNPACK pool; None: leave them as they are). ``progress``: True/False
     forces the progress bar on/off; None shows it on a terminal and, off one, writes a line per batch
     and per model timed to stderr, so that a log shows a long run moving.
     """

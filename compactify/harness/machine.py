@@ -90,6 +90,7 @@ def machine_info() -> dict[str, Any]:
     info["onnxruntime"] = _version("onnxruntime") or _version("onnxruntime-gpu")
     info["onnxruntime_providers"] = _ort_providers()
     info["tensorrt"] = _tensorrt_version()
+    info["executorch"] = _version("executorch")
     info["omp_num_threads"] = os.environ.get("OMP_NUM_THREADS")
     return info
 

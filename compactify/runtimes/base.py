@@ -41,6 +41,7 @@ class Runner(abc.ABC):
     description: ClassVar[str] = ""  # for --help: "ONNX Runtime, cpu or cuda"
     default_device: ClassVar[str] = "cpu"
     runs_objects: ClassVar[bool] = False  # whether it also runs an in-memory model, not only a file
+    threads_option: ClassVar[str | None] = None  # its option for the intra-op threads; None: torch's process-wide count
     device: str = "cpu"
 
     def __init__(self) -> None:

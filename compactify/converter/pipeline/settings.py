@@ -11,7 +11,9 @@ from typing import Any
 from compactify.converter.lowrank.rank_rules import parse_rank_rule
 from compactify.converter.lowrank.rank_request import CALIBRATIONS, COSTS
 from compactify.errors import BadInputError
-from compactify.targets import EngineSettings, Fp16Settings, Int8Settings, OnnxSettings, Pt2Settings, check_requests
+from compactify.targets import (TARGETS, EngineSettings, Fp16Settings, Int8Settings, OnnxSettings, Pt2Settings,
+                                PteSettings, check_requests)
+from compactify.targets.edge_program import needs_torch_graph
 
 
 @dataclass
@@ -31,6 +33,7 @@ class ConvertOptions:
     simplify: bool = True
     fp16: bool = False
     trt: bool = False
+    executorch: bool = False  # also write compact.pte (ExecuTorch, XNNPACK)
     max_batch: int = 32  # TensorRT optimization profile: batch 1 .. max_batch
     timing_cache: str | None = None
     rank: str | None = None  # --rank RULE: prune and truncate (compactify.converter.lowrank.truncate)
@@ -110,6 +113,8 @@ class ConvertOptions:
         if self.int8:
             wanted["onnx_int8"] = Int8Settings(calibration=self.int8_calibration, method=self.int8_method,
                                                keep=tuple(self.int8_keep), min_agreement=self.int8_min_agreement)
+        if self.executorch:
+            wanted["pte"] = PteSettings()
         if self.trt:
             wanted["engine"] = EngineSettings(max_batch=self.max_batch, timing_cache=self.timing_cache)
         return check_requests(wanted)
@@ -169,6 +174,9 @@ def _refuse_for_onnx(options: ConvertOptions) -> None:
     if options.rank and options.cost != "flops":
         raise BadInputError("--cost latency times factored layers in PyTorch, for PyTorch sources only; an ONNX "
                             "source is factored by FLOPs (--cost flops)")
+    for flag, target in (("--executorch", "pte"),):
+        if getattr(options, flag[2:]):
+            raise BadInputError(needs_torch_graph(flag, TARGETS[target].file))
     if not options.onnx:
         raise BadInputError("--no-onnx: an ONNX source converts to compact.onnx; drop --no-onnx")
     if options.static:

@@ -25,8 +25,9 @@ from compactify.converter.pipeline.convert import convert_checkpoint
 from compactify.converter.load.checkpoint import load_checkpoint
 from compactify.converter.load.ingest import build_source
 from compactify.errors import CompactifyError, first_line
-from compactify.harness.sweep.evaluation import DIGITS, EvalData, load_eval_data, predict, scores
-from compactify.harness.sweep.grid import UNTRUNCATED, precision_target
+from compactify.harness.sweep.evaluation import DIGITS, PREDICT_BATCH, EvalData, load_eval_data, predict, scores
+from compactify.harness.sweep.grid import UNTRUNCATED, convert_flags, precision_target
+from compactify.runtimes import thread_options
 from compactify.targets import Target
 
 
@@ -78,9 +79,8 @@ def _convert_and_judge(spec: JobSpec, checkpoint: bytes, data: EvalData | None, 
         cal_path.write_bytes(calibration)
     options = ConvertOptions(arch=spec.arch, arch_kwargs=spec.arch_kwargs, input_shape=spec.input_shape,
                              rank=None if spec.budget == UNTRUNCATED else spec.budget,
-                             fp16="fp16" in spec.precisions, int8="int8" in spec.precisions,
                              int8_calibration=str(cal_path) if cal_path else None,
-                             onnx=spec.runtime == "ort")  # the torch runtime times compact.pt2
+                             **convert_flags(spec.precisions, spec.runtime))
     out = tmp / "conversion"
     report = convert_checkpoint(ckpt_path, out, options)
     shape = tuple(int(d) for d in report["input_shape"])
@@ -128,7 +128,15 @@ def _source_runner(path: Path, spec: JobSpec):
 
 def _artifact_predictions(target: Target, path: Path, spec: JobSpec, x: np.ndarray) -> np.ndarray:
     """Top-1 classes of ``x`` from the artifact itself, on the runtime the sweep times it on."""
-    opts = {"intra_op_threads": spec.threads} if spec.runtime == "ort" else {}  # torch's: set_num_threads
+    opts = thread_options(spec.runtime, spec.threads)  # torch's: set_num_threads
     with target.open(path, **opts) as runner:
-        name = runner.inputs[0].name
-        return predict(lambda batch: next(iter(runner.infer({name: np.ascontiguousarray(batch)}).values())), x)
+        name, shape = runner.inputs[0].name, runner.inputs[0].shape
+        fixed = shape[0] if shape and shape[0] is not None else None  # a .pte is lowered at one batch
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            n = len(batch)
+            if fixed is not None and n < fixed:  # the last chunk, padded to the artifact's batch
+                batch = np.concatenate([batch, np.zeros((fixed - n, *batch.shape[1:]), batch.dtype)])
+            return next(iter(runner.infer({name: np.ascontiguousarray(batch)}).values()))[:n]
+
+        return predict(run, x, batch=fixed or PREDICT_BATCH)

@@ -20,13 +20,17 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from compactify.converter.lowrank.rank_rules import parse_rank_rule
-from compactify.errors import BadInputError
+from compactify.errors import BadInputError, MissingRuntimeError
+from compactify.runtimes import RUNNERS
 from compactify.targets import TARGETS, Target
 
 UNTRUNCATED = "none"  # the budget of the untruncated conversion
 FULL_PRECISION = "fp32"  # what convert writes by default; every other precision is a convert flag (--fp16, --int8)
 PRECISIONS = (FULL_PRECISION, "fp16", "int8")
-RUNTIMES = ("ort", "torch")
+_PRECISION_FLAGS = tuple(f"--{p}" for p in PRECISIONS if p != FULL_PRECISION)
+# The sweep times its points on whichever node holds --bench-resource, on the cpu: every runtime of a
+# registered target that runs there (not TensorRT).
+RUNTIMES = tuple(dict.fromkeys(t.runtime for t in TARGETS.values() if RUNNERS[t.runtime].default_device == "cpu"))
 
 
 def parse_budgets(text: str | Sequence[str]) -> list[str]:
@@ -87,9 +91,20 @@ def make_jobs(checkpoints: Sequence[Checkpoint], budgets: Sequence[str], precisi
 
 def precision_target(precision: str, runtime: str) -> Target | None:
     """The target a precision is judged and timed on with ``runtime``: among the registered targets that
-    run there, the one convert writes by default (fp32) or with --<precision>; None when none does."""
-    flag = None if precision == FULL_PRECISION else f"--{precision}"
-    return next((t for t in TARGETS.values() if t.runtime == runtime and t.flag == flag), None)
+    run there, the one convert writes with --<precision>, or for fp32 the one no precision flag asks for
+    (compact.onnx, compact.pt2, or one of its own flag: compact.pte with --executorch); None when none does."""
+    if precision == FULL_PRECISION:
+        return next((t for t in TARGETS.values() if t.runtime == runtime and t.flag not in _PRECISION_FLAGS), None)
+    return next((t for t in TARGETS.values() if t.runtime == runtime and t.flag == f"--{precision}"), None)
+
+
+def convert_flags(precisions: Sequence[str], runtime: str) -> dict[str, bool]:
+    """The ConvertOptions that write every precision's target for ``runtime``: each target's flag as the
+    option of that name (--fp16: fp16, --executorch: executorch), and compact.onnx only where a target
+    is it or is built from it."""
+    targets = [precision_target(p, runtime) for p in precisions]
+    flags = {t.flag.removeprefix("--").replace("-", "_"): True for t in targets if t.flag}
+    return {"onnx": any(t.name == "onnx" or "onnx" in t.builds_from for t in targets), **flags}
 
 
 def check_precisions(precisions: Sequence[str], runtime: str) -> tuple[str, ...]:
@@ -102,6 +117,11 @@ def check_precisions(precisions: Sequence[str], runtime: str) -> tuple[str, ...]
             what = f"writes the {elsewhere.description}, which runs on {elsewhere.runtime}" if elsewhere \
                 else "writes no artifact the sweep can time"
             raise BadInputError(f"--{p} {what}{where}")
+    timed = precision_target(FULL_PRECISION, runtime)
+    missing = timed.missing()
+    if missing:  # refused before any job starts, not once per job
+        raise MissingRuntimeError(f"--runtime {runtime}: {timed.file} {missing}"
+                                  + (f"; {timed.install_hint}" if timed.install_hint else ""))
     return (FULL_PRECISION, *[p for p in PRECISIONS[1:] if p in precisions])
 
 

@@ -3,7 +3,7 @@
 Latencies measured in different processes, at different times or on different nodes are not
 comparable (another job's load, another CPU); so the sweep times all its points of a target
 together, after the conversions are done: per batch size one interleaved round-robin over all
-artifacts (``measure.latency.compare_latency``), ONNX Runtime and torch threads pinned.
+artifacts (``measure.latency.compare_latency``), every runtime's threads pinned.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from compactify.errors import BadInputError
 from compactify.harness.bench import make_feeds
 from compactify.harness.machine import machine_info
 from compactify.measure.latency import HIGH_CV, Candidate, compare_latency, pinned_threads
+from compactify.runtimes import thread_options
 from compactify.targets import target_for
 
 DEFAULT_WARMUP = 10
@@ -27,7 +28,7 @@ def time_points(artifacts: Sequence[tuple[str, str, str, bytes, Sequence[int]]],
                 warmup: int = DEFAULT_WARMUP) -> dict[str, Any]:
     """``artifacts``: (point key, its label, file name, file bytes, input shape N,C,H,W) per point. Returns
     per batch size each point's latency statistics (ms) by key, and the machine they were measured on."""
-    opts = {"intra_op_threads": threads} if runtime == "ort" else {}  # torch threads: pinned_threads
+    opts = thread_options(runtime, threads)  # torch's: pinned_threads
     by_batch: dict[str, dict[str, dict]] = {}
     noisy: list[str] = []
     with tempfile.TemporaryDirectory(prefix="compactify-sweep-bench-") as tmp, contextlib.ExitStack() as stack, \
