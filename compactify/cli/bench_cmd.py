@@ -18,7 +18,7 @@ from compactify.outputs import check_output_file
 
 @click.command("bench")
 @click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="MODEL...")
-@click.option("--runtime", metavar="torch|ort|trt|executorch", default=None,
+@click.option("--runtime", metavar="torch|ort|trt|executorch|litert", default=None,
               help="Runtime for every model. Default: each file's own (see the table above).")
 @click.option("--device", metavar="cpu|cuda", default=None,
               help="Device for every model. Default: cuda when a TensorRT engine is given, else cpu.")

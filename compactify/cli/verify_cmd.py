@@ -33,9 +33,9 @@ from compactify.outputs import check_output_file
               help="Instead of OUTDIR: the reference model (checkpoint, .pt2, .onnx or engine).")
 @click.option("--candidate", "candidate", type=click.Path(path_type=Path), default=None,
               help="With --reference: the model to check against it.")
-@click.option("--runtime-a", default=None, metavar="torch|ort|trt|executorch",
+@click.option("--runtime-a", default=None, metavar="torch|ort|trt|executorch|litert",
               help="Runtime of --reference (default: from its suffix).")
-@click.option("--runtime-b", default=None, metavar="torch|ort|trt|executorch",
+@click.option("--runtime-b", default=None, metavar="torch|ort|trt|executorch|litert",
               help="Runtime of --candidate (default: from its suffix).")
 @click.option("--reference-dtype", default="float64", show_default=True, type=click.Choice(["float64", "float32"]),
               help="Precision of a PyTorch --reference.")

@@ -1,4 +1,4 @@
-"""One Runner interface over PyTorch, ONNX Runtime, TensorRT and ExecuTorch.
+"""One Runner interface over PyTorch, ONNX Runtime, TensorRT, ExecuTorch and LiteRT.
 
     with open_runner("compact.onnx", runtime="ort", device="cpu") as runner:
         outputs = runner.infer({"x": x})
@@ -18,7 +18,7 @@ import torch
 
 from compactify.errors import BadInputError
 # Each module registers its runner on import, in this order (the order of RUNTIMES and of the help texts).
-from compactify.runtimes import torch_runner, ort_runner, trt_runner, executorch_runner  # noqa: F401, I001
+from compactify.runtimes import torch_runner, ort_runner, trt_runner, executorch_runner, litert_runner  # noqa: F401, I001
 from compactify.runtimes.base import RUNNERS, Runner, TensorSpec, validate_feeds
 
 RUNTIMES: tuple[str, ...] = tuple(RUNNERS.keys())
@@ -55,7 +55,7 @@ def open_runner(model: Any, runtime: str | None = None, device: str | None = Non
     ``runtime`` may be left out for an in-memory PyTorch model. ``device`` defaults to the
     runner's own (cpu, cuda for TensorRT). Extra options go to the runner: torch: dtype,
     input_names, input_shape, output_names; ort: graph_optimization_level, intra_op_threads,
-    inter_op_threads, device_id; trt: device_id; executorch: threads.
+    inter_op_threads, device_id; trt: device_id; executorch and litert: threads.
     """
     runtime = runtime or object_runtime(model)
     runner_class = RUNNERS.get(runtime)

@@ -1,5 +1,5 @@
-"""What the edge runtimes' runners share (ExecuTorch's .pte): one flatbuffer file, run on the cpu, with
-a thread count of their own."""
+"""What the edge runtimes' runners share (ExecuTorch's .pte, LiteRT's .tflite): one flatbuffer file,
+run on the cpu, with a thread count of their own."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from compactify.runtimes.base import Runner
 
 
 def flatbuffer_identifier(path: str | Path) -> bytes:
-    """The four-byte file identifier of a flatbuffer file (bytes 4 to 8: ET12 for ExecuTorch), or b"" when the file cannot be read or is shorter."""
+    """The four-byte file identifier of a flatbuffer file (bytes 4 to 8: ET12 for ExecuTorch, TFL3 for
+    LiteRT), or b"" when the file cannot be read or is shorter."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(8)

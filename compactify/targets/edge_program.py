@@ -1,11 +1,11 @@
-"""The compact network as the PyTorch edge exporters take it (ExecuTorch): the compact
+"""The compact network as the PyTorch edge exporters take it (ExecuTorch, LiteRT): the compact
 torch.export program's module and one example input at the planned shape, so that what they export
 is static at that shape, batch included.
 
 Why static: with torch 2.13 and executorch 1.5, XNNPACK's lowering narrows a dynamic batch to at most
 15 whatever bound it was given (the range of the batch symbol becomes [2, 15]); a batch the user did not
 choose is worse than a fixed one that says so. Phones run one input at a time; another shape is
-another ``--input-shape``.
+another ``--input-shape``. LiteRT's .tflite is lowered the same way, so the two edge files agree.
 """
 
 from __future__ import annotations

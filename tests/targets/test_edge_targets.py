@@ -1,4 +1,4 @@
-"""What every edge target (compact.pte) answers alike: an ONNX source has no program to
+"""What every edge target (compact.pte, compact.tflite) answers alike: an ONNX source has no program to
 lower, and a network the exporter cannot take is one line with nothing written."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from compactify.targets import build_artifacts
 SHAPE = (1, 1, 8, 8)
 EDGE = [  # option, target, its file, the module it needs, how its failure starts
     ("executorch", "pte", "compact.pte", "executorch.exir", "ExecuTorch cannot lower the compact network for XNNPACK"),
+    ("litert", "tflite", "compact.tflite", "litert_torch", "litert-torch cannot convert the compact network"),
 ]
 
 

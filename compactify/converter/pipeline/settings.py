@@ -12,7 +12,7 @@ from compactify.converter.lowrank.rank_rules import parse_rank_rule
 from compactify.converter.lowrank.rank_request import CALIBRATIONS, COSTS
 from compactify.errors import BadInputError
 from compactify.targets import (TARGETS, EngineSettings, Fp16Settings, Int8Settings, OnnxSettings, Pt2Settings,
-                                PteSettings, check_requests)
+                                PteSettings, TfliteSettings, check_requests)
 from compactify.targets.edge_program import needs_torch_graph
 
 
@@ -34,6 +34,7 @@ class ConvertOptions:
     fp16: bool = False
     trt: bool = False
     executorch: bool = False  # also write compact.pte (ExecuTorch, XNNPACK)
+    litert: bool = False  # also write compact.tflite (LiteRT)
     max_batch: int = 32  # TensorRT optimization profile: batch 1 .. max_batch
     timing_cache: str | None = None
     rank: str | None = None  # --rank RULE: prune and truncate (compactify.converter.lowrank.truncate)
@@ -115,6 +116,8 @@ class ConvertOptions:
                                                keep=tuple(self.int8_keep), min_agreement=self.int8_min_agreement)
         if self.executorch:
             wanted["pte"] = PteSettings()
+        if self.litert:
+            wanted["tflite"] = TfliteSettings()
         if self.trt:
             wanted["engine"] = EngineSettings(max_batch=self.max_batch, timing_cache=self.timing_cache)
         return check_requests(wanted)
@@ -174,7 +177,7 @@ def _refuse_for_onnx(options: ConvertOptions) -> None:
     if options.rank and options.cost != "flops":
         raise BadInputError("--cost latency times factored layers in PyTorch, for PyTorch sources only; an ONNX "
                             "source is factored by FLOPs (--cost flops)")
-    for flag, target in (("--executorch", "pte"),):
+    for flag, target in (("--executorch", "pte"), ("--litert", "tflite")):
         if getattr(options, flag[2:]):
             raise BadInputError(needs_torch_graph(flag, TARGETS[target].file))
     if not options.onnx:

@@ -1,4 +1,5 @@
-"""A sweep timed on an edge runtime: the job converts with --executorch and judges compact.pte on its own runtime, at the batch it was lowered at; the timing runs it; what else a
+"""A sweep timed on an edge runtime: the job converts with --executorch (--litert) and judges compact.pte
+(compact.tflite) on its own runtime, at the batch it was lowered at; the timing runs it; what else a
 sweep asks of an edge runtime is refused before any job."""
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from compactify.harness.sweep.latency_job import time_points
 
 def test_each_runtime_times_its_own_fp32_target():
     timed = {r: precision_target("fp32", r).file for r in RUNTIMES}
-    assert timed.items() >= {"ort": "compact.onnx", "torch": "compact.pt2", "executorch": "compact.pte"}.items()
+    assert timed.items() >= {"ort": "compact.onnx", "torch": "compact.pt2", "executorch": "compact.pte",
+                             "litert": "compact.tflite"}.items()
     assert "trt" not in RUNTIMES  # the sweep times on the cpu
     assert convert_flags(("fp32",), "executorch") == {"onnx": False, "executorch": True}
+    assert convert_flags(("fp32",), "litert") == {"onnx": False, "litert": True}
     assert convert_flags(("fp32", "fp16", "int8"), "ort") == {"onnx": True, "fp16": True, "int8": True}
     assert convert_flags(("fp32",), "torch") == {"onnx": False}
 
@@ -30,7 +33,8 @@ def test_precisions_executorch_has_not_are_refused():
         check_precisions(("fp16",), "executorch")
 
 
-@pytest.mark.parametrize("runtime, module, artifact", [("executorch", "executorch.runtime", "compact.pte")])
+@pytest.mark.parametrize("runtime, module, artifact", [("executorch", "executorch.runtime", "compact.pte"),
+                                                       ("litert", "litert_torch", "compact.tflite")])
 def test_a_job_on_an_edge_runtime_judges_and_times_its_file(tiny_digits, runtime, module, artifact):
     pytest.importorskip(module, reason=f"needs {module.split('.')[0]} (pip install compactify[edge])")
     assert check_precisions((), runtime) == ("fp32",)
