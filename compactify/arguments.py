@@ -98,3 +98,9 @@ def existing_path(path: str | Path | None, what: str, hint: str = "") -> Path | 
     if not path.exists():
         raise BadInputError(f"{what} {path} does not exist" + (f"; {hint}" if hint else ""))
     return path
+
+
+def needs_torch_graph(flag: str, file: str) -> str:
+    """The one line for an artifact lowered from torch.export (--executorch, --litert) asked of an ONNX source."""
+    return (f"{flag}: {file} is lowered from a torch.export program, and an ONNX source has no PyTorch graph; "
+            "convert the PyTorch checkpoint instead")

@@ -8,9 +8,12 @@ naming the package to install.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 
 from compactify.errors import MissingRuntimeError
+
+EDGE_INSTALL = "pip install compactify[edge]"  # the extra that installs the edge runtimes
 
 
 def optional_import(module: str, *, package: str | None = None, what: str = "this", hint: str = "") -> ModuleType:
@@ -32,3 +35,13 @@ def available(module: str) -> bool:
     except ImportError:
         return False
     return True
+
+
+def missing_package(module: str, package: str) -> str | None:
+    """Why ``module`` cannot be imported here ("needs the Python package <package>, ..."), or None when it is
+    installed; found without importing it (the edge runtimes take seconds to import)."""
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package that is missing, or a module set to None
+        found = False
+    return None if found else f"needs the Python package {package}, which is not installed here"

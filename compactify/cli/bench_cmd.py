@@ -18,7 +18,7 @@ ITERS_SHOWN = 100
 
 @click.command("bench", cls=KindsHelpCommand)
 @click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="MODEL...")
-@click.option("--runtime", metavar="torch|ort|trt|openvino", default=None,
+@click.option("--runtime", metavar="torch|ort|trt|openvino|executorch|litert", default=None,
               help="Runtime for every model. Default: each file's own (see the table above).")
 @click.option("--device", metavar="cpu|cuda", default=None,
               help="Device for every model. Default: cuda when a TensorRT engine is given, else cpu.")

@@ -41,6 +41,12 @@ from compactify.errors import BadInputError
 @click.option("--openvino", is_flag=True,
               help="Also write an OpenVINO IR, compact.xml and compact.bin, from compact.onnx (fp32 weights; run at "
                    "fp32 on the CPU plugin; needs pip install compactify[edge]).")
+@click.option("--executorch", is_flag=True,
+              help="Also write compact.pte: an ExecuTorch program with XNNPACK, lowered at the input shape "
+                   "(needs a PyTorch source and pip install compactify[edge]).")
+@click.option("--litert", is_flag=True,
+              help="Also write compact.tflite: a LiteRT model converted by litert-torch at the input shape (needs a "
+                   "PyTorch source and pip install compactify[edge]).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True,
               help="Largest batch of the TensorRT optimization profile.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), help="TensorRT timing cache reused across builds.")
@@ -84,16 +90,16 @@ from compactify.errors import BadInputError
               help="A line per stage (load, capture, regions, plan, check, export) on stderr once the conversion has "
                    "taken a few seconds (default: when stderr is a terminal).")
 def convert(checkpoint, arch, arch_kwargs, input_shape, out_dir, outputs, allow_approximate, dynamic_hw, force, trust_pickle,
-            no_onnx, static, no_simplify, fp16, trt, openvino, max_batch, timing_cache, rank_rule, rank_multiple, cost,
-            int8, calibration, calibration_method, int8_keep, int8_min_agreement, int8_max_accuracy_drop, int8_equalize,
-            rank_data, max_accuracy_drop,
+            no_onnx, static, no_simplify, fp16, trt, openvino, executorch, litert, max_batch, timing_cache, rank_rule,
+            rank_multiple, cost, int8, calibration, calibration_method, int8_keep, int8_min_agreement,
+            int8_max_accuracy_drop, int8_equalize, rank_data, max_accuracy_drop,
             max_memory, progress):
     """Contract CHECKPOINT into its compact network.
 
     Writes OUTDIR/compact.pt2, compact.onnx, report.json and report.md (plus
     compact.fp16.onnx with --fp16, compact.int8.onnx with --int8, compact.engine with --trt,
-    built from the int8 model when --int8 is given, and compact.xml + compact.bin with
-    --openvino), atomically: nothing
+    built from the int8 model when --int8 is given, compact.xml + compact.bin with --openvino,
+    compact.pte with --executorch and compact.tflite with --litert), atomically: nothing
     appears until everything is complete. An existing OUTDIR is replaced (with --force)
     only if it is a previous compactify output holding nothing else and no input.
     The file's format is read from its content, whatever its suffix.
@@ -124,6 +130,8 @@ def convert(checkpoint, arch, arch_kwargs, input_shape, out_dir, outputs, allow_
         fp16=fp16,
         trt=trt,
         openvino=openvino,
+        executorch=executorch,
+        litert=litert,
         max_batch=max_batch,
         timing_cache=timing_cache,
         rank=rank_rule,

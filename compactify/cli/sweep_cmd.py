@@ -15,6 +15,10 @@ from compactify.arguments import (
 )
 from compactify.converter.lowrank.rule_syntax import parse_budgets
 
+# The runtimes the sweep can time on, said here so that --help imports no runtime; the tests check it
+# against harness.sweep.grid.RUNTIMES, which the target registry gives.
+SWEEP_RUNTIMES = ("ort", "torch", "openvino", "executorch", "litert")
+
 
 @click.command("sweep")
 @click.argument("checkpoints", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -31,13 +35,14 @@ from compactify.converter.lowrank.rule_syntax import parse_budgets
 @click.option("--data", default=None, metavar="digits|FILE.npz",
               help="Held-out data: the digits test split, or an .npz with x (and labels: accuracy; without labels: "
                    "top-1 agreement with the untruncated model). Default: digits, for checkpoints trained on it.")
-@click.option("--runtime", default="ort", show_default=True, type=click.Choice(["ort", "torch", "openvino"]),
-              help="The target timed: compact.onnx on ONNX Runtime, compact.pt2 on torch or compact.xml on "
-                   "OpenVINO at fp32 (torch and openvino: fp32 only).")
+@click.option("--runtime", default="ort", show_default=True, type=click.Choice(SWEEP_RUNTIMES),
+              help="The target timed at fp32: compact.onnx on ort, compact.pt2 on torch, compact.xml on openvino, "
+                   "compact.pte on executorch, compact.tflite on litert (--fp16 and --int8: ort only).")
 @click.option("--batch", "batches", default="1", show_default=True, metavar="B1,B2,...",
               help="Batch sizes at which every point is timed.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
-              help="ONNX Runtime, OpenVINO and torch intra-op threads, pinned, for the timing and in every worker.")
+              help="Intra-op threads of every runtime (torch, ONNX Runtime, OpenVINO, ExecuTorch, LiteRT), pinned, "
+                   "for the timing and in every worker.")
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Interleaved timing per batch size (default 2 s).")
 @click.option("--iters", type=click.IntRange(min=1), default=None, help="Timed rounds per batch size instead of --seconds.")

@@ -31,14 +31,17 @@ if TYPE_CHECKING:
               help="Instead of OUTDIR: the reference model (checkpoint, .pt2, .onnx or engine).")
 @click.option("--candidate", "candidate", type=click.Path(path_type=Path), default=None,
               help="With --reference: the model to check against it.")
-@click.option("--runtime-a", default=None, metavar="torch|ort|trt|openvino", help="Runtime of --reference (default: from its suffix).")
-@click.option("--runtime-b", default=None, metavar="torch|ort|trt|openvino", help="Runtime of --candidate (default: from its suffix).")
+@click.option("--runtime-a", default=None, metavar="torch|ort|trt|openvino|executorch|litert",
+              help="Runtime of --reference (default: from its suffix).")
+@click.option("--runtime-b", default=None, metavar="torch|ort|trt|openvino|executorch|litert",
+              help="Runtime of --candidate (default: from its suffix).")
 @click.option("--reference-dtype", default="float64", show_default=True, type=click.Choice(["float64", "float32"]),
               help="Precision of a PyTorch --reference.")
 @click.option("--inputs", "inputs", type=click.Path(path_type=Path), default=None,
               help="An .npz with one array per input, keyed by input name: (N,...) is one batch, (B,N,...) B batches.")
 @click.option("--batches", type=click.IntRange(min=1), default=None,
-              help="Number of seeded batches (default 2); with --inputs, at most this many.")
+              help="Number of seeded batches (default 2 of 8 inputs, or 16 inputs at a model's fixed batch); with "
+                   "--inputs, at most this many.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Rows per seeded batch (default 8, or the model's fixed batch).")
 @click.option("--seed", type=int, default=1234, show_default=True, help="Seed of the generated inputs.")

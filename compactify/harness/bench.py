@@ -259,8 +259,9 @@ def bench(
     N,C,H,W as in every command (its dims after the batch fill the models' dynamic dims; N is the batch
     when ``batches`` is not given).
     ``iters`` rounds (each model once per round) or ``seconds`` of rounds per batch size. ``threads``:
-    torch's, ONNX Runtime's and OpenVINO's threads (None: leave torch's as they are). ``precisions`` (bf16):
-    each model whose runtime can compute at one is timed once more at it, a row of its own. ``progress``: True/False
+    the intra-op threads of torch and of every runtime with its own setting (ONNX Runtime, OpenVINO,
+    ExecuTorch's XNNPACK pool, LiteRT; None: leave them as they are). ``precisions`` (bf16): each model
+    whose runtime can compute at one is timed once more at it, a row of its own. ``progress``: True/False
     forces the progress bar on/off; None shows it on a terminal and, off one, writes a line per batch
     and per model timed to stderr, so that a log shows a long run moving.
     """

@@ -11,6 +11,7 @@ from compactify.converter.lowrank.truncation_report import truncation_summary
 from compactify.converter.pipeline.convert import report_beside
 from compactify.harness.report import Column, print_table, short_count
 from compactify.targets.int8_artifact import summary_lines as int8_summary_lines
+from compactify.targets.pte import summary_line as pte_summary_line
 
 REASON_LINES = 2
 REGION_COLUMNS = [Column("region"), Column("decision"), Column("params", align="right"),
@@ -51,6 +52,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     else:
         lines.append(f"max rel error {report['max_rel_error']:.2e} against the source in float64 (its own float32 "
                      f"run: {report['source_float32_rel_error']:.2e}), max abs error {report['max_abs_error']:.2e}")
+    if report.get("pte") is not None:
+        lines.append(pte_summary_line(report["pte"]))
     if report.get("int8") is not None:
         lines += int8_summary_lines(report["int8"])
     return lines

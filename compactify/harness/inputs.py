@@ -125,5 +125,8 @@ def inputs_for(names, shapes, *, inputs_file, batches, batch_size, seed, fixed_b
                     f"has batches of {bad[0]}; pass --batch-size {fixed_batch[0]} or re-export with a dynamic batch"
                 )
         return result
+    if batches is None and batch_size is None and fixed_batch is not None:
+        # As many inputs as by default, at the batch a model fixes (a .pte's is the planned one, often 1).
+        batches = max(DEFAULT_BATCHES, -(-DEFAULT_BATCHES * DEFAULT_BATCH_SIZE // size))
     return seeded_inputs(names, shapes, DEFAULT_BATCHES if batches is None else batches,
                          DEFAULT_BATCH_SIZE if size is None else size, seed)

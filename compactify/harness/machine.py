@@ -91,6 +91,7 @@ def machine_info() -> dict[str, Any]:
     info["onnxruntime_providers"] = _ort_providers()
     info["tensorrt"] = _tensorrt_version()
     info["openvino"] = _version("openvino")  # the distribution's metadata: OpenVINO is not imported for it
+    info["executorch"] = _version("executorch")
     info["omp_num_threads"] = os.environ.get("OMP_NUM_THREADS")
     return info
 

@@ -1,4 +1,4 @@
-"""One Runner interface over PyTorch, ONNX Runtime and TensorRT.
+"""One Runner interface over PyTorch, ONNX Runtime, TensorRT, ExecuTorch and LiteRT.
 
     with open_runner("compact.onnx", runtime="ort", device="cpu") as runner:
         outputs = runner.infer({"x": x})
@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from compactify.errors import BadInputError
-from compactify.runtimes import torch_runner, ort_runner, trt_runner, openvino_runner  # noqa: F401, I001  (each registers its runner, in this order)
+# Each module registers its runner on import, in this order (the order of RUNTIMES and of the help texts).
+from compactify.runtimes import torch_runner, ort_runner, trt_runner, openvino_runner, executorch_runner, litert_runner  # noqa: F401, I001
 from compactify.runtimes.base import RUNNERS, Runner, TensorSpec, thread_options, validate_feeds
 
 RUNTIMES: tuple[str, ...] = tuple(RUNNERS.keys())
@@ -29,6 +30,13 @@ __all__ = ["RUNNERS", "RUNTIMES", "Runner", "TensorSpec", "object_runtime", "ope
 def runtimes_help() -> str:
     """One line for --help texts: every runtime and where it runs."""
     return ", ".join(f"{name} ({cls.description})" for name, cls in RUNNERS.items())
+
+
+def thread_options(runtime: str, threads: int | None) -> dict[str, int]:
+    """The options that give ``runtime``'s runner ``threads`` intra-op threads: {} for None, and for a
+    runtime that follows torch's process-wide count (``measure.latency.pinned_threads`` sets that)."""
+    option = RUNNERS[runtime].threads_option
+    return {option: threads} if threads and option else {}
 
 
 def object_runtime(model: Any) -> str:
@@ -47,7 +55,8 @@ def open_runner(model: Any, runtime: str | None = None, device: str | None = Non
     ``runtime`` may be left out for an in-memory PyTorch model. ``device`` defaults to the
     runner's own (cpu, cuda for TensorRT). Extra options go to the runner: torch: dtype,
     input_names, input_shape, output_names; ort: graph_optimization_level, intra_op_threads,
-    inter_op_threads, device_id; trt: device_id; openvino: precision (fp32 or bf16), threads.
+    inter_op_threads, device_id; trt: device_id; openvino: precision (fp32 or bf16), threads; executorch and
+    litert: threads.
     """
     runtime = runtime or object_runtime(model)
     runner_class = RUNNERS.get(runtime)

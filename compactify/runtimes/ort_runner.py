@@ -10,7 +10,12 @@ import onnxruntime as ort
 
 from compactify.errors import BadInputError, MissingRuntimeError
 from compactify.runtimes.base import Runner, TensorSpec, register_runner
-from compactify.runtimes.devices import NEEDS_CUDA, NEEDS_ORT_CUDA, cuda_available, ort_providers
+from compactify.runtimes.devices import (
+    NEEDS_CUDA,
+    NEEDS_ORT_CUDA,
+    cuda_available,
+    ort_providers,
+)
 
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 

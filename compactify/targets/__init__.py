@@ -10,7 +10,7 @@ from __future__ import annotations
 
 # Each target module registers its target on import: importing them all here fills the registry, in
 # this order (the order of the help texts and of building).
-from compactify.targets import pt2, onnx, fp16, int8, tensorrt, openvino  # noqa: F401, I001
+from compactify.targets import pt2, onnx, fp16, int8, tensorrt, openvino, pte, tflite  # noqa: F401, I001
 from compactify.targets.base import TARGETS, Built, CompactModel, OnnxGraph, Target, register_target
 from compactify.targets.build import build_artifacts, check_requests, prepare_artifacts
 from compactify.targets.fp16 import Fp16Settings
@@ -20,8 +20,11 @@ from compactify.targets.lookup import (FileKind, kinds_help, kinds_table, mismat
 from compactify.targets.onnx import OnnxSettings
 from compactify.targets.openvino import OpenVinoSettings
 from compactify.targets.pt2 import Pt2Settings
+from compactify.targets.pte import PteSettings
 from compactify.targets.tensorrt import EngineSettings
+from compactify.targets.tflite import TfliteSettings
 
 __all__ = ["TARGETS", "Built", "CompactModel", "EngineSettings", "FileKind", "Fp16Settings", "Int8Settings",
-           "OnnxGraph", "OnnxSettings", "OpenVinoSettings", "Pt2Settings", "Target", "build_artifacts", "check_requests", "kinds_help", "kinds_table",
-           "mismatch", "open_artifact", "prepare_artifacts", "register_target", "runtime_for", "target_for"]
+           "OnnxGraph", "OnnxSettings", "OpenVinoSettings", "Pt2Settings", "PteSettings", "Target", "TfliteSettings",
+           "build_artifacts", "check_requests", "kinds_help", "kinds_table", "mismatch", "open_artifact",
+           "prepare_artifacts", "register_target", "runtime_for", "target_for"]

@@ -211,7 +211,7 @@ def test_pt2_that_does_not_load(tmp_path):
 
 
 def test_factory_picks_the_runner_from_the_registry(net, tmp_path):
-    assert list(RUNNERS) == ["torch", "ort", "trt", "openvino"]
+    assert list(RUNNERS) == ["torch", "ort", "trt", "openvino", "executorch", "litert"]
     assert object_runtime(net) == "torch"
     assert object_runtime(torch.export.export(net, (torch.randn(SHAPE),))) == "torch"
     with pytest.raises(BadInputError, match="cannot tell which runtime"):

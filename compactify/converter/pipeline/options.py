@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 
 from compactify.converter.lowrank.rule_syntax import CALIBRATIONS, COSTS, parse_rank_rule
+from compactify.arguments import needs_torch_graph
 from compactify.errors import BadInputError
 
 
@@ -30,6 +31,8 @@ class ConvertOptions:
     fp16: bool = False
     trt: bool = False
     openvino: bool = False  # also write compact.xml + compact.bin, an OpenVINO IR
+    executorch: bool = False  # also write compact.pte (ExecuTorch, XNNPACK)
+    litert: bool = False  # also write compact.tflite (LiteRT)
     max_batch: int = 32  # TensorRT optimization profile: batch 1 .. max_batch
     timing_cache: str | None = None
     rank: str | None = None  # --rank RULE: prune and truncate (compactify.converter.lowrank.truncate)
@@ -107,6 +110,9 @@ def _refuse_for_onnx(options: ConvertOptions) -> None:
     if options.rank and options.cost != "flops":
         raise BadInputError("--cost latency times factored layers in PyTorch, for PyTorch sources only; an ONNX "
                             "source is factored by FLOPs (--cost flops)")
+    for flag, file in (("--executorch", "compact.pte"), ("--litert", "compact.tflite")):
+        if getattr(options, flag[2:]):
+            raise BadInputError(needs_torch_graph(flag, file))
     if not options.onnx:
         raise BadInputError("--no-onnx: an ONNX source converts to compact.onnx; drop --no-onnx")
     if options.static:

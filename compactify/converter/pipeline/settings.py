@@ -9,7 +9,7 @@ from typing import Any
 
 from compactify.converter.pipeline.options import ConvertOptions
 from compactify.targets import (EngineSettings, Fp16Settings, Int8Settings, OnnxSettings, OpenVinoSettings, Pt2Settings,
-                                check_requests)
+                                PteSettings, TfliteSettings, check_requests)
 
 
 def split(options: ConvertOptions, source_format: str) -> "ConvertSettings":
@@ -52,6 +52,10 @@ def _targets(options: ConvertOptions, source_format: str) -> dict[str, Any]:
         wanted["engine"] = EngineSettings(max_batch=options.max_batch, timing_cache=options.timing_cache)
     if options.openvino:
         wanted["openvino"] = OpenVinoSettings()
+    if options.executorch:
+        wanted["pte"] = PteSettings()
+    if options.litert:
+        wanted["tflite"] = TfliteSettings()
     return check_requests(wanted)
 
 

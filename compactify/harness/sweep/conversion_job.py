@@ -25,10 +25,10 @@ from compactify.converter.lowrank.rule_syntax import UNTRUNCATED
 from compactify.converter.pipeline.convert import convert_checkpoint
 from compactify.converter.pipeline.options import ConvertOptions
 from compactify.errors import CompactifyError, first_line, one_line
-from compactify.harness.sweep.evaluation import DIGITS, EvalData, load_eval_data, predict, scores
-from compactify.harness.sweep.grid import precision_target
+from compactify.harness.sweep.evaluation import DIGITS, PREDICT_BATCH, EvalData, load_eval_data, predict, scores
+from compactify.harness.sweep.grid import convert_flags, precision_target
 from compactify.runtimes import thread_options
-from compactify.targets import TARGETS, Target
+from compactify.targets import Target
 
 
 @dataclasses.dataclass
@@ -77,9 +77,8 @@ def _convert_and_judge(spec: JobSpec, checkpoint: bytes, data: EvalData | None, 
     timed = {precision_target(p, spec.runtime).name for p in spec.precisions}  # the artifacts the points need
     options = ConvertOptions(arch=spec.arch, arch_kwargs=spec.arch_kwargs, input_shape=spec.input_shape,
                              rank=None if spec.budget == UNTRUNCATED else spec.budget,
-                             fp16="onnx_fp16" in timed, int8="onnx_int8" in timed, openvino="openvino" in timed,
                              int8_calibration=str(cal_path) if cal_path else None,
-                             onnx=any(t == "onnx" or "onnx" in TARGETS[t].builds_from for t in timed))
+                             **convert_flags(spec.precisions, spec.runtime))
     out = tmp / "conversion"
     report = convert_checkpoint(ckpt_path, out, options)
     shape = tuple(int(d) for d in report["input_shape"])
@@ -127,6 +126,15 @@ def _source_runner(path: Path, spec: JobSpec):
 
 def _artifact_predictions(target: Target, path: Path, spec: JobSpec, x: np.ndarray) -> np.ndarray:
     """Top-1 classes of ``x`` from the artifact itself, on the runtime the sweep times it on."""
-    with target.open(path, **thread_options(spec.runtime, spec.threads)) as runner:  # torch's: set_num_threads
-        name = runner.inputs[0].name
-        return predict(lambda batch: next(iter(runner.infer({name: np.ascontiguousarray(batch)}).values())), x)
+    opts = thread_options(spec.runtime, spec.threads)  # torch's: set_num_threads
+    with target.open(path, **opts) as runner:
+        name, shape = runner.inputs[0].name, runner.inputs[0].shape
+        fixed = shape[0] if shape and shape[0] is not None else None  # a .pte is lowered at one batch
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            n = len(batch)
+            if fixed is not None and n < fixed:  # the last chunk, padded to the artifact's batch
+                batch = np.concatenate([batch, np.zeros((fixed - n, *batch.shape[1:]), batch.dtype)])
+            return next(iter(runner.infer({name: np.ascontiguousarray(batch)}).values()))[:n]
+
+        return predict(run, x, batch=fixed or PREDICT_BATCH)

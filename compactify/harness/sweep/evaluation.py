@@ -40,11 +40,11 @@ def load_eval_data(data: str, input_shape: Sequence[int]) -> EvalData:
     return EvalData(x, labels, f"{Path(data).name} ({len(x)} inputs, {with_labels})")
 
 
-def predict(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
-    """Top-1 classes of ``x`` through ``run`` (a batch of inputs -> the logits)."""
+def predict(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int = PREDICT_BATCH) -> np.ndarray:
+    """Top-1 classes of ``x`` through ``run`` (a batch of at most ``batch`` inputs -> the logits)."""
     preds = []
-    for i in range(0, len(x), PREDICT_BATCH):
-        logits = np.asarray(run(x[i:i + PREDICT_BATCH]))
+    for i in range(0, len(x), batch):
+        logits = np.asarray(run(x[i:i + batch]))
         if logits.ndim != 2 or logits.shape[1] < 2:
             raise BadInputError(f"the model's first output has shape {tuple(logits.shape)}, not [N, classes]: a sweep "
                                 "judges classifiers by their top-1 class")

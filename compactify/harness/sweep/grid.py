@@ -19,12 +19,15 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from compactify.errors import BadInputError
+from compactify.errors import BadInputError, MissingRuntimeError
+from compactify.runtimes import RUNNERS
 from compactify.targets import TARGETS, Target
 
 FULL_PRECISION = "fp32"  # what convert writes by default; every other precision is a convert flag (--fp16, --int8)
 PRECISIONS = (FULL_PRECISION, "fp16", "int8")
-RUNTIMES = ("ort", "torch", "openvino")
+# The sweep times its points on whichever node holds --bench-resource, on the cpu: every runtime of a
+# registered target that runs there (not TensorRT).
+RUNTIMES = tuple(dict.fromkeys(t.runtime for t in TARGETS.values() if RUNNERS[t.runtime].default_device == "cpu"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,9 +72,18 @@ def make_jobs(checkpoints: Sequence[Checkpoint], budgets: Sequence[str], precisi
 
 def precision_target(precision: str, runtime: str) -> Target | None:
     """The target a precision is judged and timed on with ``runtime``: the registered target that runs
-    there with numbers of that precision (fp32 on ONNX Runtime: compact.onnx; on OpenVINO: compact.xml);
-    None when none does."""
+    there with numbers of that precision (fp32 on ONNX Runtime: compact.onnx; on OpenVINO: compact.xml;
+    on ExecuTorch: compact.pte); None when none does."""
     return next((t for t in TARGETS.values() if t.runtime == runtime and t.precision == precision), None)
+
+
+def convert_flags(precisions: Sequence[str], runtime: str) -> dict[str, bool]:
+    """The ConvertOptions that write every precision's target for ``runtime``: each target's flag as the
+    option of that name (--fp16: fp16, --executorch: executorch), and compact.onnx only where a target
+    is it or is built from it."""
+    targets = [precision_target(p, runtime) for p in precisions]
+    flags = {t.flag.removeprefix("--").replace("-", "_"): True for t in targets if t.flag}
+    return {"onnx": any(t.name == "onnx" or "onnx" in t.builds_from for t in targets), **flags}
 
 
 def check_precisions(precisions: Sequence[str], runtime: str) -> tuple[str, ...]:
@@ -84,6 +96,11 @@ def check_precisions(precisions: Sequence[str], runtime: str) -> tuple[str, ...]
             what = f"writes the {elsewhere.description}, which runs on {elsewhere.runtime}" if elsewhere \
                 else "writes no artifact the sweep can time"
             raise BadInputError(f"--{p} {what}{where}")
+    timed = precision_target(FULL_PRECISION, runtime)
+    missing = timed.missing()
+    if missing:  # refused before any job starts, not once per job
+        raise MissingRuntimeError(f"--runtime {runtime}: {timed.file} {missing}"
+                                  + (f"; {timed.install_hint}" if timed.install_hint else ""))
     return (FULL_PRECISION, *[p for p in PRECISIONS[1:] if p in precisions])
 
 

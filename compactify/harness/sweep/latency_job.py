@@ -3,7 +3,7 @@
 Latencies measured in different processes, at different times or on different nodes are not
 comparable (another job's load, another CPU); so the sweep times all its points of a target
 together, after the conversions are done: per batch size one interleaved round-robin over all
-artifacts (``measure.latency.compare_latency``), ONNX Runtime and torch threads pinned.
+artifacts (``measure.latency.compare_latency``), every runtime's threads pinned.
 """
 
 from __future__ import annotations
