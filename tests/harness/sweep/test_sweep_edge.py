@@ -46,6 +46,6 @@ def test_a_job_on_an_edge_runtime_judges_and_times_its_file(tiny_digits, runtime
     point = result["points"][0]
     assert point["artifact"] == artifact and artifact in result["files"]
     assert point["agreement"] == 1.0  # the contracted network is the untruncated one, run on the edge runtime
-    timed = time_points([("p", artifact, artifact, result["files"][artifact], result["input_shape"])],
+    timed = time_points([("p", artifact, artifact, {artifact: result["files"][artifact]}, result["input_shape"])],
                         runtime, [1], iters=3, warmup=1)
     assert timed["latency"]["1"]["p"]["p50_ms"] > 0
