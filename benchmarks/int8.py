@@ -3,11 +3,15 @@
 For networks trained here on the built-in digits (a RepVGG-style block net, registry ``repvgg``:
 3x3+BN, 1x1+BN and identity-BN branches summed; and SmallNet-7 in its ExpandNets CL expansion),
 each is converted with ``compactify convert --int8`` (per-channel weights, MinMax calibration on
-256 digits training images) and compared, on the 360 held-out digits test images, with three other
+256 digits training images) and compared, on the 360 held-out digits test images, with other
 ways of quantizing the same network, all with onnxruntime.quantization.quantize_static:
 
 - merged, per-tensor weights: one scale per weight tensor after merging (the known wall: merged
   branches spread the channels' ranges apart);
+- merged and equalized (``--int8-equalize``), per tensor and per channel: cross-layer equalization of
+  the merged graph's Conv -> ReLU -> Conv pairs before quantizing (an exact rescaling);
+- merged, per-channel, with the sensitivity fallback (``--int8-min-agreement 1``): the most
+  sensitive layers kept in float until the bar is met;
 - unmerged, per-channel and per-tensor: the training-time network exported as it is, after ONNX
   Runtime's recommended ``quant_pre_process`` (which folds BatchNorm into each branch's conv but
   never sums branches), so every branch is quantized on its own and the sums run on int8 inputs.
@@ -46,7 +50,9 @@ from typing import Any, Sequence
 import _common  # noqa: F401  (puts the repository on sys.path)
 from _common import RESULTS, machine, machine_line, print_table, randomize_batchnorm, write_results
 
-VARIANTS = ("merged per-channel", "merged per-tensor", "unmerged per-channel", "unmerged per-tensor")
+VARIANTS = ("merged per-channel", "merged per-tensor", "merged per-tensor, equalized", "merged per-channel, equalized",
+            "merged per-channel, sensitivity fallback", "unmerged per-channel", "unmerged per-tensor")
+FALLBACK_AGREEMENT = 1.0  # the bar the sensitivity-fallback variant is asked to meet: every prediction as fp32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +156,11 @@ def quantize_variants(checkpoint: Path, folder: Path, exporter: str = "auto") ->
     from compactify.targets import TARGETS
     from compactify.targets import int8_measure as M
     from compactify.targets import int8_quantize as Q
+    from compactify.errors import CompactifyError
+    from compactify.targets import Int8Settings
     from compactify.targets.calibration import calibration_set
+    from compactify.targets.int8_artifact import write_int8
+    from compactify.targets.int8_equalize import equalize_graph
 
     out = folder / "converted"
     t = time.perf_counter()
@@ -163,6 +173,21 @@ def quantize_variants(checkpoint: Path, folder: Path, exporter: str = "auto") ->
     names = report["output_names"]
     paths = {"merged per-channel": out / TARGETS["onnx_int8"].file, "merged per-tensor": folder / "merged-per-tensor.onnx"}
     Q.quantize(fp32, paths["merged per-tensor"], data.calibration, per_channel=False)
+    equalized = onnx.load(str(fp32))
+    equalize_graph(equalized)
+    onnx.save(equalized, str(folder / "equalized.onnx"))
+    for per_channel in (False, True):
+        key = f"merged per-{'channel' if per_channel else 'tensor'}, equalized"
+        paths[key] = folder / f"merged-{'channel' if per_channel else 'tensor'}-equalized.onnx"
+        Q.quantize(folder / "equalized.onnx", paths[key], data.calibration, per_channel=per_channel)
+    reference = functools.partial(float64_outputs, model)
+    key = "merged per-channel, sensitivity fallback"
+    paths[key] = folder / "merged-fallback.onnx"
+    try:
+        fallback = write_int8(Int8Settings(min_agreement=FALLBACK_AGREEMENT), data, fp32, paths[key], names, reference)
+    except CompactifyError as exc:
+        fallback = {"error": str(exc)}
+        paths.pop(key)
 
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
@@ -177,9 +202,14 @@ def quantize_variants(checkpoint: Path, folder: Path, exporter: str = "auto") ->
 
     rows = []
     for variant in VARIANTS:
+        if variant not in paths:
+            rows.append({"variant": variant, "worst_layer": fallback.get("error")})
+            continue
         measured = report["int8"] if variant == "merged per-channel" else M.measure(
-            fp32, paths[variant], data, functools.partial(float64_outputs, model), names)
-        base = fp32 if variant.startswith("merged") else folder / "unmerged-pre.onnx"
+            fp32, paths[variant], data, reference, names)
+        # Layer by layer against the float graph that was quantized: equalization rescales the activations.
+        base = (folder / "equalized.onnx" if variant.endswith("equalized") else fp32) if variant.startswith("merged") \
+            else folder / "unmerged-pre.onnx"
         layers = report["int8"]["layers"] if variant == "merged per-channel" else M.layer_errors(
             base, paths[variant], data.held_out)
         worst = layers[0] if layers else None
@@ -189,6 +219,7 @@ def quantize_variants(checkpoint: Path, folder: Path, exporter: str = "auto") ->
             "max_rel": measured["max_rel_error"], "clipped": measured["clipped"],
             "worst_layer": None if worst is None else f"{worst['layer']} (+{worst['added']:.2g})",
             "int8_layers": sum(r["weight"] is not None for r in Q.qdq_structure(onnx.load(str(paths[variant])))),
+            "kept_in_float": ", ".join(fallback["kept_in_float"]) if variant.endswith("fallback") else None,
         })
     return {"rows": rows, "paths": {k: str(v) for k, v in paths.items()}, "fp32": str(fp32), "report": report,
             "convert_s": convert_s, "input_shape": list(source.input_shape)}
@@ -275,7 +306,7 @@ def _accuracy_columns():
             Column("accuracy", "int8 acc", ".4f"), Column("agreement", "top-1 agree w/ fp32", ".4f"),
             Column("max_rel", "max err / scale", ".3g"), Column("clipped", "outputs clipped", ".2%"),
             Column("worst_layer", "layer adding most error"),
-            Column("int8_layers", "int8 layers")]
+            Column("int8_layers", "int8 layers"), Column("kept_in_float", "kept in float")]
 
 
 def _latency_columns(kernels: bool = False):

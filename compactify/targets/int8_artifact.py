@@ -57,7 +57,7 @@ def write_int8(request, data: CalibrationSet, fp32_path: str | Path, out_path: s
             kept = quantize(quantized_from, out_path, data.calibration, method=request.method,
                             keep=(*request.keep, *added), tensorrt=request.tensorrt)
             result = _measure(fp32_path, out_path, data, reference, output_names)
-            layers = layer_errors(fp32_path, out_path, data.held_out)
+            layers = layer_errors(quantized_from, out_path, data.held_out)  # equalized: its own scale per layer
             shortfall = _shortfall(request, result, data.held_out_what)
             steps.append({"kept": list(added), "top1_agreement": result["top1_agreement"],
                           "accuracy_int8": result["accuracy_int8"], "model": Path(tmp) / f"step{len(steps)}.onnx"})

@@ -137,3 +137,26 @@ def test_int8_quantizes_four_ways_and_times_int8_against_fp32(bench_modules, tmp
         assert all(t["speedup"] > 0 and t["speedup_paired"] > 0 and t["rounds"] >= 1 for t in timed)
     finally:
         sys.modules.pop(spec.name, None)
+
+
+def test_edge_targets_builds_every_variant_on_every_runtime_exactly(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_edge_targets", BENCHMARKS / "edge_targets.py")
+    m = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = m
+    try:
+        spec.loader.exec_module(m)
+        runtimes = m.available_runtimes(m.RUNTIMES, lambda line: None)
+        config = m.Config("tiny", "registry", "smallnet7", "cl", 8)
+        built = m.build_all(config, tmp_path, runtimes)
+        assert set(built["paths"]) == {(v, r) for v in ("expanded", "compact") for r in runtimes}
+        # Every artifact, expanded or compact, on every runtime, computes the source's function.
+        assert max(built["errors"].values()) < 1e-5, built["errors"]
+        assert built["params"]["compact"] < built["params"]["expanded"]
+        p50 = m.time_all(built, runtimes, seconds=0.01, threads=1, warmup=1)
+        rows = m.rows_of(config, built, p50, runtimes)
+        assert [r["runtime"] for r in rows] == [m.RUNTIME_NAMES[r] for r in runtimes]
+        assert all(r["speedup"] > 0 and r["deploy_ratio"] is None for r in rows)
+    finally:
+        sys.modules.pop(spec.name, None)
