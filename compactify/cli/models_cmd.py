@@ -3,6 +3,8 @@ command line, thin over ``compactify.models``."""
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 import click
@@ -152,7 +154,24 @@ def expand_cmd(arch: str, mode: str | None, rate: int, layers: str | None, arch_
                f"{n:,} parameters, input {'x'.join(map(str, shape))} -> {output}")
 
 
-@click.command("train")
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$", re.IGNORECASE)
+
+
+class _TrainCommand(click.Command):
+    """``--nuclear -1`` is refused as a negative strength: --nuclear takes an optional value, so click
+    reads a following token that starts with '-' (even in ``--nuclear=-1``) as an option of its own
+    and would answer "no such option '-1'"."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        for i, arg in enumerate(args):
+            given = arg.partition("=")[2] if arg.startswith("--nuclear=") else \
+                (args[i + 1] if arg == "--nuclear" and i + 1 < len(args) else "")
+            if _NEGATIVE_NUMBER.match(given):
+                raise BadInputError(f"--nuclear must be >= 0, got {float(given):g}")
+        return super().parse_args(ctx, args)
+
+
+@click.command("train", cls=_TrainCommand)
 @click.argument("arch")
 @click.option("--expand", "mode", help="Train the ExpandNets expansion: fc, cl, ck, cl+fc or ck+fc.")
 @click.option("--rate", type=int, default=4, show_default=True, help="Expansion rate r.")
@@ -191,8 +210,9 @@ def train_cmd(arch: str, mode: str | None, rate: int, layers: str | None, arch_k
     _check_rate(rate)
     if epochs <= 0:
         raise BadInputError(f"--epochs must be a positive integer, got {epochs}")
-    if nuclear < 0 or group_lasso < 0:
-        raise BadInputError("--nuclear and --group-lasso must be >= 0")
+    for option, value in (("--nuclear", nuclear), ("--group-lasso", group_lasso)):
+        if value < 0:
+            raise BadInputError(f"{option} must be >= 0, got {value:g}")
     if threads < 1:
         raise BadInputError(f"--threads must be >= 1, got {threads}")
     if lr <= 0 or batch_size < 1:

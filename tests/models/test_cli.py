@@ -89,8 +89,10 @@ def test_expand_writes_a_checkpoint_that_rebuilds(tmp_path):
     (["train", "smallnet7", "--epochs", "-3"], ["--epochs must be a positive integer"]),
     (["train", "smallnet7", "--expand", "cl", "--rate", "0"], ["--rate must be >= 1"]),
     (["train", "smallnet3", "--expand", "ck"], ["'ck' does not apply"]),
-    # --nuclear's value is optional (alone: the documented default), so click reads -1 as an option.
-    (["train", "smallnet7", "--nuclear", "-1"], ["no such option '-1'"]),
+    # --nuclear's value is optional (alone: the documented default); a negative one is still its value.
+    (["train", "smallnet7", "--nuclear", "-1"], ["--nuclear must be >= 0, got -1"]),
+    (["train", "smallnet7", "--nuclear", "-0.5e-3"], ["--nuclear must be >= 0, got -0.0005"]),
+    (["train", "smallnet7", "--group-lasso", "-2"], ["--group-lasso must be >= 0, got -2"]),
     (["train", "smallnet7", "--arch-kwargs", '{"num_classes": 5}'], ["digits has 10 classes"]),
     (["train", "smallnet3", "--input-size", "8"], ["too small"]),
 ])
