@@ -25,7 +25,10 @@ ONNX Runtime and torch threads pinned, as ratios of medians and medians of per-r
 Then, at real sizes (full run only): ResNet-18 expanded with ExpandNets' CK scheme and
 MobileNetV2 with CL (rate 4, random weights and BatchNorm statistics: latency does not depend on
 what was learnt), each converted with ``--int8`` calibrated on 64 seeded random inputs, fp32
-compact against int8 at 224x224, batch 1 and 8.
+compact against int8 at 224x224, batch 1 and 8, on ONNX Runtime; then on OpenVINO's CPU plugin (IRs
+of compact.onnx and of compact.int8.onnx, which OpenVINO reads and runs with its int8 kernels) and
+on ExecuTorch's XNNPACK at batch 1 (compact.pt2 lowered as it is, and quantized by the PT2E flow
+with XNNPACK's quantizer on the same calibration inputs), each runtime's fp32 against its int8.
 
     python benchmarks/int8.py --quick     # short training and timing (about 1 minute here)
     python benchmarks/int8.py             # longer training, wider nets, 10 s of timing per batch
@@ -226,15 +229,16 @@ def quantize_variants(checkpoint: Path, folder: Path, exporter: str = "auto") ->
 
 
 def time_pair(fp32: Path, int8: Path, input_shape: Sequence[int], batches: Sequence[int], *, seconds: float,
-              threads: int, warmup: int) -> list[dict[str, Any]]:
-    """Per batch size, fp32 compact against int8 on ONNX Runtime CPU, interleaved A/B rounds."""
+              threads: int, warmup: int, runtime: str = "ort") -> list[dict[str, Any]]:
+    """Per batch size, fp32 compact against int8 on ``runtime`` (CPU), interleaved A/B rounds."""
     import numpy as np
 
     from compactify.measure.latency import Candidate, compare_latency, pinned_threads
-    from compactify.runtimes import open_runner
+    from compactify.runtimes import open_runner, thread_options
 
-    runners = {"fp32": open_runner(fp32, runtime="ort", intra_op_threads=threads, inter_op_threads=1),
-               "int8": open_runner(int8, runtime="ort", intra_op_threads=threads, inter_op_threads=1)}
+    options = thread_options(runtime, threads) | ({"inter_op_threads": 1} if runtime == "ort" else {})
+    runners = {"fp32": open_runner(fp32, runtime=runtime, **options),
+               "int8": open_runner(int8, runtime=runtime, **options)}
     rows = []
     try:
         with pinned_threads(threads):
@@ -258,7 +262,8 @@ def time_pair(fp32: Path, int8: Path, input_shape: Sequence[int], batches: Seque
 
 
 def run_real_sizes(*, batches: Sequence[int], seconds: float, threads: int, log=print) -> list[dict]:
-    """fp32 compact against int8 at 224x224 on ONNX Runtime, with how much of the int8 graph runs as integers."""
+    """fp32 compact against int8 at 224x224 on ONNX Runtime (with how much of the int8 graph runs as integers),
+    OpenVINO and ExecuTorch's XNNPACK, each runtime's fp32 against its own int8."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="compactify-int8-real-") as tmp:
         for i, (label, name, mode) in enumerate(REAL_SIZES):
@@ -271,10 +276,74 @@ def run_real_sizes(*, batches: Sequence[int], seconds: float, threads: int, log=
                 f"{report['params_after']:,} parameters); {n_int} of {n_int + n_float} ops integer; timing")
             for row in time_pair(out / "compact.onnx", out / "compact.int8.onnx", REAL_SHAPE, batches,
                                  seconds=seconds, threads=threads, warmup=20):
-                rows.append({"model": label, "integer_ops": f"{n_int}/{n_int + n_float}",
+                rows.append({"model": label, "runtime": "ONNX Runtime (QDQ, compact.int8.onnx)",
+                             "integer_ops": f"{n_int}/{n_int + n_float}",
                              "float_ops": ", ".join(f"{op} x{n}" for op, n in kernels["float_ops"].items()) or "-",
                              **row})
+            for runtime, pair, pair_batches in _edge_pairs(out, folder, log):
+                for row in time_pair(*pair, REAL_SHAPE, pair_batches, seconds=seconds, threads=threads, warmup=20,
+                                     runtime=runtime):
+                    rows.append({"model": label, "runtime": EDGE_INT8[runtime], "integer_ops": "-",
+                                 "float_ops": "-", **row})
     return rows
+
+
+# How the edge runtimes get their int8 model: OpenVINO reads compactify's QDQ file itself (its low-precision
+# transformations turn the Q/DQ pairs into int8 kernels); ExecuTorch's is quantized by the PT2E flow with
+# XNNPACK's own quantizer, since XNNPACK takes the graph that flow writes, not an ONNX file.
+EDGE_INT8 = {"openvino": "OpenVINO CPU (IR of compact.int8.onnx)",
+             "executorch": "ExecuTorch XNNPACK (PT2E XNNPACKQuantizer, per channel)"}
+
+
+def _edge_pairs(out: Path, folder: Path, log) -> list[tuple[str, tuple[Path, Path], list[int]]]:
+    """(runtime, (fp32 file, int8 file), batches) for each edge runtime installed here."""
+    from compactify.optional import available
+
+    pairs = []
+    if available("openvino"):
+        import openvino as ov
+
+        files = []
+        for name in ("compact.onnx", "compact.int8.onnx"):
+            xml = folder / name.replace(".onnx", ".xml")
+            ov.save_model(ov.convert_model(str(out / name)), str(xml), compress_to_fp16=False)
+            files.append(xml)
+        pairs.append(("openvino", tuple(files), [1, 8]))
+    else:
+        log("OpenVINO is not installed here (pip install compactify[edge]): no OpenVINO int8 row")
+    if available("executorch"):
+        pairs.append(("executorch", _pte_pair(out, folder), [1]))  # a .pte is lowered at one batch
+    else:
+        log("ExecuTorch is not installed here (pip install compactify[edge]): no XNNPACK int8 row")
+    return pairs
+
+
+def _pte_pair(out: Path, folder: Path) -> tuple[Path, Path]:
+    """compact.pt2 lowered for XNNPACK at batch 1 as it is, and quantized to int8 by the PT2E flow with
+    XNNPACK's quantizer (per-channel symmetric weights), calibrated on the conversion's calibration inputs."""
+    import numpy as np
+    import torch
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from compactify.targets.pte import lower_to_xnnpack
+
+    module = torch.export.load(str(out / "compact.pt2")).module()
+    example = torch.randn(1, *REAL_SHAPE[1:], generator=torch.Generator().manual_seed(0))
+    fp32 = folder / "compact.pte"
+    fp32.write_bytes(lower_to_xnnpack(module, example).buffer)
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(torch.export.export(module, (example,)).module(), quantizer)
+    calibration = np.load(folder / "calibration.npz")["x"]
+    with torch.no_grad():
+        for x in calibration:
+            prepared(torch.from_numpy(x[None]))
+    int8 = folder / "compact.int8.pte"
+    int8.write_bytes(lower_to_xnnpack(convert_pt2e(prepared), example).buffer)
+    return fp32, int8
 
 
 def run(configs: Sequence[Config], *, quick: bool, batches: Sequence[int], seconds: float, threads: int,
@@ -312,7 +381,7 @@ def _accuracy_columns():
 def _latency_columns(kernels: bool = False):
     from compactify.harness.report import Column
 
-    extra = [Column("integer_ops", "integer ops"), Column("float_ops", "in float")] if kernels else []
+    extra = [Column("runtime"), Column("integer_ops", "integer ops"), Column("float_ops", "in float")] if kernels else []
     return [Column("model"), *extra, Column("batch"), Column("fp32_ms", "fp32 compact p50 ms", ".3f"),
             Column("int8_ms", "int8 p50 ms", ".3f"), Column("speedup", "fp32 / int8 (p50)", ".2f"),
             Column("speedup_paired", "fp32 / int8 (paired)", ".2f"), Column("rounds"),
@@ -354,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"ONNX Runtime CPU, {args.threads} thread(s): fp32 compact vs int8 (merged, per-channel), interleaved")
     if rows["real_sizes"]:
         print_table(rows["real_sizes"], _latency_columns(kernels=True),
-                    f"At 224x224, ONNX Runtime CPU, {args.threads} thread(s): fp32 compact vs int8, interleaved")
+                    f"At 224x224, {args.threads} thread(s): fp32 compact vs int8 on each runtime, interleaved")
     info_after = machine()
     print(f"load average after: {', '.join(f'{v:.1f}' for v in info_after['loadavg_1_5_15'])}; wall {wall:.0f} s")
 
