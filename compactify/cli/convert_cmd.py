@@ -98,7 +98,8 @@ def convert(checkpoint, arch, arch_kwargs, input_shape, out_dir, outputs, allow_
 
     Writes OUTDIR/compact.pt2, compact.onnx, report.json and report.md (plus
     compact.fp16.onnx with --fp16, compact.int8.onnx with --int8, compact.engine with --trt,
-    built from the int8 model when --int8 is given, compact.xml + compact.bin with --openvino,
+    built from the int8 model when --int8 is given, compact.xml + compact.bin with --openvino
+    (and compact.int8.xml + .bin, the IR of the int8 model, with --openvino --int8),
     compact.pte with --executorch and compact.tflite with --litert), atomically: nothing
     appears until everything is complete. An existing OUTDIR is replaced (with --force)
     only if it is a previous compactify output holding nothing else and no input.

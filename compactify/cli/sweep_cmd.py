@@ -37,7 +37,7 @@ SWEEP_RUNTIMES = ("ort", "torch", "openvino", "executorch", "litert")
                    "top-1 agreement with the untruncated model). Default: digits, for checkpoints trained on it.")
 @click.option("--runtime", default="ort", show_default=True, type=click.Choice(SWEEP_RUNTIMES),
               help="The target timed at fp32: compact.onnx on ort, compact.pt2 on torch, compact.xml on openvino, "
-                   "compact.pte on executorch, compact.tflite on litert (--fp16 and --int8: ort only).")
+                   "compact.pte on executorch, compact.tflite on litert (--fp16: ort only; --int8: ort and openvino).")
 @click.option("--batch", "batches", default="1", show_default=True, metavar="B1,B2,...",
               help="Batch sizes at which every point is timed.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,

@@ -78,6 +78,12 @@ class Target(abc.ABC):
     # Compute precisions its runtime runs it at on request (verify/bench --bf16), each with the (atol, rtol)
     # a run at it is judged with; the runtime's own default is the target's ``precision``.
     extra_precisions: ClassVar[Mapping[str, tuple[float, float]]] = {}
+    # The ConvertOptions fields that ask for it, all together (default: the one its flag names).
+    options: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def asked_by(cls) -> tuple[str, ...]:
+        return cls.options or ((cls.flag.removeprefix("--").replace("-", "_"),) if cls.flag else ())
 
     def sniff(self, path: Path) -> bool:
         """Whether ``path``'s content is this kind of artifact (for files under another suffix)."""

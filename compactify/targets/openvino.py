@@ -78,9 +78,11 @@ class OpenVinoTarget(Target):
     def missing(self) -> str | None:
         return None if available("openvino") else "needs the Python package openvino, which is not installed here"
 
+    source: ClassVar[str] = "onnx"  # the artifact the IR is converted from
+
     def build(self, compact: CompactModel, folder: Path, built: Mapping[str, Path], settings: OpenVinoSettings) -> Built:
         ov = import_openvino("--openvino")
-        source = built["onnx"]
+        source = built[self.source]
         try:
             model = ov.convert_model(str(source))
         except Exception as exc:  # OpConversionFailure, ovc's Error, RuntimeError: an op OpenVINO cannot lower
@@ -89,10 +91,11 @@ class OpenVinoTarget(Target):
         _name_ports(model.outputs, compact.output_names)
         xml = folder / self.file
         ov.save_model(model, str(xml), compress_to_fp16=False)
-        entry: dict[str, Any] = {"built_from": source.name, "weights": weights_of(xml).name, "weights_precision": "fp32",
-                                 "ops": op_counts(model)}
+        entry: dict[str, Any] = {"built_from": source.name, "weights": weights_of(xml).name,
+                                 "weights_precision": self.precision, "ops": op_counts(model)}
         check, warnings = self._check(xml, compact)
-        entry["check"] = check
+        if check is not None:
+            entry["check"] = check
         return Built(self.file, {self.name: entry}, warnings)
 
     def _check(self, xml: Path, compact: CompactModel) -> tuple[dict[str, Any], list[str]]:

@@ -275,3 +275,25 @@ def test_an_ir_without_its_weights_its_weights_alone_or_a_file_that_is_no_ir_is_
     # .bin is a checkpoint suffix too: the weights of an IR are named as such, not read as a checkpoint
     _one_error_line(_run("bench", contracted / "compact.bin", "--iters", "1"),
                     "compact.bin is a file that compact.xml beside it needs (an OpenVINO IR): give compact.xml")
+
+
+def test_openvino_with_int8_writes_the_ir_of_the_int8_model_and_verify_judges_it_as_int8(tiny, tmp_path):
+    calibration = tmp_path / "calibration.npz"
+    np.savez(calibration, x=np.random.default_rng(0).standard_normal((40, 3, 8, 8)).astype(np.float32))
+    out = tmp_path / "out"
+    result = _run("convert", tiny[0], "-o", out, "--openvino", "--int8", "--calibration", calibration)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["artifacts"]["openvino_int8"] == "compact.int8.xml" and (out / "compact.int8.bin").is_file()
+    assert report["openvino_int8"]["built_from"] == "compact.int8.onnx"
+    x = np.random.default_rng(1).standard_normal((4, 3, 8, 8)).astype(np.float32)
+    with TARGETS["openvino_int8"].open(out / "compact.int8.xml") as ir, \
+            TARGETS["onnx_int8"].open(out / "compact.int8.onnx") as qdq:
+        got = next(iter(ir.infer({ir.inputs[0].name: x}).values()))
+        theirs = next(iter(qdq.infer({qdq.inputs[0].name: x}).values()))
+    ref = _float64(tiny[1], x)
+    # The same scales, run by two runtimes' int8 kernels: both near the source, near each other.
+    assert _rel(got, ref) < 0.1 and _rel(theirs, ref) < 0.1 and _rel(got, theirs.astype(np.float64)) < 0.05
+    payload = json.loads(_run("verify", out, "--json", "-").stdout)
+    row = next(c for c in payload["candidates"] if c["path"].endswith("compact.int8.xml"))
+    assert row["passed"] and row["tolerance"].startswith("0.1 x max|ref|") and row["rtol"] == 0

@@ -43,7 +43,8 @@ def onnx_file(tiny, tmp_path_factory):
 
 def test_every_target_once():
     targets = TARGETS.values()
-    assert [t.name for t in targets] == ["pt2", "onnx", "onnx_fp16", "onnx_int8", "engine", "openvino", "pte", "tflite"]
+    assert [t.name for t in targets] == ["pt2", "onnx", "onnx_fp16", "onnx_int8", "engine", "openvino", "openvino_int8", "pte",
+                                         "tflite"]
     for attribute in ("name", "file"):
         values = [getattr(t, attribute) for t in targets]
         assert len(values) == len(set(values)), attribute

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from compactify.converter.pipeline.options import ConvertOptions
-from compactify.targets import (EngineSettings, Fp16Settings, Int8Settings, OnnxSettings, OpenVinoSettings, Pt2Settings,
-                                PteSettings, TfliteSettings, check_requests)
+from compactify.targets import (EngineSettings, Fp16Settings, Int8Settings, OnnxSettings, OpenVinoInt8Settings,
+                                OpenVinoSettings, Pt2Settings, PteSettings, TfliteSettings, check_requests)
 
 
 def split(options: ConvertOptions, source_format: str) -> "ConvertSettings":
@@ -52,6 +52,8 @@ def _targets(options: ConvertOptions, source_format: str) -> dict[str, Any]:
         wanted["engine"] = EngineSettings(max_batch=options.max_batch, timing_cache=options.timing_cache)
     if options.openvino:
         wanted["openvino"] = OpenVinoSettings()
+        if options.int8:
+            wanted["openvino_int8"] = OpenVinoInt8Settings()
     if options.executorch:
         wanted["pte"] = PteSettings()
     if options.litert:

@@ -82,7 +82,7 @@ def convert_flags(precisions: Sequence[str], runtime: str) -> dict[str, bool]:
     option of that name (--fp16: fp16, --executorch: executorch), and compact.onnx only where a target
     is it or is built from it."""
     targets = [precision_target(p, runtime) for p in precisions]
-    flags = {t.flag.removeprefix("--").replace("-", "_"): True for t in targets if t.flag}
+    flags = {option: True for t in targets for option in t.asked_by()}
     return {"onnx": any(t.name == "onnx" or "onnx" in t.builds_from for t in targets), **flags}
 
 

@@ -12,7 +12,7 @@ pytest.importorskip("openvino", reason="the OpenVINO target needs openvino (pip 
 
 from compactify.errors import BadInputError
 from compactify.harness.sweep.conversion_job import JobSpec, run_job
-from compactify.harness.sweep.grid import check_precisions, precision_target
+from compactify.harness.sweep.grid import check_precisions, convert_flags, precision_target
 from compactify.harness.sweep.latency_job import time_points
 
 
@@ -39,3 +39,17 @@ def test_a_point_on_openvino_is_converted_judged_and_timed_from_its_files(tiny_d
     assert timed["runtime"] == "openvino" and timed["threads"] == 1
     for batch in ("1", "3"):
         assert timed["latency"][batch]["tiny-none:fp32"]["p50_ms"] > 0
+
+
+def test_int8_on_openvino_is_the_ir_of_the_int8_model(tiny_digits):
+    assert precision_target("int8", "openvino").file == "compact.int8.xml"
+    assert check_precisions(["int8"], "openvino") == ("fp32", "int8")
+    assert convert_flags(("fp32", "int8"), "openvino") == {"onnx": True, "openvino": True, "int8": True}
+    spec = JobSpec(id="tiny-none", checkpoint_name="tiny.pt", budget="none", precisions=("fp32", "int8"),
+                   runtime="openvino", data="digits")
+    result = run_job(spec, Path(tiny_digits).read_bytes())
+    assert result["status"] == "ok", result.get("error")
+    fp32, int8 = result["points"]
+    assert (fp32["artifact"], int8["artifact"]) == ("compact.xml", "compact.int8.xml")
+    assert int8["agreement"] >= 0.9  # int8 on the digits test split, against the source's own predictions
+    assert {"compact.int8.xml", "compact.int8.bin"} <= set(result["files"])
