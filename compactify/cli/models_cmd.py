@@ -192,6 +192,8 @@ class _TrainCommand(click.Command):
 @click.option("--aux", is_flag=True, help="Train with auxiliary heads and an auxiliary branch (dropped at conversion).")
 @click.option("--epochs", type=int, default=3, show_default=True, help="Training epochs.")
 @click.option("--lr", type=float, default=2e-3, show_default=True, help="Peak learning rate (one-cycle AdamW).")
+@click.option("--weight-decay", type=float, default=1e-4, show_default=True,
+              help="AdamW weight decay of the weights (not of BatchNorm or biases).")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=1, show_default=True,
@@ -203,14 +205,15 @@ class _TrainCommand(click.Command):
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 def train_cmd(arch: str, mode: str | None, rate: int, layers: str | None, arch_kwargs: str | None,
               input_size: int | None, nuclear: float, nuclear_kind: str, group_lasso: float, penalty: bool,
-              reg_layers: str | None, aux: bool, epochs: int, lr: float, batch_size: int, seed: int, threads: int,
+              reg_layers: str | None, aux: bool, epochs: int, lr: float, weight_decay: float, batch_size: int,
+              seed: int, threads: int,
               quiet: bool, output: Path, force: bool) -> None:
     """Train ARCH (optionally expanded) on the built-in digits data on the CPU and save a
     checkpoint whose metadata lets `compactify convert` rebuild it."""
     _check_rate(rate)
     if epochs <= 0:
         raise BadInputError(f"--epochs must be a positive integer, got {epochs}")
-    for option, value in (("--nuclear", nuclear), ("--group-lasso", group_lasso)):
+    for option, value in (("--nuclear", nuclear), ("--group-lasso", group_lasso), ("--weight-decay", weight_decay)):
         if value < 0:
             raise BadInputError(f"{option} must be >= 0, got {value:g}")
     if threads < 1:
@@ -248,7 +251,8 @@ def train_cmd(arch: str, mode: str | None, rate: int, layers: str | None, arch_k
     if aux:
         attach_auxiliary(model, heads="auto", branch="auto", input_shape=shape)
     data = load_digits_data(shape, seed=0)
-    result = train(model, epochs, data=data, lr=lr, batch_size=batch_size, seed=seed, nuclear=nuclear,
+    result = train(model, epochs, data=data, lr=lr, weight_decay=weight_decay, batch_size=batch_size, seed=seed,
+                   nuclear=nuclear,
                    nuclear_kind=nuclear_kind, group_lasso=group_lasso, proximal=not penalty,
                    reg_layers=regularized, threads=threads, progress=not quiet)
     meta = {
@@ -269,6 +273,7 @@ def train_cmd(arch: str, mode: str | None, rate: int, layers: str | None, arch_k
             "input_shape": shape,
             "seed": seed,
             "lr": lr,
+            "weight_decay": weight_decay,
             "batch_size": batch_size,
             "threads": threads,
             "optimizer": "adamw-onecycle",

@@ -93,6 +93,7 @@ def test_expand_writes_a_checkpoint_that_rebuilds(tmp_path):
     (["train", "smallnet7", "--nuclear", "-1"], ["--nuclear must be >= 0, got -1"]),
     (["train", "smallnet7", "--nuclear", "-0.5e-3"], ["--nuclear must be >= 0, got -0.0005"]),
     (["train", "smallnet7", "--group-lasso", "-2"], ["--group-lasso must be >= 0, got -2"]),
+    (["train", "smallnet7", "--weight-decay", "-0.1"], ["--weight-decay must be >= 0, got -0.1"]),
     (["train", "smallnet7", "--arch-kwargs", '{"num_classes": 5}'], ["digits has 10 classes"]),
     (["train", "smallnet3", "--input-size", "8"], ["too small"]),
 ])
@@ -114,7 +115,7 @@ def test_train_saves_metadata_and_weights(tmp_path):
     out = tmp_path / "t.pt"
     result = run("train", "smallnet7", "--expand", "fc", "--rate", "2", "--aux", "--nuclear", "1",
                  "--reg-layers", "fc1.*", "--arch-kwargs", '{"width": 0.5, "hidden": 16}', "--input-size", "12",
-                 "--epochs", "1", "-q", "-o", str(out))
+                 "--epochs", "1", "--weight-decay", "0.05", "-q", "-o", str(out))
     assert result.exit_code == 0, result.output
     assert "test accuracy" in result.output
     ckpt = load_checkpoint(out)
@@ -122,7 +123,7 @@ def test_train_saves_metadata_and_weights(tmp_path):
     training = meta["training"]
     assert training["dataset"] == "digits" and training["epochs"] == 1
     assert training["input_shape"] == meta["input_shape"] == [1, 3, 12, 12]
-    assert 0.0 <= training["test_accuracy"] <= 1.0 and training["nuclear"] == 1.0
+    assert 0.0 <= training["test_accuracy"] <= 1.0 and training["nuclear"] == 1.0 and training["weight_decay"] == 0.05
     assert meta["expand"] == "fc" and meta["rate"] == 2 and meta["aux"]["heads"] == ["conv2_bn"]
     model = build_model(meta)
     model.load_state_dict(ckpt.state_dict, strict=True)
