@@ -10,6 +10,8 @@ ways of quantizing the same network, all with onnxruntime.quantization.quantize_
   branches spread the channels' ranges apart);
 - merged and equalized (``--int8-equalize``), per tensor and per channel: cross-layer equalization of
   the merged graph's Conv -> ReLU -> Conv pairs before quantizing (an exact rescaling);
+- merged and bias-corrected (``--int8-bias-correction``), per tensor and per channel: each layer's mean
+  output shift, measured on the calibration inputs, subtracted from its bias;
 - merged, per-channel, with the sensitivity fallback (``--int8-min-agreement 1``): the most
   sensitive layers kept in float until the bar is met;
 - unmerged, per-channel and per-tensor: the training-time network exported as it is, after ONNX
@@ -54,6 +56,7 @@ import _common  # noqa: F401  (puts the repository on sys.path)
 from _common import RESULTS, machine, machine_line, print_table, randomize_batchnorm, write_results
 
 VARIANTS = ("merged per-channel", "merged per-tensor", "merged per-tensor, equalized", "merged per-channel, equalized",
+            "merged per-tensor, bias-corrected", "merged per-channel, bias-corrected",
             "merged per-channel, sensitivity fallback", "unmerged per-channel", "unmerged per-tensor")
 FALLBACK_AGREEMENT = 1.0  # the bar the sensitivity-fallback variant is asked to meet: every prediction as fp32
 
@@ -170,6 +173,7 @@ def quantize_variants(checkpoint: Path, folder: Path, exporter: str = "auto") ->
     from compactify.targets import Int8Settings
     from compactify.targets.calibration import calibration_set
     from compactify.targets.int8_artifact import write_int8
+    from compactify.targets.int8_bias import correct_biases
     from compactify.targets.int8_equalize import equalize_graph
 
     out = folder / "converted"
@@ -190,6 +194,11 @@ def quantize_variants(checkpoint: Path, folder: Path, exporter: str = "auto") ->
         key = f"merged per-{'channel' if per_channel else 'tensor'}, equalized"
         paths[key] = folder / f"merged-{'channel' if per_channel else 'tensor'}-equalized.onnx"
         Q.quantize(folder / "equalized.onnx", paths[key], data.calibration, per_channel=per_channel)
+    for per_channel in (False, True):
+        key = f"merged per-{'channel' if per_channel else 'tensor'}, bias-corrected"
+        paths[key] = folder / f"merged-{'channel' if per_channel else 'tensor'}-bias-corrected.onnx"
+        Q.quantize(fp32, paths[key], data.calibration, per_channel=per_channel)
+        correct_biases(fp32, paths[key], data.calibration)
     reference = functools.partial(float64_outputs, model)
     key = "merged per-channel, sensitivity fallback"
     paths[key] = folder / "merged-fallback.onnx"

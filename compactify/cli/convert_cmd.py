@@ -77,6 +77,9 @@ from compactify.errors import BadInputError
 @click.option("--int8-equalize", is_flag=True,
               help="Cross-layer equalization before quantizing: an exact rescaling of each Conv -> ReLU -> Conv pair "
                    "that evens out the channel ranges merging spread apart.")
+@click.option("--int8-bias-correction", is_flag=True,
+              help="Subtract from each quantized layer's bias the mean shift int8 rounding gives its outputs, "
+                   "measured on the calibration inputs.")
 @click.option("--data", "rank_data", type=click.Path(dir_okay=False, path_type=str), metavar="FILE.npz",
               help="--rank: held-out inputs x and their labels on which the accuracy before and after truncation is "
                    "measured (default for checkpoints trained on digits: the digits test split).")
@@ -92,7 +95,7 @@ from compactify.errors import BadInputError
 def convert(checkpoint, arch, arch_kwargs, input_shape, out_dir, outputs, allow_approximate, dynamic_hw, force, trust_pickle,
             no_onnx, static, no_simplify, fp16, trt, openvino, executorch, litert, max_batch, timing_cache, rank_rule,
             rank_multiple, cost, int8, calibration, calibration_method, int8_keep, int8_min_agreement,
-            int8_max_accuracy_drop, int8_equalize, rank_data, max_accuracy_drop,
+            int8_max_accuracy_drop, int8_equalize, int8_bias_correction, rank_data, max_accuracy_drop,
             max_memory, progress):
     """Contract CHECKPOINT into its compact network.
 
@@ -144,6 +147,7 @@ def convert(checkpoint, arch, arch_kwargs, input_shape, out_dir, outputs, allow_
         int8_keep=tuple(k for k in (int8_keep or "").split(",") if k.strip()),
         int8_min_agreement=int8_min_agreement,
         int8_equalize=int8_equalize,
+        int8_bias_correction=int8_bias_correction,
         int8_max_accuracy_drop=int8_max_accuracy_drop,
         rank_data=rank_data,
         max_accuracy_drop=max_accuracy_drop,

@@ -35,6 +35,7 @@ class Int8Settings:
     max_accuracy_drop: float | None = None  # the same for accuracy points lost (needs labels)
     tensorrt: bool = False  # write the form TensorRT takes (symmetric activations, float biases)
     equalize: bool = False  # cross-layer equalization of the fp32 graph before quantizing (int8_equalize)
+    bias_correction: bool = False  # subtract each layer's measured mean shift from its bias (int8_bias)
     # The calibration and held-out inputs: read and checked by the target's prepare(), before any work.
     data: CalibrationSet | None = field(default=None, repr=False, compare=False)
 

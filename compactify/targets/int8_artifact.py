@@ -24,6 +24,7 @@ from compactify.targets.int8_measure import (
     layer_errors,
     measure,
 )
+from compactify.targets.int8_bias import correct_biases
 from compactify.targets.int8_equalize import equalize_graph
 from compactify.targets.int8_kernels import census_line, kernel_census
 from compactify.targets.int8_quantize import fixed_batch, qdq_structure, quantize
@@ -56,6 +57,7 @@ def write_int8(request, data: CalibrationSet, fp32_path: str | Path, out_path: s
         while True:
             kept = quantize(quantized_from, out_path, data.calibration, method=request.method,
                             keep=(*request.keep, *added), tensorrt=request.tensorrt)
+            bias = correct_biases(quantized_from, out_path, data.calibration) if request.bias_correction else None
             result = _measure(fp32_path, out_path, data, reference, output_names)
             layers = layer_errors(quantized_from, out_path, data.held_out)  # equalized: its own scale per layer
             shortfall = _shortfall(request, result, data.held_out_what)
@@ -90,6 +92,7 @@ def write_int8(request, data: CalibrationSet, fp32_path: str | Path, out_path: s
         "kept_in_float": kept,
         "sensitivity_fallback": fallback,
         "equalization": equalization,
+        "bias_correction": bias,
         "quantized_layers": sum(r["weight"] is not None for r in structure),
         "linear_layers": len(structure),
         **result,
@@ -200,6 +203,10 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
         e = r["equalization"]
         lines.append(f"int8: cross-layer equalization of {e['pairs']} layer pair(s) before quantizing "
                      f"(channel scales up to {e['largest_scale_ratio']:.3g}x apart)")
+    if r.get("bias_correction"):
+        b = r["bias_correction"]
+        lines.append(f"int8: bias correction of {b['layers']} layer(s) (largest mean shift removed "
+                     f"{b['largest_shift']:.3g})")
     if r.get("kernels"):
         lines.append(census_line(r["kernels"]))
     return lines

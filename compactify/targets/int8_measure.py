@@ -83,6 +83,17 @@ def classifier_index(outputs: Sequence[np.ndarray]) -> int | None:
     return None
 
 
+def with_outputs(model, names: Sequence[str]) -> bytes:
+    """``model`` (serialized) with the float tensors ``names`` added as graph outputs, to read them."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    present = {o.name for o in model.graph.output} | {i.name for i in model.graph.input}
+    for name in names:
+        if name not in present:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+            present.add(name)
+    return model.SerializeToString()
+
+
 def layer_errors(fp32_path: str | Path, int8_path: str | Path, x: np.ndarray) -> list[dict[str, Any]]:
     """Relative error (``||int8 - fp32|| / ||fp32||``) of every Conv/Gemm/MatMul layer's output (before it
     is quantized) and of the input it reads (after it is quantized), between the fp32 and the int8 model;
@@ -105,17 +116,8 @@ def layer_errors(fp32_path: str | Path, int8_path: str | Path, x: np.ndarray) ->
     if not layers:
         return []
 
-    def augmented(model, names):
-        model = onnx.ModelProto.FromString(model.SerializeToString())
-        present = {o.name for o in model.graph.output} | {i.name for i in model.graph.input}
-        for name in names:
-            if name not in present:
-                model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-                present.add(name)
-        return model.SerializeToString()
-
-    fp_sess = _session(augmented(fp, [f for f, _ in pairs]), optimized=False)
-    q_sess = _session(augmented(q, [t for _, t in pairs]), optimized=False)
+    fp_sess = _session(with_outputs(fp, [f for f, _ in pairs]), optimized=False)
+    q_sess = _session(with_outputs(q, [t for _, t in pairs]), optimized=False)
     fp_names = [o.name for o in fp_sess.get_outputs()]
     q_names = [o.name for o in q_sess.get_outputs()]
     num = dict.fromkeys(pairs, 0.0)

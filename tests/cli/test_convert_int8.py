@@ -181,3 +181,16 @@ def test_int8_equalize_needs_int8(ckpts, tmp_path):
     result = run("convert", ckpts["digits"], "-o", tmp_path / "o", "--int8-equalize")
     assert result.exit_code == 2 and "--int8-equalize applies only with --int8" in error_line(result)
     assert snapshot(tmp_path) == before
+
+
+def test_int8_bias_correction_is_reported_and_needs_int8(ckpts, tmp_path):
+    out = tmp_path / "bc"
+    result = run("convert", ckpts["digits"], "-o", out, "--int8", "--int8-bias-correction")
+    assert result.exit_code == 0, result.output
+    r = json.loads((out / "report.json").read_text())["int8"]
+    assert r["bias_correction"]["layers"] >= 4 and r["top1_agreement"] >= MIN_AGREEMENT
+    assert "bias correction of" in " ".join(result.stdout.split())
+    before = snapshot(tmp_path)
+    refused = run("convert", ckpts["digits"], "-o", tmp_path / "o", "--int8-bias-correction")
+    assert refused.exit_code == 2 and "--int8-bias-correction applies only with --int8" in error_line(refused)
+    assert snapshot(tmp_path) == before

@@ -46,6 +46,7 @@ class ConvertOptions:
     int8_min_agreement: float | None = None  # --int8-min-agreement: keep layers in float until int8 agrees this much
     int8_max_accuracy_drop: float | None = None  # --int8-max-accuracy-drop: the same bar as accuracy points lost
     int8_equalize: bool = False  # --int8-equalize: cross-layer equalization before quantizing
+    int8_bias_correction: bool = False  # --int8-bias-correction: each layer's measured mean shift off its bias
     progress: bool = False  # a line per stage on stderr once a conversion has taken a few seconds
     rank_data: str | None = None  # --data FILE.npz: held-out inputs and labels on which --rank's accuracy is judged
     max_accuracy_drop: float | None = None  # --max-accuracy-drop D: fail (nothing written) when --rank loses more
@@ -61,7 +62,8 @@ class ConvertOptions:
                       "--calibration-method": self.int8_method != "minmax",
                       "--int8-keep": bool(self.int8_keep), "--int8-min-agreement": self.int8_min_agreement is not None,
                       "--int8-max-accuracy-drop": self.int8_max_accuracy_drop is not None,
-                      "--int8-equalize": self.int8_equalize}
+                      "--int8-equalize": self.int8_equalize,
+                      "--int8-bias-correction": self.int8_bias_correction}
         used = [k for k, v in int8_flags.items() if v]
         if used and not self.int8:
             raise BadInputError(f"{', '.join(used)} appl{'y' if len(used) > 1 else 'ies'} only with --int8; add --int8")

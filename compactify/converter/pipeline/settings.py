@@ -47,6 +47,7 @@ def _targets(options: ConvertOptions, source_format: str) -> dict[str, Any]:
         wanted["onnx_int8"] = Int8Settings(calibration=options.int8_calibration, method=options.int8_method,
                                            keep=tuple(options.int8_keep), min_agreement=options.int8_min_agreement,
                                            equalize=options.int8_equalize,
+                                           bias_correction=options.int8_bias_correction,
                                            max_accuracy_drop=options.int8_max_accuracy_drop)
     if options.trt:
         wanted["engine"] = EngineSettings(max_batch=options.max_batch, timing_cache=options.timing_cache)
