@@ -107,9 +107,9 @@ def build_onnx(module, example, path: Path) -> Path:
 
 def build_ir(onnx_path: Path, path: Path) -> Path:
     """The IR from the ONNX file, as compactify's openvino target builds it (fp32 weights)."""
-    import openvino as ov
+    from compactify.targets.openvino import write_ir
 
-    ov.save_model(ov.convert_model(str(onnx_path)), str(path), compress_to_fp16=False)
+    write_ir(onnx_path, path)
     return path
 
 

@@ -317,12 +317,12 @@ def _edge_pairs(out: Path, folder: Path, log) -> list[tuple[str, tuple[Path, Pat
 
     pairs = []
     if available("openvino"):
-        import openvino as ov
+        from compactify.targets.openvino import write_ir
 
         files = []
         for name in ("compact.onnx", "compact.int8.onnx"):
             xml = folder / name.replace(".onnx", ".xml")
-            ov.save_model(ov.convert_model(str(out / name)), str(xml), compress_to_fp16=False)
+            write_ir(out / name, xml)
             files.append(xml)
         pairs.append(("openvino", tuple(files), [1, 8]))
     else:

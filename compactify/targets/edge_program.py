@@ -10,12 +10,15 @@ another ``--input-shape``. LiteRT's .tflite is lowered the same way, so the two 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 from compactify.arguments import needs_torch_graph
-from compactify.errors import BadInputError
+from compactify.errors import BadInputError, CompactifyError, first_line
+from compactify.runtimes.native_output import native_output_kept
 from compactify.targets.base import CompactModel
 
 WHY_STATIC = ("XNNPACK's lowering (executorch 1.5, torch 2.13) narrows a dynamic batch to at most 15; edge files "
@@ -33,3 +36,23 @@ def static_module(compact: CompactModel, flag: str, file: str) -> tuple[torch.nn
 def static_entry(compact: CompactModel) -> dict[str, Any]:
     """What report.json says of every edge file's shape."""
     return {"input_shape": list(compact.input_shape), "batch": "static", "why_static": WHY_STATIC}
+
+
+@contextlib.contextmanager
+def edge_lowering(library: str, cannot: str, native_reason: bool = True) -> Iterator[None]:
+    """Run an edge exporter with nothing it prints reaching the terminal; whatever it raises (torch.export
+    and every exporter pass raise their own kinds) becomes one BadInputError, ``cannot`` and the reason:
+    the exporter's last native log line when ``native_reason`` and it printed one (the Python exception
+    then gives an error code only), else the exception's first line. compactify's own errors (a missing
+    package) pass as they are."""
+    failure = None
+    with native_output_kept(library) as said:
+        try:
+            yield
+        except CompactifyError:
+            raise
+        except Exception as exc:
+            failure = exc
+    if failure is not None:
+        reason = (said.last_native_line() if native_reason else "") or first_line(failure)
+        raise BadInputError(f"{cannot}: {reason}") from failure

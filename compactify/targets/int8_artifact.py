@@ -61,9 +61,11 @@ def write_int8(request, data: CalibrationSet, fp32_path: str | Path, out_path: s
             result = _measure(fp32_path, out_path, data, reference, output_names)
             layers = layer_errors(quantized_from, out_path, data.held_out)  # equalized: its own scale per layer
             shortfall = _shortfall(request, result, data.held_out_what)
+            if shortfall is None and not steps:
+                break  # met at once (or no bar): no pass, nothing to time
             steps.append({"kept": list(added), "top1_agreement": result["top1_agreement"],
                           "accuracy_int8": result["accuracy_int8"], "model": Path(tmp) / f"step{len(steps)}.onnx"})
-            shutil.copyfile(out_path, steps[-1]["model"])
+            shutil.copyfile(out_path, steps[-1]["model"])  # the fallback's latency costs time every step
             if shortfall is None:
                 break
             candidate = next((r["layer"] for r in layers if r["int8"] and r["layer"] not in kept), None)

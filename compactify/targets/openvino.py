@@ -81,16 +81,9 @@ class OpenVinoTarget(Target):
     source: ClassVar[str] = "onnx"  # the artifact the IR is converted from
 
     def build(self, compact: CompactModel, folder: Path, built: Mapping[str, Path], settings: OpenVinoSettings) -> Built:
-        ov = import_openvino("--openvino")
         source = built[self.source]
-        try:
-            model = ov.convert_model(str(source))
-        except Exception as exc:  # OpConversionFailure, ovc's Error, RuntimeError: an op OpenVINO cannot lower
-            raise BadInputError(f"OpenVINO cannot convert {source.name}: {openvino_message(exc)}") from exc
-        _name_ports(model.inputs, compact.input_names)
-        _name_ports(model.outputs, compact.output_names)
         xml = folder / self.file
-        ov.save_model(model, str(xml), compress_to_fp16=False)
+        model = write_ir(source, xml, compact.input_names, compact.output_names)
         entry: dict[str, Any] = {"built_from": source.name, "weights": weights_of(xml).name,
                                  "weights_precision": self.precision, "ops": op_counts(model)}
         check, warnings = self._check(xml, compact)
@@ -116,6 +109,23 @@ class OpenVinoTarget(Target):
                    f"check inputs, beyond atol {DEFAULT_ATOL:g} / rtol {DEFAULT_RTOL:g}; run `compactify verify` on the "
                    "folder")
         return check, [warning]
+
+
+def write_ir(source: Path, xml: Path, input_names: list[str] | None = None,
+             output_names: list[str] | None = None) -> Any:
+    """The IR of the ONNX file ``source``, its weights stored in fp32, written to ``xml`` (and its .bin);
+    its ports named ``input_names``/``output_names`` when given. Returns the OpenVINO model."""
+    ov = import_openvino("--openvino")
+    try:
+        model = ov.convert_model(str(source))
+    except Exception as exc:  # OpConversionFailure, ovc's Error, RuntimeError: an op OpenVINO cannot lower
+        raise BadInputError(f"OpenVINO cannot convert {Path(source).name}: {openvino_message(exc)}") from exc
+    if input_names is not None:
+        _name_ports(model.inputs, input_names)
+    if output_names is not None:
+        _name_ports(model.outputs, output_names)
+    ov.save_model(model, str(xml), compress_to_fp16=False)
+    return model
 
 
 def _name_ports(ports: Any, names: list[str]) -> None:

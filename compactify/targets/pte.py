@@ -17,16 +17,14 @@ from typing import Any
 
 import torch
 
-from compactify.errors import BadInputError, first_line
 from compactify.optional import EDGE_INSTALL
 from compactify.runtimes.executorch_runner import (
     ExecutorchRunner,
     executorch_missing,
     import_executorch,
 )
-from compactify.runtimes.native_output import native_output_kept
 from compactify.targets.base import Built, CompactModel, Target, register_target
-from compactify.targets.edge_program import static_entry, static_module
+from compactify.targets.edge_program import edge_lowering, static_entry, static_module
 
 DELEGATE = "XnnpackBackend"
 
@@ -73,21 +71,13 @@ class PteTarget(Target):
 def lower_to_xnnpack(module: torch.nn.Module, example: torch.Tensor) -> Lowered:
     """``module`` exported at ``example``'s shape (static), lowered with the XNNPACK partitioner and
     serialized; BadInputError in one line when ExecuTorch cannot lower it."""
-    with native_output_kept("ExecuTorch") as said:
+    with edge_lowering("ExecuTorch", "--executorch: ExecuTorch cannot lower the compact network for XNNPACK"):
         exir = import_executorch("executorch.exir", "--executorch")
         xnnpack = import_executorch("executorch.backends.xnnpack.partition.xnnpack_partitioner", "--executorch")
-        try:
-            static = torch.export.export(module, (example,), strict=False)
-            edge = exir.to_edge_transform_and_lower(static, partitioner=[xnnpack.XnnpackPartitioner()])
-            delegated, outside = delegation(edge.exported_program().graph)
-            buffer = edge.to_executorch().buffer
-        except Exception as exc:  # torch.export and every ExecuTorch pass raise their own kinds
-            failure = exc
-        else:
-            failure = None
-    if failure is not None:
-        raise BadInputError(f"--executorch: ExecuTorch cannot lower the compact network for XNNPACK: "
-                            f"{said.last_native_line() or first_line(failure)}") from failure
+        static = torch.export.export(module, (example,), strict=False)
+        edge = exir.to_edge_transform_and_lower(static, partitioner=[xnnpack.XnnpackPartitioner()])
+        delegated, outside = delegation(edge.exported_program().graph)
+        buffer = edge.to_executorch().buffer
     return Lowered(bytes(buffer), delegated, outside)
 
 

@@ -14,12 +14,10 @@ from pathlib import Path
 
 import torch
 
-from compactify.errors import BadInputError, first_line
 from compactify.optional import EDGE_INSTALL, missing_package, optional_import
 from compactify.runtimes.litert_runner import LiteRTRunner, litert_missing
-from compactify.runtimes.native_output import native_output_kept
 from compactify.targets.base import Built, CompactModel, Target, register_target
-from compactify.targets.edge_program import static_entry, static_module
+from compactify.targets.edge_program import edge_lowering, static_entry, static_module
 
 
 @dataclass(frozen=True)
@@ -53,15 +51,8 @@ class TfliteTarget(Target):
 def convert_to_tflite(module: torch.nn.Module, example: torch.Tensor) -> bytes:
     """``module`` converted by litert-torch at ``example``'s shape; BadInputError in one line when it
     cannot be."""
-    with native_output_kept("litert-torch"):
+    with edge_lowering("litert-torch", "--litert: litert-torch cannot convert the compact network",
+                       native_reason=False):
         litert_torch = optional_import("litert_torch", package="litert-torch", what="--litert", hint=EDGE_INSTALL)
-        try:
-            content = litert_torch.convert(module, (example,)).model_content()
-        except Exception as exc:  # torch.export, jax tracing and the MLIR converter raise their own kinds
-            failure = exc
-        else:
-            failure = None
-    if failure is not None:
-        raise BadInputError(f"--litert: litert-torch cannot convert the compact network: {first_line(failure)}") \
-            from failure
+        content = litert_torch.convert(module, (example,)).model_content()
     return bytes(content)

@@ -81,6 +81,12 @@ def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     return session.run(None, {model.graph.input[0].name: x})[0]
 
 
+def _exported(model: nn.Module, shape: tuple[int, ...], path) -> onnx.ModelProto:
+    """``model`` as ONNX (the torchscript exporter, unsimplified: its Conv/Relu nodes as they are)."""
+    export_onnx(model, torch.randn(*shape), path, exporter="torchscript", simplify=False)
+    return onnx.load(str(path))
+
+
 def _rel_error_to_float64(proto: onnx.ModelProto, model: nn.Module, x: np.ndarray) -> float:
     """The ONNX model run by ONNX Runtime against the PyTorch model run in float64."""
     with torch.no_grad():
@@ -97,8 +103,7 @@ def test_graph_pass_equalizes_the_homogeneous_pairs_and_keeps_the_outputs(tmp_pa
     torch.manual_seed(0)
     model = Chain().eval()
     path = tmp_path / "chain.onnx"
-    export_onnx(model, torch.randn(1, 3, 9, 9), path, exporter="torchscript", simplify=False)
-    proto = onnx.load(str(path))
+    proto = _exported(model, (1, 3, 9, 9), path)
     before = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
     info = E.equalize_graph(proto)
     assert info["pairs"] == 2 and info["largest_scale_ratio"] > 3, info  # a -> b and b -> c; not c -> d
@@ -121,9 +126,7 @@ def test_no_pair_when_the_middle_tensor_has_another_reader(tmp_path):
             h = torch.relu(self.a(x))
             return self.b(h) + h  # h is read twice: rescaling it would change the sum
 
-    path = tmp_path / "fork.onnx"
-    export_onnx(Fork().eval(), torch.randn(1, 3, 4, 4), path, exporter="torchscript", simplify=False)
-    assert E.find_pairs(onnx.load(str(path))) == []
+    assert E.find_pairs(_exported(Fork().eval(), (1, 3, 4, 4), tmp_path / "fork.onnx")) == []
 
 
 class PoolThenLinear(nn.Module):
@@ -145,9 +148,7 @@ class PoolThenLinear(nn.Module):
 def test_pairs_through_a_maxpool_and_between_linears(tmp_path):
     torch.manual_seed(0)
     model = PoolThenLinear().eval()
-    path = tmp_path / "pool.onnx"
-    export_onnx(model, torch.randn(1, 3, 8, 8), path, exporter="torchscript", simplify=False)
-    proto = onnx.load(str(path))
+    proto = _exported(model, (1, 3, 8, 8), tmp_path / "pool.onnx")
     ops = {n.name: n.op_type for n in proto.graph.node}
     pairs = E.find_pairs(proto)
     assert [(ops[p.first], ops[p.second]) for p in pairs] == [("Conv", "Conv"), ("Gemm", "Gemm")]
