@@ -392,6 +392,8 @@ def atomic_file(target: str | os.PathLike, force: bool = True,
             tmp = Path(name)
         yield tmp
         with signals_deferred():
+            # Again: a writer that replaces the file (safetensors does) leaves its own mode, not ours.
+            os.chmod(tmp, file_mode())
             if force:
                 os.replace(tmp, target)
             else:

@@ -167,11 +167,14 @@ def test_permissions_follow_the_umask(converted, tmp_path, mask):
         assert r.exit_code == 0, r.output
         with atomic_file(tmp_path / "file.json") as tmp:
             tmp.write_text("{}")
+        # safetensors writes a file of its own in place of the temporary one (mode 0600)
+        r = run("expand", "smallnet3", "--mode", "fc", "-o", tmp_path / "e.safetensors")
+        assert r.exit_code == 0, r.output
     finally:
         os.umask(old)
     for folder in (tmp_path / "made", out):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~mask
-    for f in [*out.iterdir(), tmp_path / "file.json"]:
+    for f in [*out.iterdir(), tmp_path / "file.json", tmp_path / "e.safetensors"]:
         assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~mask, f
 
 

@@ -232,7 +232,7 @@ def spatial_size(graph: AffineGraph, node: Node) -> tuple[int, ...] | None:
 def extend(prev: Composition, step: Step, label: str, in_size: tuple[int, ...] | None = None) -> Composition:
     """``prev`` (from the region entry, whose spatial size is ``in_size``) then one more step
     (``label`` names it in the reasons)."""
-    op = step.op
+    op = step.operator()
     family = _family(prev.family, step.family, label)
     reasons, notes = _merged_notes(prev, extra=step.size_specific)
     if isinstance(op, Scalar):

@@ -9,7 +9,7 @@ several tensors, or an identity. Nodes are opaque handles of the front-end's gra
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Hashable
+from typing import Callable, Hashable
 
 from compactify.converter.engine import algebra as A
 
@@ -31,7 +31,9 @@ class Step:
     node: Hashable
     kind: str
     data: tuple[Hashable, ...]
-    op: A.AffineConv | Scalar | None = None  # None for a sum or a concat
+    # None for a sum or a concat; a function that builds it for a layer with weights, so that a
+    # graph's float64 weights are made region by region, when composed (``operator``).
+    op: A.AffineConv | Scalar | Callable[[], A.AffineConv] | None = None
     family: tuple[int, int] | None = None  # (spatial dims, channel axis); None: any layout
     coeffs: tuple[float, ...] = (1.0, 1.0)  # a sum computes sum(c_i * x_i)
     params: frozenset[str] = field(default_factory=frozenset)
@@ -41,6 +43,10 @@ class Step:
     # Why the operator holds only at the traced input size (a crop measured from both ends
     # of an axis, say); None when it holds at every size.
     size_specific: str | None = None
+
+    def operator(self) -> A.AffineConv | Scalar | None:
+        """The step's operator, built anew on each call where the front-end gave a builder."""
+        return self.op() if callable(self.op) else self.op
 
     @property
     def merges(self) -> bool:

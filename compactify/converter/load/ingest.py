@@ -72,8 +72,7 @@ def build_source(
             "or --arch package.module:factory"
         )
     check_weights(ckpt.state_dict, ckpt.path)
-    model = build_model(meta)
-    load_weights(model, ckpt.state_dict, str(meta["arch"]))
+    model = model_with_weights(meta, ckpt.state_dict)
     model = model.float().eval()
     built_for = default_input_shape(meta)  # the metadata's shape, else the registry's default
     if input_shape:
@@ -91,7 +90,46 @@ def _checked(source: Source, run_memory_check: bool = True, max_memory: int | No
     return source
 
 
-def load_weights(model: nn.Module, state: dict[str, torch.Tensor], arch: str) -> None:
+def model_with_weights(meta: dict, state: dict[str, torch.Tensor]) -> nn.Module:
+    """The model ``meta`` describes, holding ``state``'s own tensors.
+
+    A registry architecture is built on the meta device and takes the checkpoint's tensors as they
+    are (``assign``): the random initialization a real build does is thrown away at once, and for a
+    large checkpoint it cost seconds and a second copy of every weight. A model whose construction
+    leaves a tensor the checkpoint does not hold on the meta device (a table its ``__init__``
+    computes) is built the ordinary way instead, as is a user's factory, whose ``__init__`` may
+    compute anything from tensors."""
+    arch = str(meta["arch"])
+    if ":" not in arch:
+        try:
+            with torch.device("meta"):
+                model = build_model(meta)
+        except Exception:  # an op without a meta kernel in some __init__: the ordinary build says what is wrong
+            model = None
+        if model is not None:
+            load_weights(model, state, arch, assign=True)
+            if _materialized(model):
+                return model
+    model = build_model(meta)
+    load_weights(model, state, arch)
+    return model
+
+
+def _materialized(model: nn.Module) -> bool:
+    """Whether every tensor of ``model`` is real after an assigning load, a missing BatchNorm step
+    counter (which no forward in eval reads) made zero."""
+    for module in model.modules():
+        for name, buf in module._buffers.items():
+            if buf is not None and buf.is_meta and name == "num_batches_tracked":
+                module._buffers[name] = torch.zeros((), dtype=buf.dtype)
+        tensors = [*module._parameters.values(), *module._buffers.values(),
+                   *(v for v in vars(module).values() if isinstance(v, torch.Tensor))]
+        if any(t is not None and t.is_meta for t in tensors):
+            return False
+    return True
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], arch: str, assign: bool = False) -> None:
     """load_state_dict, with every missing, unexpected or mis-shaped key listed in one error."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
@@ -108,7 +146,7 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], arch: str) ->
             problems.append(f"{len(items)} {label}: {shown}")
     if problems:
         raise BadInputError(f"checkpoint does not fit arch {arch}: " + "; ".join(problems))
-    model.load_state_dict(state, strict=False)
+    model.load_state_dict(state, strict=False, assign=assign)
 
 
 def check_weights(state: dict[str, torch.Tensor], path) -> None:
@@ -124,7 +162,16 @@ def check_weights(state: dict[str, torch.Tensor], path) -> None:
 
 
 def check_finite(state: dict[str, torch.Tensor], path) -> None:
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    bad = [k for k, v in state.items() if v.is_floating_point() and not _all_finite(v)]
     if bad:
         shown = ", ".join(bad[:6]) + (f", ... ({len(bad) - 6} more)" if len(bad) > 6 else "")
         raise BadInputError(f"checkpoint {path} has NaN or Inf values in {shown}")
+
+
+def _all_finite(v: torch.Tensor) -> bool:
+    """A NaN or an infinity makes the sum NaN or infinite, so a finite sum proves every value finite in
+    one pass without a mask as large as the tensor; only an infinite sum (an overflow of finite values,
+    or a real NaN/Inf) needs the element-wise look."""
+    with torch.no_grad():
+        total = v.sum(dtype=torch.float32) if v.element_size() < 4 else v.sum()  # float16 sums overflow early
+        return bool(torch.isfinite(total)) or bool(torch.isfinite(v).all())

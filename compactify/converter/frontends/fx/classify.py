@@ -14,6 +14,7 @@ raises NotAffine.
 
 from __future__ import annotations
 
+import functools
 import operator
 from typing import Callable
 
@@ -70,7 +71,7 @@ def _conv(node, data, consts) -> Step:
     x = data[0]
     in_shape = shape_of(x)
     need(in_shape is not None)
-    weight = consts.tensor(node.args[1])
+    weight = consts.held(node.args[1])  # shape and dtype only: the float64 copy is made when composed
     need(weight is not None and weight.is_floating_point())
     bias_arg = arg(node, 2, "bias", None)
     bias = None if bias_arg is None else consts.tensor(bias_arg)
@@ -89,9 +90,13 @@ def _conv(node, data, consts) -> Step:
         padding = _string_padding(padding, weight.shape[2:], dilation)
     else:
         padding = A._pads(padding, nd)
-    op = A.conv(weight, bias, stride, padding, dilation, groups)
     need(len(in_shape) == nd + 2)
+    op = functools.partial(_conv_operator, consts, node.args[1], bias, stride, padding, dilation, groups)
     return Step(node, "conv", (x,), op, (nd, 1), params=consts.params_of(node.args[1:3]))
+
+
+def _conv_operator(consts, weight_node, bias, stride, padding, dilation, groups) -> A.AffineConv:
+    return A.conv(consts.tensor(weight_node), bias, stride, padding, dilation, groups)
 
 
 def _string_padding(mode: str, kernel, dilation) -> A.Pads:
@@ -108,16 +113,19 @@ def _linear(node, data, consts) -> Step:
     x = data[0]
     in_shape = shape_of(x)
     need(in_shape is not None and len(in_shape) >= 2)
+    # Shapes and dtypes from the weights as held; their float64 copies are made when composed.
     if target is aten.linear.default:
         need(node.args[0] is x)
-        weight = consts.tensor(node.args[1])
+        weight_node, transposed = node.args[1], False
+        weight = consts.held(weight_node)
         bias_arg = arg(node, 2, "bias", None)
         bias = None if bias_arg is None else consts.tensor(bias_arg)
         need(weight is not None and (bias_arg is None or bias is not None))
         params = consts.params_of(node.args[1:3])
     elif target is aten.addmm.default:
         need(node.args[1] is x and len(node.args) == 3 and not node.kwargs)
-        right = consts.tensor(node.args[2])
+        weight_node, transposed = node.args[2], True
+        right = consts.held(weight_node)
         bias = consts.tensor(node.args[0])
         need(right is not None and bias is not None and right.dim() == 2)
         weight = right.t()
@@ -126,13 +134,20 @@ def _linear(node, data, consts) -> Step:
         params = consts.params_of(node.args)
     else:  # x @ W with a constant right-hand side
         need(node.args[0] is x)
-        right = consts.tensor(node.args[1])
+        weight_node, transposed = node.args[1], True
+        right = consts.held(weight_node)
         need(right is not None and right.dim() == 2)
         weight, bias = right.t(), None
         params = consts.params_of(node.args[1:2])
     need(weight.dim() == 2 and weight.is_floating_point())
     rank = len(in_shape)
-    return Step(node, "linear", (x,), A.linear(weight, bias), (0, rank - 1), params=params)
+    op = functools.partial(_linear_operator, consts, weight_node, transposed, bias)
+    return Step(node, "linear", (x,), op, (0, rank - 1), params=params)
+
+
+def _linear_operator(consts, weight_node, transposed: bool, bias) -> A.AffineConv:
+    weight = consts.tensor(weight_node)
+    return A.linear(weight.t() if transposed else weight, bias)
 
 
 @FX_OPS.register(aten.batch_norm.default)

@@ -1,4 +1,8 @@
-"""FLOPs and concrete shapes of a captured graph, from one run of it on the example input."""
+"""FLOPs and concrete shapes of a captured graph, from one run of it on the example input.
+
+The run is on fake tensors (shapes, no data): FLOPs and shapes follow from shapes alone, and a real
+float32 run of an expanded network at its input size cost as much as one of the conversion's checks.
+A graph that needs real values to run (an ``item()``, a shape read off data) is run for real."""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import fx, nn
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
 
 
@@ -21,6 +26,15 @@ class GraphProfile:
 
 
 def profile_graph(gm: fx.GraphModule, example: torch.Tensor) -> GraphProfile:
+    try:
+        fake = FakeTensorMode(allow_non_fake_inputs=True)  # the graph's own weights become fake as read
+        with fake:
+            return _run(gm, fake.from_tensor(example))
+    except Exception:  # an op fake tensors cannot answer without data
+        return _run(gm, example)
+
+
+def _run(gm: fx.GraphModule, example: torch.Tensor) -> GraphProfile:
     flops: dict[fx.Node, int] = {}
     shapes: dict[fx.Node, tuple[int, ...]] = {}
     scalars: dict[fx.Node, int | float | bool] = {}
