@@ -48,6 +48,17 @@ def to_onnx(gm: fx.GraphModule, example: Sequence[torch.Tensor], input_names: Se
     return _Writer(gm, list(example), list(input_names), list(output_names), opset, dynamic_batch).write()
 
 
+def unwritten_ops(gm: fx.GraphModule) -> set[str]:
+    """The ops of ``gm`` that no writer takes. A form of an op its writer refuses (a mode, a dtype) shows
+    only when the graph is written; this is the cheap check of which ops a model needs."""
+    return {str(n.target) for n in gm.graph.nodes
+            if n.op == "call_function" and n.target not in WRITER_OPS and not _is_size_check(n.target)}
+
+
+def _is_size_check(target) -> bool:
+    return getattr(target, "__name__", "") == "check_spatial_size"
+
+
 def _static(d) -> int | None:
     return d if isinstance(d, int) else None
 
@@ -311,7 +322,7 @@ class _Writer:
 
     def function(self, node: fx.Node):
         target = node.target
-        if getattr(target, "__name__", "") == "check_spatial_size":  # the ONNX input has the same fixed height and width
+        if _is_size_check(target):  # the ONNX input has the same fixed height and width
             return self.val(node.args[0])
         handler = WRITER_OPS.get(target)
         if handler is None:
