@@ -5,21 +5,23 @@ matches torch.onnx.export's file; and what it does not write goes to torch.onnx.
 from __future__ import annotations
 
 import copy
+import re
+from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from hypothesis import assume, given, settings
-from hypothesis import strategies as st
 import torch
 import torch.nn.functional as F
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from compactify.converter.backends import fx_onnx
 from compactify.converter.backends.onnx_export import export_model, export_onnx
-from compactify.converter.pipeline.contraction import contract
 from compactify.converter.frontends.fx.capture import capture_graph
+from compactify.converter.pipeline.contraction import contract
 from compactify.registry import DuplicateRegistration
 from compactify.tensors import flatten_outputs
 
@@ -472,3 +474,10 @@ def test_mixed_types_are_left_to_torch_onnx_export(tmp_path):
     gm = capture_graph(Promoted().eval(), torch.randn(2, 3, 4))
     result = export_onnx(gm, torch.randn(2, 3, 4), tmp_path / "m.onnx", simplify=False)
     assert result.exporter == "dynamo" and "aten.mul.Tensor on torch.float32, torch.int64" in result.fallback_reason
+
+
+def test_readme_lists_the_ops_the_writer_writes():
+    readme = " ".join((Path(__file__).parents[3] / "README.md").read_text().split())
+    listed = readme.split("The ATen ops it writes", 1)[1].split("; plus the merged layers", 1)[0]
+    names = set(re.findall(r"`([a-z_0-9]+)`", listed))
+    assert names == {str(op).split(".")[1] for op in fx_onnx.WRITER_OPS if str(op).startswith("aten.")}
