@@ -187,6 +187,8 @@ class _Writer:
             elif node.op == "call_module":
                 if str(node.target) == "_guards_fn":
                     continue
+                if len(node.args) != 1 or node.kwargs:
+                    raise Unsupported(f"layer {node.target} called with more than its input")
                 shape = self.shape(node.args[0])
                 self.env[node] = self.module(self.gm.get_submodule(node.target), self.val(node.args[0]), node.name,
                                              len(shape) if shape is not None else None)
@@ -239,16 +241,13 @@ class _Writer:
         if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             if m.padding_mode != "zeros" or isinstance(m.padding, str):
                 raise Unsupported(f"{type(m).__name__} with padding {m.padding!r} ({m.padding_mode})")
-            w = self.tensor_init(m.weight, f"{base}.weight")
-            b = [self.tensor_init(m.bias, f"{base}.bias")] if m.bias is not None else []
-            return self.conv(x, w, b, m.stride, m.padding, m.dilation, m.groups, m.weight.shape[2:], base)
+            return self.conv(x, *self.layer_params(m, base), m.stride, m.padding, m.dilation, m.groups,
+                             m.weight.shape[2:], base)
         if isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
             if m.padding_mode != "zeros":
                 raise Unsupported(f"{type(m).__name__} with padding_mode {m.padding_mode!r}")
-            w = self.tensor_init(m.weight, f"{base}.weight")
-            b = [self.tensor_init(m.bias, f"{base}.bias")] if m.bias is not None else []
-            return self.conv_transpose(x, w, b, m.stride, m.padding, m.output_padding, m.dilation, m.groups,
-                                       m.weight.shape[2:], base)
+            return self.conv_transpose(x, *self.layer_params(m, base), m.stride, m.padding, m.output_padding,
+                                       m.dilation, m.groups, m.weight.shape[2:], base)
         if isinstance(m, nn.Linear):
             w = self.tensor_init(m.weight, f"{base}.weight")
             b = self.tensor_init(m.bias, f"{base}.bias") if m.bias is not None else None
@@ -257,22 +256,19 @@ class _Writer:
             return self.pad(x, list(m.padding), float(m.value), base)
         raise Unsupported(f"layer {type(m).__name__}")
 
+    def layer_params(self, m: nn.Module, base: str) -> tuple[str, list[str]]:
+        """A conv layer's weight, and its bias as a list of none or one."""
+        w = self.tensor_init(m.weight, f"{base}.weight")
+        return w, [self.tensor_init(m.bias, f"{base}.bias")] if m.bias is not None else []
+
     def conv(self, x, w, b, stride, padding, dilation, groups, kernel, base) -> str:
-        n = len(kernel)
-        pads = [int(p) for p in _per_dim(padding, n)]
-        return self.emit("Conv", [x, w, *b], base, kernel_shape=[int(k) for k in kernel],
-                         strides=[int(s) for s in _per_dim(stride, n)], pads=pads + pads,
-                         dilations=[int(d) for d in _per_dim(dilation, n)], group=int(groups))[0]
+        return self.emit("Conv", [x, w, *b], base, **_conv_attrs(kernel, stride, padding, dilation, groups))[0]
 
     def conv_transpose(self, x, w, b, stride, padding, output_padding, dilation, groups, kernel, base) -> str:
         """PyTorch's and ONNX's transposed convs agree on the weight layout ([in, out/groups, k...]),
         the output size and what output_padding adds (rows at the end of each axis)."""
-        n = len(kernel)
-        pads = [int(p) for p in _per_dim(padding, n)]
-        return self.emit("ConvTranspose", [x, w, *b], base, kernel_shape=[int(k) for k in kernel],
-                         strides=[int(s) for s in _per_dim(stride, n)], pads=pads + pads,
-                         output_padding=[int(p) for p in _per_dim(output_padding, n)],
-                         dilations=[int(d) for d in _per_dim(dilation, n)], group=int(groups))[0]
+        return self.emit("ConvTranspose", [x, w, *b], base, **_conv_attrs(kernel, stride, padding, dilation, groups),
+                         output_padding=[int(p) for p in _per_dim(output_padding, len(kernel))])[0]
 
     def linear(self, x, w, b, x_rank, base) -> str:
         """``x @ w.T + b``: Gemm for a matrix input, MatMul (+ Add) otherwise."""
@@ -356,6 +352,13 @@ def _fetch(gm: nn.Module, target: str):
     for part in target.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def _conv_attrs(kernel, stride, padding, dilation, groups) -> dict:
+    n = len(kernel)
+    pads = [int(p) for p in _per_dim(padding, n)]
+    return {"kernel_shape": [int(k) for k in kernel], "strides": [int(s) for s in _per_dim(stride, n)],
+            "pads": pads + pads, "dilations": [int(d) for d in _per_dim(dilation, n)], "group": int(groups)}
 
 
 def _onnx_type(dtype: torch.dtype) -> int:
@@ -558,9 +561,16 @@ def _pool_args(n, kernel, stride, padding, dilation=1):
 def _max_pool(w, node, x, kernel, stride=(), padding=0, dilation=1, ceil_mode=False):
     n = w.rank(x) - 2
     k, s, p, d = _pool_args(n, kernel, stride, padding, dilation)
-    if ceil_mode:  # ONNX pads with -inf like torch; only the end padding changes
-        p = p[:n] + _end_pads(w.spatial(x), k, s, p[:n], d, True, right_padded=False)
-    out = w.emit("MaxPool", [w.val(x)], node.name, kernel_shape=k, strides=s, pads=p, dilations=d)[0]
+    y = w.val(x)
+    if ceil_mode:  # only the end padding changes
+        after = _end_pads(w.spatial(x), k, s, p[:n], d, True, right_padded=False)
+        if all(a < size for a, size in zip(after, k)):
+            p = p[:n] + after  # ONNX pads with -inf like torch
+        else:  # ONNX Runtime takes pads smaller than the kernel only (a dilated window spans more)
+            ends = [q for a in reversed(after) for q in (0, a)]
+            y = w.pad(y, ends, -math.inf, f"{node.name}_padded")
+            p = p[:n] + [0] * n
+    out = w.emit("MaxPool", [y], node.name, kernel_shape=k, strides=s, pads=p, dilations=d)[0]
     return [out, None] if "with_indices" in str(node.target) else out
 
 
@@ -737,7 +747,6 @@ def _unsqueeze(w, node, x, dim):
     return w.emit("Unsqueeze", [w.val(x), w.const([int(dim)], f"{node.name}_axes", np.int64)], node.name)[0]
 
 
-
 @WRITER_OPS.register(aten.select.int)
 def _select(w, node, x, dim, index):
     if isinstance(index, fx.Node):
@@ -882,7 +891,7 @@ def _attention(w, node, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False,
     gives zeros (softmax alone would give NaN)."""
     if dropout_p or enable_gqa or (is_causal and attn_mask is not None):
         raise Unsupported(f"scaled_dot_product_attention with dropout_p={dropout_p}, enable_gqa={enable_gqa}, "
-                          f"is_causal={is_causal} and a mask")
+                          f"or is_causal={is_causal} beside a mask")
     qs, ks = w.shape(q), w.shape(k)
     if qs is None or ks is None or any(_static(d) is None for d in (qs[-2], qs[-1], ks[-2])):
         raise Unsupported(f"{node.name}: attention over sizes that are not static")
