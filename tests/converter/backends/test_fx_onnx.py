@@ -358,9 +358,10 @@ class Pooled(nn.Module):
         return self.op(x, **self.kwargs)
 
 
-CEIL_POOLS = [  # (input shape, kernel, stride, padding): the last column of 7 with k3 s2 p1 starts in the padding
+CEIL_POOLS = [  # (input shape, kernel, stride, padding); with 5 rows, k2 s2 p1, a fourth window would start in
+    # the right padding, and torch drops it
     ((2, 3, 7, 6), 3, 2, 1), ((2, 3, 5, 8), 2, 2, 0), ((2, 3, 6, 6), 3, 3, 1), ((2, 3, 9, 4), (3, 2), (2, 3), (1, 0)),
-    ((2, 3, 8), 4, 3, 2), ((2, 2, 5, 4, 6), 2, 2, 1)]
+    ((2, 3, 5, 5), 2, 2, 1), ((2, 3, 8), 4, 3, 2), ((2, 2, 5, 4, 6), 2, 2, 1)]
 
 
 @pytest.mark.parametrize("shape,kernel,stride,padding", CEIL_POOLS)
@@ -379,6 +380,15 @@ def test_max_pool_ceil_mode(shape, kernel, stride, padding, dilation):
     op = {3: F.max_pool1d, 4: F.max_pool2d, 5: F.max_pool3d}[len(shape)]
     check_written(Pooled(op, kernel_size=kernel, stride=stride, padding=padding, dilation=dilation, ceil_mode=True),
                   shape, exact=True)
+
+
+@given(size=st.integers(2, 9), kernel=st.integers(1, 4), stride=st.integers(1, 4), pad=st.integers(0, 2),
+       count_include_pad=st.booleans())
+@settings(max_examples=25, deadline=None)
+def test_avg_pool_ceil_mode_any_window(size, kernel, stride, pad, count_include_pad):
+    assume(2 * pad <= kernel <= size + 2 * pad)
+    check_written(Pooled(F.avg_pool1d, kernel_size=kernel, stride=stride, padding=pad, ceil_mode=True,
+                         count_include_pad=count_include_pad), (2, 2, size))
 
 
 @given(size=st.integers(1, 12), kernel=st.integers(1, 5), stride=st.integers(1, 4), pad=st.integers(0, 2),
