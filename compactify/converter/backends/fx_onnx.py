@@ -1,8 +1,8 @@
 """Write a compact fx graph to ONNX directly, one ONNX node (or a few) per graph node.
 
 The graph the converter hands to the exporter is already an ATen graph (captured by torch.export)
-plus the merged layers (``nn.Conv*d``, ``nn.Linear``, ``nn.Sequential`` of them behind a constant
-pad). ``torch.onnx.export``'s dynamo path would export it again and run ATen decompositions over
+plus the merged layers (``nn.Conv*d``, ``nn.ConvTranspose*d``, ``nn.Linear``, ``nn.Sequential`` of
+them behind a constant pad). ``torch.onnx.export``'s dynamo path would export it again and run ATen decompositions over
 it: seconds to minutes for a graph of Conv, Gemm, ReLU, Add and pooling. This writer maps those
 ops to their ONNX operators with ``onnx.helper`` instead. It writes only ops whose ONNX form is the
 same computation (shapes, paddings and attributes read off the graph); anything else raises

@@ -19,7 +19,11 @@ from hypothesis import strategies as st
 from torch import nn
 
 from compactify.converter.backends import fx_onnx
-from compactify.converter.backends.onnx_export import export_model, export_onnx
+from compactify.converter.backends.onnx_export import (
+    export_model,
+    export_onnx,
+    torch_to_onnx,
+)
 from compactify.converter.frontends.fx.capture import capture_graph
 from compactify.converter.pipeline.contraction import contract
 from compactify.registry import DuplicateRegistration
@@ -163,6 +167,8 @@ def test_unwritten_op_falls_back_to_torch_onnx_export(tmp_path):
     assert result.exporter == "dynamo" and "fx writer does not write op aten.cumsum" in result.fallback_reason
     x = np.random.default_rng(0).standard_normal((3, 3, 4)).astype(np.float32)
     assert_close(ort_run(tmp_path / "u.onnx", x), [np.cumsum(x.astype(np.float64), axis=1)])
+    report_entry = torch_to_onnx(gm, torch.randn(2, 3, 4), ["x"], ["y"], {}).info  # report.json's "onnx"
+    assert report_entry["exporter"] == "dynamo" and "does not write op aten.cumsum" in report_entry["fallback_reason"]
 
 
 def test_eager_module_goes_to_torch_exporters_without_a_fallback(tmp_path):
