@@ -2,13 +2,13 @@
 
 The graph the converter hands to the exporter is already an ATen graph (captured by torch.export)
 plus the merged layers (``nn.Conv*d``, ``nn.ConvTranspose*d``, ``nn.Linear``, ``nn.Sequential`` of
-them behind a constant pad). ``torch.onnx.export``'s dynamo path would export it again and run ATen decompositions over
-it: seconds to minutes for a graph of Conv, Gemm, ReLU, Add and pooling. This writer maps those
-ops to their ONNX operators with ``onnx.helper`` instead. It writes only ops whose ONNX form is the
-same computation (shapes, paddings and attributes read off the graph); anything else raises
-``Unsupported`` naming the op, and ``onnx_export`` then falls back to torch.onnx.export and says
-so. Like every exporter there, its output is checked against PyTorch on ONNX Runtime before it is
-written.
+them behind a constant pad). ``torch.onnx.export``'s dynamo path would export it again and run ATen
+decompositions over it: seconds to minutes for a graph of Conv, Gemm, ReLU, Add and pooling. This
+writer maps those ops to their ONNX operators with ``onnx.helper`` instead. It writes only ops
+whose ONNX form is the same computation (shapes, paddings and attributes read off the graph);
+anything else raises ``Unsupported`` naming the op, and ``onnx_export`` then falls back to
+torch.onnx.export and says so. Like every exporter there, its output is checked against PyTorch on
+ONNX Runtime before it is written.
 
 The batch stays symbolic ("batch") with ``dynamic_batch``; reshapes carry it as ``0`` (copy the
 input's dimension) or ``-1``. Graphs with symbolic spatial sizes (``--dynamic-hw``) are left to
