@@ -12,6 +12,7 @@ from ._common import randomize_batchnorm
 from .catalog import FAMILIES
 from .public import timm as _timm
 from .public import torchvision_models
+from .public import ultralytics_nn as _ultralytics
 
 # timm's own model names; LeViT and its attention biases need the input size up front.
 TIMM_FAMILIES = ("repvgg_a0", "mobileone_s0", "mobileone_s1", "mobileone_s2", "mobileone_s3", "mobileone_s4",
@@ -51,4 +52,17 @@ def torchvision_shufflenet(seed: int = 0) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = torchvision_models().shufflenet_v2_x0_5(num_classes=10)
+    return randomize_batchnorm(model, seed).eval()
+
+
+def ultralytics_model(cfg: str = "yolov8n.yaml", seed: int = 0) -> nn.Module:
+    """An ultralytics model built from its yaml (a "-seg" yaml makes a SegmentationModel, any other a
+    DetectionModel) with random weights and BatchNorm statistics far from the identity."""
+    import torch
+
+    tasks = _ultralytics().tasks
+    cls = tasks.SegmentationModel if "-seg" in cfg else tasks.DetectionModel
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = cls(cfg, verbose=False)
     return randomize_batchnorm(model, seed).eval()

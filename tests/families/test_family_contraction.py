@@ -11,6 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from compactify.cli import main
+from compactify.converter.backends.fx_onnx import unwritten_ops
 from compactify.converter.pipeline.contraction import contract
 from compactify.converter.frontends.fx.check import reference_float64
 
@@ -50,7 +51,8 @@ def test_reproduced_family_contracts_to_its_deploy_size(name):
 @pytest.mark.parametrize("name", TIMM_FAMILIES)
 def test_timm_family_contracts_to_timm_deploy_size(name):
     model = timm_model(name)
-    _check(model, param_count(timm_deploy(model)), TIMM_INPUT)
+    r = _check(model, param_count(timm_deploy(model)), TIMM_INPUT)
+    assert not unwritten_ops(r.compact)  # the fx writer takes every op: no torch.onnx.export fallback
 
 
 def test_torchvision_shufflenet_channel_shuffle_keeps_its_layout():
@@ -59,6 +61,7 @@ def test_torchvision_shufflenet_channel_shuffle_keeps_its_layout():
     bn = sum(m.num_features for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
     r = _check(model, param_count(model) - bn, (1, 3, 64, 64))
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in r.compact.modules())
+    assert not unwritten_ops(r.compact)
 
 
 CLI_CASES = [
