@@ -16,8 +16,8 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
+from compactify.converter.load.meta_run import meta_forward
 from compactify.errors import BadInputError, first_line
 
 # What the dims of a convolution's input are, by its number of spatial dims.
@@ -95,11 +95,8 @@ def _trace(model: nn.Module, shape: tuple[int, ...]) -> tuple[list[_Call], BaseE
 
     leaves = [m for m in model.modules() if not any(True for _ in m.children())]
     hooks = [m.register_forward_pre_hook(enter) for m in leaves] + [m.register_forward_hook(leave) for m in leaves]
-    tensors = {name: torch.empty_like(t, device="meta")
-               for name, t in [*model.named_parameters(), *model.named_buffers()]}
     try:
-        with torch.no_grad():
-            functional_call(model, tensors, (x,), strict=False)
+        meta_forward(model, x)
         return calls, None
     except Exception as exc:  # a shape the model rejects, or what the meta device cannot run
         return calls, exc

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from torch.func import functional_call
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from compactify.converter.load.meta_run import meta_forward
 from compactify.errors import BadInputError, first_line
 
 # An input this large a share of the memory budget gets its activations estimated before anything runs.
@@ -98,12 +98,10 @@ def meta_peak(model, shape: Sequence[int]) -> tuple[int | None, BaseException | 
             return out
 
     try:
-        tensors = {name: torch.empty_like(t, device="meta")
-                   for name, t in [*model.named_parameters(), *model.named_buffers()]}
         x = torch.empty(tuple(shape), device="meta")
         mode = Live()
-        with torch.no_grad(), mode:
-            functional_call(model, tensors, (x,), strict=False)
+        with mode:
+            meta_forward(model, x)
         return mode.peak + x.numel() * x.element_size(), None
     except Exception as exc:  # a shape the model rejects, data-dependent control flow, custom ops
         return None, exc
