@@ -66,9 +66,28 @@ def file_mode() -> int:
     return 0o666 & ~current_umask()
 
 
+class _Deferral:
+    depth = 0  # signals_deferred blocks running now (they nest)
+    pending = False  # a signal arrived during one
+
+
+def defer_interrupt() -> bool:
+    """For a SIGINT/SIGTERM handler: True when a commit or a clean-up is running, which the signal must
+    not cut; the signal is then remembered, and the outermost ``signals_deferred`` raises
+    KeyboardInterrupt as it ends."""
+    if _Deferral.depth:
+        _Deferral.pending = True
+        return True
+    return False
+
+
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM until the block ends, so that a commit or a clean-up is never cut in half."""
+    """Hold SIGINT/SIGTERM until the block ends, so that a commit or a clean-up is never cut in half.
+
+    The signal mask holds a signal sent to the main thread; one the kernel hands to another thread
+    (torch's worker threads leave the mask of their own) still runs the Python handler in the main
+    thread, at once, so the handler asks ``defer_interrupt`` first."""
     blocked = False
     if hasattr(signal, "pthread_sigmask") and _SIGNALS:
         try:
@@ -76,11 +95,16 @@ def signals_deferred() -> Iterator[None]:
             blocked = True
         except (OSError, ValueError):  # pragma: no cover - not blockable here
             pass
+    _Deferral.depth += 1
     try:
         yield
     finally:
+        _Deferral.depth -= 1
         if blocked:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)  # a held signal's handler runs here
+        if _Deferral.depth == 0 and _Deferral.pending:
+            _Deferral.pending = False
+            raise KeyboardInterrupt
 
 
 def _absolute(path: str | os.PathLike) -> Path:

@@ -22,6 +22,7 @@ import click
 
 from compactify import __version__
 from compactify.errors import CompactifyError, first_line, one_line
+from compactify.outputs import defer_interrupt
 
 
 COMMANDS: dict[str, str] = {
@@ -57,7 +58,8 @@ class Interrupted:
         def handler(signum, frame):
             if cls.received is None:
                 cls.received = signum
-            raise KeyboardInterrupt
+            if not defer_interrupt():
+                raise KeyboardInterrupt
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, handler)

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import stat
+import threading
 import time
 from pathlib import Path
 
@@ -298,3 +299,31 @@ def test_an_input_shape_whose_input_alone_is_huge_is_refused_before_it_is_alloca
     r = run("convert", ckpt, "-o", tmp_path / "out", "--input-shape", "1,3,16000,16000", "--max-memory", "20GB")
     assert r.exit_code == 2 and r.stderr.count("\n") == 1, r.output
     assert "16000" in r.stderr and "built for 8x8 inputs" in r.stderr and snapshot(tmp_path) == before
+
+
+def test_a_signal_handed_to_another_thread_waits_for_the_commit_too():
+    """The kernel may give a process-directed signal to any thread whose mask lets it in (torch's
+    workers): the handler then runs in the main thread at once, inside the deferred block."""
+    from compactify.cli import Interrupted
+    from compactify.outputs import signals_deferred
+
+    go, done = threading.Event(), threading.Event()
+
+    def worker():  # started before the block, so its mask lets SIGINT in
+        go.wait(10)
+        signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+        done.set()
+
+    steps = []
+    with Interrupted.handled():
+        thread = threading.Thread(target=worker)
+        thread.start()
+        with pytest.raises(KeyboardInterrupt):
+            with signals_deferred():
+                go.set()
+                assert done.wait(10)
+                for _ in range(1000):  # bytecodes for the handler to run on, had it not been deferred
+                    time.sleep(0)
+                steps.append("committed")
+        thread.join()
+    assert steps == ["committed"] and Interrupted.received == signal.SIGINT
