@@ -12,7 +12,7 @@ lacks) is left to the eager run that follows, which reports it in torch's words.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

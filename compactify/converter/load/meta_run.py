@@ -10,7 +10,8 @@ it saw), and a cache made of meta tensors breaks the first real run.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn

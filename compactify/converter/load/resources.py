@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import re
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -38,7 +38,7 @@ def available_memory() -> int | None:
     found = []
     try:
         text = Path("/proc/meminfo").read_text()
-        m = re.search(r"^MemAvailable:\s+(\d+) kB", text, re.M)
+        m = re.search(r"^MemAvailable:\s+(\d+) kB", text, re.MULTILINE)
         if m:
             found.append(int(m.group(1)) * 1024)
     except OSError:
@@ -59,7 +59,7 @@ def available_memory() -> int | None:
 
         soft, _ = resource.getrlimit(resource.RLIMIT_AS)
         if soft not in (resource.RLIM_INFINITY, -1):
-            m = re.search(r"^VmSize:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+            m = re.search(r"^VmSize:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
             found.append(max(soft - (int(m.group(1)) * 1024 if m else 0), 0))
     except (ImportError, OSError, ValueError):
         pass

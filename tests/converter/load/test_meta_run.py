@@ -4,6 +4,7 @@ own tensors without a random initialization."""
 from __future__ import annotations
 
 import torch
+from families.factories import ultralytics_model
 from torch import nn
 
 from compactify.converter.load.ingest import _materialized, model_with_weights
@@ -11,8 +12,6 @@ from compactify.converter.load.input_fit import check_input_fits
 from compactify.converter.load.meta_run import meta_forward
 from compactify.converter.load.resources import meta_peak
 from compactify.models import build_model
-
-from families.factories import ultralytics_model
 
 
 class CachesOnFirstCall(nn.Module):

@@ -3,7 +3,8 @@
 - **Regions**: each merged layer (float32, as it ships) against the layers it replaced, run in
   float64 on a random input of the region's own entry shape: that is what exactness means, and
   an input of its own (not the activations the network happens to feed it) exercises the whole
-  linear map. A merge further off than EXACT_REL is judged against what float32 rounding alone
+  linear map. A merge exact at every input size is run at a smaller spatial size that keeps all
+  its border cases and an interior (``region_check_shape``). A merge further off than EXACT_REL is judged against what float32 rounding alone
   costs there: its layers run in float32 on the same input.
 - **Network**: the compact model against the source model on one seeded batch, float32 against
   float32, and its first samples (at most FLOAT64_BATCH) against the source run in float64 (the
@@ -44,6 +45,8 @@ ERROR_SEED = 0
 # conversions are traced at) runs whole, a larger one costs no more than 2 samples in float64.
 FLOAT64_BATCH = 2
 REGION_SEED = 1000
+# Outputs of a merged region that read no padding, at least, in the input its check runs on.
+REGION_INTERIOR = 8
 def example_input(shape: tuple[int, ...], seed: int = ERROR_SEED) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
@@ -75,6 +78,9 @@ def check_regions(gm: fx.GraphModule, decisions, profile, truncated: bool = Fals
         # the graph's batch), or holds the captured batch as a constant (a program exported with a
         # static batch), runs at the profiled shape instead.
         shapes = [tuple(shape)] if outside or shape[0] == 1 else [(1, *shape[1:]), tuple(shape)]
+        if not outside:
+            smaller = region_check_shape(d, shapes[0])
+            shapes = [smaller, *shapes] if smaller != shapes[0] else shapes
         for j, trial in enumerate(shapes):
             x = example_input(trial, seed=REGION_SEED + i)  # float32 values, exact in float64 too
             try:
@@ -105,6 +111,25 @@ def check_regions(gm: fx.GraphModule, decisions, profile, truncated: bool = Fals
             row.layers_float32_rel = relative_error(own, ref)[1]
         del ref, got
     return out
+
+
+def region_check_shape(decision, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The input a merged region is checked on: for a merge exact at every input size, a spatial size
+    no larger than ``shape`` (the traced one) that still gives every output whose window reads the
+    merged operator's padding, at both ends, REGION_INTERIOR outputs that read none, and the same
+    remainder modulo the stride (the last window falls as it does at ``shape``). A wrong merge is
+    wrong at its borders or in its interior, and both are there; the float64 run of a large input
+    costs as much as the network's. A merge exact only at the traced size is checked there."""
+    op = decision.operator
+    if (decision.kind != "dense" or op is None or decision.size_notes or op.ndim == 0
+            or len(shape) != op.ndim + 2):
+        return tuple(shape)
+    spatial = []
+    for n, (before, after), span, stride in zip(shape[2:], op.padding, op.span, op.stride):
+        border = -(-before // stride) + -(-after // stride)  # outputs whose window reads padding
+        least = max(1, (border + REGION_INTERIOR - 1) * stride + span - before - after)
+        spatial.append(n if least >= n else least + (n - least) % stride)
+    return (*shape[:2], *spatial)
 
 
 # --------------------------------------------------------------------------- network

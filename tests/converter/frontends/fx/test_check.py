@@ -5,16 +5,20 @@ the plan equal a count of the compact graph run."""
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
+from compactify.converter.engine import algebra as A
 from compactify.converter.frontends.fx import check as C
-from compactify.converter.pipeline.contraction import contract
 from compactify.converter.frontends.fx.check import example_input
 from compactify.converter.frontends.fx.profile import count_flops
+from compactify.converter.pipeline.contraction import contract
 from compactify.measure.metrics import relative_error
 from compactify.models import create_model
 
@@ -130,3 +134,30 @@ def test_flops_after_from_the_plan_equal_a_count_of_the_compact_graph(name, shap
     r = contract(randomize(create_model(name, **kwargs), seed=1), shape)
     assert any(d.kind == "dense" for d in r.decisions)
     assert r.flops_after == count_flops(r.compact, r.source.example) < r.flops_before
+
+
+@settings(max_examples=200, deadline=None)
+@given(k=st.integers(1, 9), d=st.integers(1, 3), s=st.integers(1, 4), before=st.integers(0, 6),
+       after=st.integers(0, 6), n=st.integers(1, 300))
+def test_a_region_exact_at_every_size_is_checked_where_all_its_border_cases_and_an_interior_remain(
+        k, d, s, before, after, n):
+    op = A.conv(torch.zeros(2, 2, k), None, s, ((before, after),), d)
+    if op.output_size((n,))[0] < 1:
+        return
+    decision = SimpleNamespace(kind="dense", operator=op, size_notes=[])
+    m = C.region_check_shape(decision, (1, 2, n))[2]
+    assert 1 <= m <= n
+    if m == n:
+        return
+    assert (n - m) % s == 0  # the last window falls as at the traced size
+
+    def reads_padding(i):  # output i's window against the padded input [0, before + m + after)
+        start = i * s
+        return start < before or start + op.span[0] > before + m
+
+    outputs = op.output_size((m,))[0]
+    left = -(-before // s)
+    right = -(-after // s)
+    assert outputs >= left + right + C.REGION_INTERIOR
+    assert sum(not reads_padding(i) for i in range(outputs)) >= C.REGION_INTERIOR
+    assert C.region_check_shape(SimpleNamespace(kind="dense", operator=op, size_notes=["size"]), (1, 2, n)) == (1, 2, n)
