@@ -149,24 +149,25 @@ def conv_transpose(
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
     stride: int | Sequence[int] = 1,
-    padding: int | Sequence[int] = 0,
+    padding: int | Sequence[int] | Pads = 0,
     output_padding: int | Sequence[int] = 0,
     dilation: int | Sequence[int] = 1,
     groups: int = 1,
 ) -> AffineConv:
     """A transposed conv (``weight`` is ``[in, out // groups, *kernel]``) as the stride-1 conv
     it is on its spread input: kernel flipped and in/out swapped per group, padded
-    ``d*(k-1) - p`` before and ``d*(k-1) - p + output_padding`` after."""
+    ``d*(k-1) - p`` before and ``d*(k-1) - p + output_padding`` after. ``padding`` is what the
+    layer crops, the same at both ends or ``(begin, end)`` per axis as ONNX writes it."""
     weight = weight.detach().to(F64)
     nd = weight.dim() - 2
     stride, dilation = _tuple(stride, nd), _tuple(dilation, nd)
-    padding, output_padding = _tuple(padding, nd), _tuple(output_padding, nd)
+    crops, output_padding = _pads(padding, nd), _tuple(output_padding, nd)
     reach = [d * (k - 1) for k, d in zip(weight.shape[2:], dilation)]
-    if any(p > r for p, r in zip(padding, reach)):
+    if any(max(pair) > r for pair, r in zip(crops, reach)):
         # It would crop its spread input, which no padding can say (and no layer here writes).
-        raise NotContractibleError(f"a transposed conv whose padding {padding} exceeds its kernel's reach {reach}")
-    op = conv(_swap_in_out(weight, groups), bias, 1, tuple((r - p, r - p + o) for r, p, o in
-                                                            zip(reach, padding, output_padding)), dilation, groups)
+        raise NotContractibleError(f"a transposed conv whose padding {crops} exceeds its kernel's reach {reach}")
+    inner = tuple((r - b, r - e + o) for r, (b, e), o in zip(reach, crops, output_padding))
+    op = conv(_swap_in_out(weight, groups), bias, 1, inner, dilation, groups)
     return replace(op, in_dilation=_spread(stride))
 
 
@@ -647,8 +648,9 @@ def spread(x: torch.Tensor, in_dilation: Sequence[int]) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class TransposedLayer:
-    """An operator that spreads its input, as a zero pad of the input (``input_pad``, per axis
-    ``(before, after)`` in input samples, often none) then one transposed conv layer."""
+    """An operator that spreads its input, as one transposed conv layer, with a zero pad of its
+    input in front (``input_pad``, per axis ``(before, after)`` in input samples) and a crop of
+    its output behind (``output_crop``, per axis ``(begin, end)``); both are usually none."""
 
     weight: torch.Tensor  # [in, out // groups, *kernel]
     bias: torch.Tensor
@@ -658,6 +660,7 @@ class TransposedLayer:
     dilation: tuple[int, ...]
     groups: int
     input_pad: Pads
+    output_crop: Pads
 
 
 def unwritable(op: AffineConv) -> str | None:
@@ -673,24 +676,26 @@ def unwritable(op: AffineConv) -> str | None:
 def transposed_layer(op: AffineConv) -> TransposedLayer:
     """``op`` (which spreads its input) as a transposed conv layer.
 
-    A transposed conv of stride ``e``, padding ``p`` and output padding ``o`` pads its spread
-    input ``r - p`` before and ``r - p + o`` after (``r = d*(k-1)``). Padding beyond ``r``, or
-    an ``after`` short of ``before``, is written as whole input samples of zero padding, each
-    worth ``e`` spread positions; ``o`` stays below ``e`` as layers require."""
+    A transposed conv of stride ``e``, padding ``p`` and output padding ``o < e`` pads its
+    spread input ``r - p`` before and ``r - p + o`` after (``r = d*(k-1)``), the same reach at
+    both ends. Padding beyond that reach is written as whole input samples of zero padding
+    (each worth ``e`` spread positions, and costing a transposed conv input sample), a shorter
+    padding at one end as a crop of its output (less padding on the input of a stride-1 conv
+    is the same crop of its output, and costs nothing)."""
     why = unwritable(op)
     if why or not op.dilates_input:
         raise NotContractibleError(why or "the operator spreads no input: it is a plain conv")
-    input_pad, padding, output_padding = [], [], []
+    input_pad, padding, output_padding, crop = [], [], [], []
     for e, (pb, pa), sp in zip(op.input_dilation, op.padding, op.span):
         reach = sp - 1
-        before = max(0, -(-(pb - reach) // e))  # input samples padded in front
-        rest = pb - before * e
-        if pa < rest:  # cut the front further so that output padding can make up the end
-            extra = -(-(rest - pa) // e)
-            before, rest = before + extra, rest - extra * e
-        after, out_pad = divmod(pa - rest, e)
+        before = max(0, -(-(pb - reach) // e))
+        after = max(0, -(-(pa - reach - (e - 1)) // e))
+        pb, pa = pb - before * e, pa - after * e  # now pb <= reach and pa <= reach + e - 1
+        common = max(pb, pa - (e - 1))  # what the layer pads at both ends, before output padding
+        out_pad = max(0, pa - common)
         input_pad.append((before, after))
-        padding.append(reach - rest)
+        padding.append(reach - common)
         output_padding.append(out_pad)
+        crop.append((common - pb, common + out_pad - pa))
     return TransposedLayer(_swap_in_out(op.weight, op.groups), op.bias, op.input_dilation, tuple(padding),
-                           tuple(output_padding), op.dilation, op.groups, tuple(input_pad))
+                           tuple(output_padding), op.dilation, op.groups, tuple(input_pad), tuple(crop))

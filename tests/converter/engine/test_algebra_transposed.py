@@ -79,8 +79,9 @@ def _written(op: A.AffineConv, x: torch.Tensor) -> torch.Tensor:
         return A.apply(op, x)
     layer = A.transposed_layer(op)
     x = F.pad(x, [p for pair in reversed(layer.input_pad) for p in pair])
-    return CONV_T[op.ndim](x, layer.weight, layer.bias, layer.stride, layer.padding, layer.output_padding,
-                           layer.groups, layer.dilation)
+    y = CONV_T[op.ndim](x, layer.weight, layer.bias, layer.stride, layer.padding, layer.output_padding,
+                        layer.groups, layer.dilation)
+    return F.pad(y, [-c for pair in reversed(layer.output_crop) for c in pair])
 
 
 def _differs(got, ref) -> bool:
