@@ -3,11 +3,12 @@
 Every linear layer the converter understands (conv of any kernel, stride, dilation and
 groups; transposed conv; linear; eval BatchNorm; zero padding; average pooling; identity;
 channel scale and shift) is one :class:`AffineConv`: zero-pad the input, cross-correlate
-with a grouped kernel, add a bias. A transposed conv is the same thing after its input is
-spread out (``in_dilation - 1`` zeros between samples): then it reads like any other conv. A linear layer is the same thing with no spatial dimensions. Each
-identity below is a small pure function in the manner of DBB's ``transI_fusebn``,
-``transIII_1x1_kxk`` and friends, but for the general case (any stride, dilation, groups,
-asymmetric padding) and with exactness decided rather than assumed.
+with a grouped kernel, add a bias. A transposed conv is a stride-1 conv of its input spread
+out (``in_dilation - 1`` zeros between samples), so what follows it composes as with any
+conv. A linear layer is the same thing with no spatial dimensions. Each identity below is
+a small pure function in the manner of DBB's ``transI_fusebn``, ``transIII_1x1_kxk`` and
+friends, but for the general case (any stride, dilation, groups, asymmetric padding) and
+with exactness decided rather than assumed.
 """
 
 from __future__ import annotations
@@ -370,6 +371,10 @@ def compose(first: AffineConv, second: AffineConv, in_size: Sequence[int] | None
     input size. Exactness is decided at ``in_size`` (spatial) when given, and separately for
     every input size (``all_sizes``). An inexact result is still returned, flagged with the
     reason, because only the border pixels differ.
+
+    A ``second`` that spreads its input (a transposed conv) needs ``first`` moved past the
+    spreading (:func:`_spread_through`); where that is not exact, the difference is not at
+    the borders only, so it raises NotContractibleError instead.
     """
     if first.ndim != second.ndim:
         raise NotContractibleError("cannot compose operators of different spatial rank")
