@@ -29,6 +29,7 @@ def rewrite_onnx(source: OnnxGraph, graph: AffineGraph, decisions: list[Decision
     rename: dict[str, str] = {}
     new_inits: list[onnx.TensorProto] = []
     changed = False
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
     for d in decisions:
         region = d.region
         absorbed = {n for step in region.steps.values() for n in step.absorbs}
@@ -36,14 +37,14 @@ def rewrite_onnx(source: OnnxGraph, graph: AffineGraph, decisions: list[Decision
         dtype = _dtype(source.model, region.entry)
         shapes = graph.shape(region.entry), graph.shape(region.exit)
         if d.kind == "dense":
-            nodes, inits = _layer(d.operator, entry, region.exit, *shapes, dtype, taken)
+            nodes, inits = _layer(d.operator, entry, region.exit, *shapes, dtype, taken, opset)
             written[region.exit] = nodes
             new_inits += inits
         elif d.kind == "factored" and d.factors is not None:
             first, second = d.factors
             middle = fresh_name(f"{region.exit}/factor", taken)
-            nodes, inits = _layer(first, entry, middle, shapes[0], shapes[0], dtype, taken)
-            more, more_inits = _layer(second, middle, region.exit, *shapes, dtype, taken)
+            nodes, inits = _layer(first, entry, middle, shapes[0], shapes[0], dtype, taken, opset)
+            more, more_inits = _layer(second, middle, region.exit, *shapes, dtype, taken, opset)
             written[region.exit] = nodes + more
             new_inits += inits + more_inits
         elif d.kind == "removed":
@@ -76,12 +77,14 @@ def rewrite_onnx(source: OnnxGraph, graph: AffineGraph, decisions: list[Decision
 
 
 def _layer(op: A.AffineConv, entry: str, exit: str, entry_shape, exit_shape, dtype: np.dtype,
-           taken: set[str]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+           taken: set[str], opset: int) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """The nodes computing ``op`` from ``entry`` (of ``entry_shape``) into ``exit`` (whose shape
     is ``exit_shape``), and their initializers."""
     base = f"{exit}/merged"
     weight_name, bias_name = fresh_name(f"{base}.weight", taken), fresh_name(f"{base}.bias", taken)
     inits = []
+    if op.dilates_input:
+        return _transposed(op, entry, exit, dtype, taken, opset)
     if op.ndim > 0:
         inits.append(numpy_helper.from_array(op.weight.numpy().astype(dtype), weight_name))
         inputs = [entry, weight_name]
@@ -115,6 +118,39 @@ def _layer(op: A.AffineConv, entry: str, exit: str, entry_shape, exit_shape, dty
         shape_name = fresh_name(f"{base}.shape", taken)
         inits.append(numpy_helper.from_array(np.array(dims, dtype=np.int64), shape_name))
         nodes.append(helper.make_node("Reshape", [target, shape_name], [exit], name=fresh_name(f"{base}/reshape", taken)))
+    return nodes, inits
+
+
+def _transposed(op: A.AffineConv, entry: str, exit: str, dtype: np.dtype, taken: set[str],
+                opset: int) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """A ConvTranspose node computing ``op`` (which spreads its input), behind a Pad node where
+    its own padding cannot say all; ONNX crops each end on its own (``pads`` begin and end), so
+    the layer's output crop goes there."""
+    form = A.transposed_layer(op)
+    base = f"{exit}/merged"
+    weight_name = fresh_name(f"{base}.weight", taken)
+    inits = [numpy_helper.from_array(form.weight.numpy().astype(dtype), weight_name)]
+    nodes = []
+    if any(b or a for b, a in form.input_pad):
+        padded = fresh_name(f"{base}.padded", taken)
+        pads = [0, 0] + [b for b, _ in form.input_pad] + [0, 0] + [a for _, a in form.input_pad]
+        if opset >= 11:
+            pads_name = fresh_name(f"{base}.pads", taken)
+            inits.append(numpy_helper.from_array(np.array(pads, dtype=np.int64), pads_name))
+            nodes.append(helper.make_node("Pad", [entry, pads_name], [padded], name=fresh_name(f"{base}/pad", taken)))
+        else:
+            nodes.append(helper.make_node("Pad", [entry], [padded], name=fresh_name(f"{base}/pad", taken), pads=pads))
+        entry = padded
+    inputs = [entry, weight_name]
+    if op.has_bias:
+        bias_name = fresh_name(f"{base}.bias", taken)
+        inits.append(numpy_helper.from_array(op.bias.numpy().astype(dtype), bias_name))
+        inputs.append(bias_name)
+    nodes.append(helper.make_node(
+        "ConvTranspose", inputs, [exit], name=fresh_name(base, taken), kernel_shape=list(op.kernel),
+        strides=list(form.stride), pads=[p + b for p, (b, _) in zip(form.padding, form.output_crop)]
+        + [p + a for p, (_, a) in zip(form.padding, form.output_crop)], output_padding=list(form.output_padding),
+        dilations=list(form.dilation), group=op.groups))
     return nodes, inits
 
 

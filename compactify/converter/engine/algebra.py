@@ -1,12 +1,14 @@
 """Affine operators and the identities that compose them, in float64. No graph, no I/O.
 
 Every linear layer the converter understands (conv of any kernel, stride, dilation and
-groups; linear; eval BatchNorm; zero padding; average pooling; identity; channel scale
-and shift) is one :class:`AffineConv`: zero-pad the input, cross-correlate with a grouped
-kernel, add a bias. A linear layer is the same thing with no spatial dimensions. Each
-identity below is a small pure function in the manner of DBB's ``transI_fusebn``,
-``transIII_1x1_kxk`` and friends, but for the general case (any stride, dilation, groups,
-asymmetric padding) and with exactness decided rather than assumed.
+groups; transposed conv; linear; eval BatchNorm; zero padding; average pooling; identity;
+channel scale and shift) is one :class:`AffineConv`: zero-pad the input, cross-correlate
+with a grouped kernel, add a bias. A transposed conv is a stride-1 conv of its input spread
+out (``in_dilation - 1`` zeros between samples), so what follows it composes as with any
+conv. A linear layer is the same thing with no spatial dimensions. Each identity below is
+a small pure function in the manner of DBB's ``transI_fusebn``, ``transIII_1x1_kxk`` and
+friends, but for the general case (any stride, dilation, groups, asymmetric padding) and
+with exactness decided rather than assumed.
 """
 
 from __future__ import annotations
@@ -27,12 +29,15 @@ F64 = torch.float64
 
 @dataclass(frozen=True)
 class AffineConv:
-    """``y = conv(pad(x, padding, pad_value), weight, stride, dilation, groups) + bias``.
+    """``y = conv(pad(spread(x, in_dilation), padding, pad_value), weight, stride, dilation, groups) + bias``.
 
     ``weight`` is ``[out, in // groups, *kernel]`` and ``bias`` is ``[out]``, both float64.
     ``padding`` holds ``(before, after)`` per spatial dimension; the padded positions hold
     ``pad_value`` (one value per input channel; None is zero padding, the only kind a conv
     layer has). ``ndim == 0`` is a linear layer acting on the last axis.
+    ``in_dilation`` (empty: none) puts ``e - 1`` zeros between neighbouring input samples
+    along an axis, as a transposed conv of stride ``e`` does; ``padding`` then counts
+    positions of the spread input.
     """
 
     weight: torch.Tensor
@@ -42,6 +47,15 @@ class AffineConv:
     dilation: tuple[int, ...]
     groups: int = 1
     pad_value: torch.Tensor | None = None
+    in_dilation: tuple[int, ...] = ()
+
+    @property
+    def input_dilation(self) -> tuple[int, ...]:
+        return self.in_dilation or (1,) * self.ndim
+
+    @property
+    def dilates_input(self) -> bool:
+        return any(e > 1 for e in self.in_dilation)
 
     @property
     def ndim(self) -> int:
@@ -66,8 +80,9 @@ class AffineConv:
 
     @property
     def is_pointwise(self) -> bool:
-        """Reads one input position per output and pads nothing."""
-        return all(s == 1 for s in self.span) and all(p == (0, 0) for p in self.padding)
+        """Reads one input position per output, pads nothing and spreads nothing."""
+        return (all(s == 1 for s in self.span) and all(p == (0, 0) for p in self.padding)
+                and not self.dilates_input)
 
     @property
     def has_bias(self) -> bool:
@@ -88,8 +103,8 @@ class AffineConv:
 
     def output_size(self, size: Sequence[int]) -> tuple[int, ...]:
         return tuple(
-            (n + b + a - sp) // s + 1
-            for n, (b, a), sp, s in zip(size, self.padding, self.span, self.stride)
+            ((n - 1) * e + 1 + b + a - sp) // s + 1
+            for n, e, (b, a), sp, s in zip(size, self.input_dilation, self.padding, self.span, self.stride)
         )
 
 
@@ -129,6 +144,47 @@ def conv(
     out = weight.shape[0]
     b = torch.zeros(out, dtype=F64) if bias is None else bias.detach().to(F64).reshape(out)
     return AffineConv(weight, b, _tuple(stride, nd), _pads(padding, nd), _tuple(dilation, nd), int(groups))
+
+
+def conv_transpose(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] | Pads = 0,
+    output_padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+) -> AffineConv:
+    """A transposed conv (``weight`` is ``[in, out // groups, *kernel]``) as the stride-1 conv
+    it is on its spread input: kernel flipped and in/out swapped per group, padded
+    ``d*(k-1) - p`` before and ``d*(k-1) - p + output_padding`` after. ``padding`` is what the
+    layer crops, the same at both ends or ``(begin, end)`` per axis as ONNX writes it."""
+    weight = weight.detach().to(F64)
+    nd = weight.dim() - 2
+    stride, dilation = _tuple(stride, nd), _tuple(dilation, nd)
+    crops, output_padding = _pads(padding, nd), _tuple(output_padding, nd)
+    reach = [d * (k - 1) for k, d in zip(weight.shape[2:], dilation)]
+    if any(max(pair) > r for pair, r in zip(crops, reach)):
+        # It would crop its spread input, which no padding can say (and no layer here writes).
+        raise NotContractibleError(f"a transposed conv whose padding {crops} exceeds its kernel's reach {reach}")
+    inner = tuple((r - b, r - e + o) for r, (b, e), o in zip(reach, crops, output_padding))
+    op = conv(_swap_in_out(weight, groups), bias, 1, inner, dilation, groups)
+    return replace(op, in_dilation=_spread(stride))
+
+
+def _swap_in_out(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """``[a, b // groups, *k]`` -> ``[b, a // groups, *k]`` with the taps reversed: a transposed
+    conv's kernel as the conv kernel that computes it on the spread input, and back."""
+    a, b_per = weight.shape[:2]
+    kernel = weight.shape[2:]
+    w = weight.reshape(groups, a // groups, b_per, *kernel).transpose(1, 2)
+    return w.reshape(groups * b_per, a // groups, *kernel).flip(list(range(2, weight.dim()))).contiguous()
+
+
+def _spread(in_dilation: Sequence[int]) -> tuple[int, ...]:
+    """The field's value: empty where no axis is spread, so equal operators compare equal."""
+    in_dilation = tuple(int(e) for e in in_dilation)
+    return in_dilation if any(e > 1 for e in in_dilation) else ()
 
 
 def linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> AffineConv:
@@ -315,6 +371,10 @@ def compose(first: AffineConv, second: AffineConv, in_size: Sequence[int] | None
     input size. Exactness is decided at ``in_size`` (spatial) when given, and separately for
     every input size (``all_sizes``). An inexact result is still returned, flagged with the
     reason, because only the border pixels differ.
+
+    A ``second`` that spreads its input (a transposed conv) needs ``first`` moved past the
+    spreading (:func:`_spread_through`); where that is not exact, the difference is not at
+    the borders only, so it raises NotContractibleError instead.
     """
     if first.ndim != second.ndim:
         raise NotContractibleError("cannot compose operators of different spatial rank")
@@ -322,6 +382,9 @@ def compose(first: AffineConv, second: AffineConv, in_size: Sequence[int] | None
         raise NotContractibleError(
             f"channel mismatch: {first.out_channels} outputs feed {second.in_channels} inputs"
         )
+    if second.dilates_input:
+        first = _spread_through(first, second.input_dilation)
+        second = replace(second, in_dilation=())
     exact, all_sizes, reason = True, True, ""
     if second.pads:
         if not _same_values(border_response(first), second.pad_value):
@@ -378,8 +441,31 @@ def compose(first: AffineConv, second: AffineConv, in_size: Sequence[int] | None
         (pa[0] + s * pb[0], pa[1] + s * pb[1]) for pa, pb, s in zip(a.padding, b.padding, s1)
     )
     pad_value = first.pad_value if any(b or a for b, a in padding) else None
-    op = AffineConv(weight, bias, stride, padding, dil, groups, pad_value)
+    op = AffineConv(weight, bias, stride, padding, dil, groups, pad_value, first.in_dilation)
     return Composed(_normalise_dilation(op), exact, reason, all_sizes)
+
+
+def _spread_through(op: AffineConv, in_dilation: tuple[int, ...]) -> AffineConv:
+    """``op`` moved past the spreading that follows it: ``spread(op(x)) == op'(spread(x))``.
+
+    Holds for a bias-free stride-1 layer with zero padding, whose kernel and padding then
+    stretch by the spread (every window of ``op'`` that starts between two samples reads
+    only inserted zeros, so it answers zero as the inserted position should). A bias would
+    be added at the inserted positions too, and a stride would skip samples that the spread
+    keeps, so both are refused: the result would differ everywhere, not only at borders."""
+    if op.ndim != len(in_dilation):
+        raise NotContractibleError("cannot compose operators of different spatial rank")
+    if any(s > 1 for s, e in zip(op.stride, in_dilation) if e > 1):
+        raise NotContractibleError("a strided layer before a transposed conv has no single-layer form")
+    if op.has_bias or op.pads_nonzero:
+        raise NotContractibleError("a bias (or BatchNorm shift) before a strided transposed conv would also fill "
+                                   "the zeros it inserts between samples")
+    return replace(
+        op,
+        dilation=tuple(d * e for d, e in zip(op.dilation, in_dilation)),
+        padding=tuple((b * e, a * e) for (b, a), e in zip(op.padding, in_dilation)),
+        in_dilation=_spread(tuple(x * e for x, e in zip(op.input_dilation, in_dilation))),
+    )
 
 
 def _windows_miss(first: AffineConv, second: AffineConv, in_size: Sequence[int]) -> bool:
@@ -394,6 +480,8 @@ def _axis_windows_miss(first: AffineConv, second: AffineConv, axis: int, n: int)
         return True
     k1, d1, s1, (pb, pa) = first.kernel[axis], first.dilation[axis], first.stride[axis], first.padding[axis]
     k2, d2, s2 = second.kernel[axis], second.dilation[axis], second.stride[axis]
+    e = first.input_dilation[axis]
+    n = (n - 1) * e + 1  # the spread input's extent; its samples sit at multiples of e
     n1 = (n + pb + pa - d1 * (k1 - 1) - 1) // s1 + 1
     n2 = (n1 + qb + qa - d2 * (k2 - 1) - 1) // s2 + 1
     if n1 < 1 or n2 < 1:
@@ -403,9 +491,8 @@ def _axis_windows_miss(first: AffineConv, second: AffineConv, axis: int, n: int)
         if not read:
             continue
         low = j * s1 - pb
-        high = low + d1 * (k1 - 1)
-        if not (high < 0 or low >= n):
-            return False
+        if any(0 <= low + d1 * t < n and (low + d1 * t) % e == 0 for t in range(k1)):
+            return False  # a tap of the window reads an input sample
     return True
 
 
@@ -459,6 +546,9 @@ def _align(x: AffineConv, y: AffineConv, how: str) -> tuple[torch.Tensor, torch.
         raise NotContractibleError(f"{how} branches disagree on channels or spatial rank")
     if x.stride != y.stride:
         raise NotContractibleError(f"{how} branches have different strides {x.stride} and {y.stride}")
+    if x.input_dilation != y.input_dilation:
+        raise NotContractibleError(f"{how} branches spread their input differently (transposed conv strides "
+                                   f"{x.input_dilation} and {y.input_dilation})")
     pad_value = _shared_pad_value(x, y, how)
     groups = math.gcd(x.groups, y.groups)
     x, y = regroup(x, groups), regroup(y, groups)
@@ -485,7 +575,7 @@ def _align(x: AffineConv, y: AffineConv, how: str) -> tuple[torch.Tensor, torch.
         placed.append(weight)
     padding = tuple((-l, pa + (h - hx)) for l, (_, pa), h, hx in zip(lo, x.padding, hi, hi_x))
     pads = any(b or a for b, a in padding)
-    frame = AffineConv(placed[0], x.bias, x.stride, padding, dil, groups, pad_value if pads else None)
+    frame = AffineConv(placed[0], x.bias, x.stride, padding, dil, groups, pad_value if pads else None, x.in_dilation)
     return placed[0], placed[1], frame
 
 
@@ -537,6 +627,8 @@ def apply(op: AffineConv, x: torch.Tensor) -> torch.Tensor:
     b = op.bias.to(x.dtype)
     if op.ndim == 0:
         return F.linear(x, dense_weight(op).to(x.dtype), b)
+    if op.dilates_input:
+        x = spread(x, op.input_dilation)
     flat = [p for pair in reversed(op.padding) for p in pair]
     if any(flat):
         inside = F.pad(torch.ones((1, 1, *x.shape[2:]), dtype=x.dtype), flat)
@@ -545,3 +637,70 @@ def apply(op: AffineConv, x: torch.Tensor) -> torch.Tensor:
             x = x + (1 - inside) * op.pad_value.to(x.dtype).reshape(1, -1, *([1] * op.ndim))
     fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[op.ndim]
     return fn(x, w, b, stride=op.stride, dilation=op.dilation, groups=op.groups)
+
+
+def spread(x: torch.Tensor, in_dilation: Sequence[int]) -> torch.Tensor:
+    """``x`` (channels on axis 1) with ``e - 1`` zeros between neighbouring samples per axis."""
+    size = [(n - 1) * e + 1 for n, e in zip(x.shape[2:], in_dilation)]
+    out = x.new_zeros(*x.shape[:2], *size)
+    out[(slice(None), slice(None)) + tuple(slice(None, None, e) for e in in_dilation)] = x
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# As a layer
+
+
+@dataclass(frozen=True)
+class TransposedLayer:
+    """An operator that spreads its input, as one transposed conv layer, with a zero pad of its
+    input in front (``input_pad``, per axis ``(before, after)`` in input samples) and a crop of
+    its output behind (``output_crop``, per axis ``(begin, end)``); both are usually none."""
+
+    weight: torch.Tensor  # [in, out // groups, *kernel]
+    bias: torch.Tensor
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    output_padding: tuple[int, ...]
+    dilation: tuple[int, ...]
+    groups: int
+    input_pad: Pads
+    output_crop: Pads
+
+
+def unwritable(op: AffineConv) -> str | None:
+    """Why no standard layer (conv, transposed conv, linear, behind a zero pad) computes ``op``;
+    None when one does."""
+    if op.pads_nonzero:
+        return "pads its input with a nonzero value, which no single layer does"
+    if op.dilates_input and any(s > 1 for s in op.stride):
+        return "a transposed conv followed by a strided layer has no single-layer form"
+    return None
+
+
+def transposed_layer(op: AffineConv) -> TransposedLayer:
+    """``op`` (which spreads its input) as a transposed conv layer.
+
+    A transposed conv of stride ``e``, padding ``p`` and output padding ``o < e`` pads its
+    spread input ``r - p`` before and ``r - p + o`` after (``r = d*(k-1)``), the same reach at
+    both ends. Padding beyond that reach is written as whole input samples of zero padding
+    (each worth ``e`` spread positions, and costing a transposed conv input sample), a shorter
+    padding at one end as a crop of its output (less padding on the input of a stride-1 conv
+    is the same crop of its output, and costs nothing)."""
+    why = unwritable(op)
+    if why or not op.dilates_input:
+        raise NotContractibleError(why or "the operator spreads no input: it is a plain conv")
+    input_pad, padding, output_padding, crop = [], [], [], []
+    for e, (pb, pa), sp in zip(op.input_dilation, op.padding, op.span):
+        reach = sp - 1
+        before = max(0, -(-(pb - reach) // e))
+        after = max(0, -(-(pa - reach - (e - 1)) // e))
+        pb, pa = pb - before * e, pa - after * e  # now pb <= reach and pa <= reach + e - 1
+        common = max(pb, pa - (e - 1))  # what the layer pads at both ends, before output padding
+        out_pad = max(0, pa - common)
+        input_pad.append((before, after))
+        padding.append(reach - common)
+        output_padding.append(out_pad)
+        crop.append((common - pb, common + out_pad - pa))
+    return TransposedLayer(_swap_in_out(op.weight, op.groups), op.bias, op.input_dilation, tuple(padding),
+                           tuple(output_padding), op.dilation, op.groups, tuple(input_pad), tuple(crop))

@@ -8,14 +8,21 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from compactify.converter.engine.algebra import AffineConv
+from compactify.converter.engine.algebra import AffineConv, transposed_layer, unwritable
 
 
 def operator_flops(op: AffineConv, input_shape: Sequence[int]) -> int:
-    """FLOPs of ``op`` as one conv (or linear) layer on an input of ``input_shape``
-    (``[N, C, *spatial]``; for a linear operator ``[..., C]``)."""
+    """FLOPs of ``op`` as one conv (or linear, or transposed conv) layer on an input of
+    ``input_shape`` (``[N, C, *spatial]``; for a linear operator ``[..., C]``)."""
     if op.ndim == 0:
         return 2 * math.prod(input_shape[:-1]) * op.in_channels * op.out_channels
+    if op.dilates_input and not unwritable(op):
+        # A transposed conv is counted per input sample (its zero pad included), as
+        # torch.utils.flop_counter counts it: the inserted zeros cost nothing.
+        pads = transposed_layer(op).input_pad
+        size = [n + b + a for n, (b, a) in zip(input_shape[-op.ndim:], pads)]
+        per_sample = op.in_channels * (op.out_channels // op.groups) * math.prod(op.kernel)
+        return 2 * input_shape[0] * math.prod(size) * per_sample
     out = op.output_size(tuple(input_shape[-op.ndim:]))
     return 2 * input_shape[0] * op.out_channels * math.prod(out) * (op.in_channels // op.groups) * math.prod(op.kernel)
 

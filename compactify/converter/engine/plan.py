@@ -134,9 +134,9 @@ def decide(
             msg = f"region {region.name} ({', '.join(region.layers)}) left unmerged: not exact: {detail}"
             return keep(f"not exact: {detail}", "not exact", comp, False, [msg])
         warnings.append(f"region {region.name} merged approximately (--allow-approximate): {detail}")
-    if comp.value.pads_nonzero:
-        return keep("pads its input with a nonzero value, which no single layer does", "not contractible",
-                    comp, comp.exact)
+    unwritable = A.unwritable(comp.value)
+    if unwritable:
+        return keep(unwritable, "not contractible", comp, comp.exact)
     if dynamic_hw and comp.size_notes:
         return keep(f"exact only at the traced input size (--dynamic-hw): {'; '.join(comp.size_notes)}",
                     "not exact at every input size", comp, comp.exact)

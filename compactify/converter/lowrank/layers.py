@@ -47,8 +47,8 @@ def _is_layer(d: Decision) -> bool:
     if comp is None or not isinstance(comp.value, AffineConv):
         return False
     kinds = {d.region.steps[n].kind for n in d.region.nodes if n in d.region.steps}
-    if not kinds & {"conv", "linear"}:
-        return False  # a folded BatchNorm or pad on its own: nothing to factor
+    if not kinds & {"conv", "linear"} or comp.value.dilates_input:
+        return False  # a folded BatchNorm or pad on its own, or a transposed conv: no factored form here
     if d.kind == "dense":
         return True
     return d.kind == "keep" and len(d.region.nodes) == 1 and comp.exact

@@ -43,8 +43,8 @@ def layer_operator(d: Decision) -> AffineConv | None:
     if comp is None or not isinstance(comp.value, AffineConv):
         return None
     kinds = {d.region.steps[n].kind for n in d.region.nodes if n in d.region.steps}
-    if not kinds & {"conv", "linear"}:
-        return None  # a folded BatchNorm or pad on its own: nothing to factor
+    if not kinds & {"conv", "linear"} or comp.value.dilates_input:
+        return None  # a folded BatchNorm or pad on its own, or a transposed conv: no factored form here
     if d.kind == "dense":
         return d.operator
     if d.kind == "keep" and len(d.region.nodes) == 1 and comp.exact and not comp.value.pads_nonzero:

@@ -4,6 +4,7 @@ torch.utils.flop_counter gives for the layer the PyTorch back-end writes, or pla
 from __future__ import annotations
 
 import ast
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -40,6 +41,24 @@ def test_linear_flops_and_params_match_the_written_layer(cin, cout, lead, bias):
     shape = (*lead, cin)
     layer = to_module(op)
     assert operator_flops(op, shape) == count_flops(layer, torch.randn(shape))
+    assert operator_params(op) == sum(p.numel() for p in layer.parameters())
+
+
+@settings(max_examples=30, deadline=None)
+@given(groups=st.sampled_from([1, 2]), k=st.integers(1, 3), spread=st.integers(2, 3), dil=st.integers(1, 2),
+       pads=st.lists(st.integers(0, 7), min_size=4, max_size=4), bias=st.booleans())
+def test_transposed_flops_and_params_match_the_written_layer(groups, k, spread, dil, pads, bias):
+    """Any padding of the spread input: what the transposed layer's own padding cannot say goes
+    into a zero pad of the input in front of it, which the count includes."""
+    w = torch.randn(3 * groups, 2, k, k, dtype=torch.float64)
+    b = torch.randn(3 * groups, dtype=torch.float64) if bias else None
+    padding = ((pads[0], pads[1]), (pads[2], pads[3]))
+    op = A.trim(dataclasses.replace(A.conv(w, b, 1, padding, dil, groups), in_dilation=(spread, spread)))
+    shape = (2, 2 * groups, 4, 5)
+    layer = to_module(op)
+    x = torch.randn(shape, dtype=torch.float64)
+    torch.testing.assert_close(layer.double()(x), A.apply(op, x), rtol=1e-5, atol=1e-5)  # weights cast to float32
+    assert operator_flops(op, shape) == count_flops(layer, x)
     assert operator_params(op) == sum(p.numel() for p in layer.parameters())
 
 

@@ -39,6 +39,7 @@ from compactify.converter.frontends.fx.nodes import (
     known_size,
     shape_of,
 )
+from compactify.errors import NotContractibleError
 from compactify.registry import Registry
 
 aten = torch.ops.aten
@@ -78,8 +79,9 @@ def _conv(node, data, consts) -> Step:
     need(bias_arg is None or bias is not None)
     nd = weight.dim() - 2
     if node.target is aten.convolution.default:
-        stride, padding, dilation, transposed, _, groups = node.args[3:9]
-        need(not transposed)
+        stride, padding, dilation, transposed, output_padding, groups = node.args[3:9]
+        if transposed:
+            return _transposed_step(node, x, weight, bias, (stride, padding, output_padding, groups, dilation), consts)
     else:
         stride = arg(node, 3, "stride", 1)
         padding = arg(node, 4, "padding", 0)
@@ -97,6 +99,33 @@ def _conv(node, data, consts) -> Step:
 
 def _conv_operator(consts, weight_node, bias, stride, padding, dilation, groups) -> A.AffineConv:
     return A.conv(consts.tensor(weight_node), bias, stride, padding, dilation, groups)
+
+
+@FX_OPS.register(aten.conv_transpose1d.default, aten.conv_transpose2d.input, aten.conv_transpose3d.input)
+def _conv_transpose(node, data, consts) -> Step:
+    need(len(data) == 1 and node.args[0] is data[0])
+    weight = consts.held(node.args[1])
+    need(weight is not None and weight.is_floating_point())
+    bias_arg = arg(node, 2, "bias", None)
+    bias = None if bias_arg is None else consts.tensor(bias_arg)
+    need(bias_arg is None or bias is not None)
+    hyper = [arg(node, i, name, default) for i, name, default in
+             ((3, "stride", 1), (4, "padding", 0), (5, "output_padding", 0), (6, "groups", 1), (7, "dilation", 1))]
+    return _transposed_step(node, data[0], weight, bias, hyper, consts)
+
+
+def _transposed_step(node, x, weight, bias, hyper, consts) -> Step:
+    """``hyper``: stride, padding, output_padding, groups, dilation, as the op lists them."""
+    stride, padding, output_padding, groups, dilation = hyper
+    nd = weight.dim() - 2
+    in_shape = shape_of(x)
+    need(in_shape is not None and len(in_shape) == nd + 2)
+    need(all(isinstance(v, int) for v in A._tuple(padding, nd) + A._tuple(output_padding, nd)))
+    try:  # built now, not when composed like a conv's: whether the algebra writes it decides the step
+        op = A.conv_transpose(weight, bias, stride, padding, output_padding, dilation, groups)
+    except NotContractibleError:
+        raise NotAffine from None  # a crop the algebra does not write: the op stays as it is
+    return Step(node, "conv_transpose", (x,), op, (nd, 1), params=consts.params_of(node.args[1:3]))
 
 
 def _string_padding(mode: str, kernel, dilation) -> A.Pads:

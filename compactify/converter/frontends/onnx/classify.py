@@ -25,6 +25,7 @@ from compactify.converter.engine.graph import Dim, static
 from compactify.converter.engine.op_semantics import INT_MAX, NotAffine, keeps_rows, need, scale_shift, slice_op
 from compactify.converter.engine.steps import Scalar, Step
 from compactify.converter.frontends.onnx.constants import OnnxConstants
+from compactify.errors import NotContractibleError
 from compactify.registry import Registry
 
 ONNX_OPS = Registry("ONNX op")
@@ -92,23 +93,48 @@ def _ints(ctx: Context, name: str) -> list[int] | None:
 
 @ONNX_OPS.register("Conv")
 def _conv(node, data, ctx) -> Step:
+    x, weight, bias, a, shape = _weighted_layer(node, data, ctx)
+    nd = weight.dim() - 2
+    strides = list(a.get("strides", [1] * nd))
+    dilations = list(a.get("dilations", [1] * nd))
+    kernel = list(a.get("kernel_shape", weight.shape[2:]))
+    padding, note = _pads(a, shape[2:], kernel, strides, dilations, label(node))
+    op = A.conv(weight, bias, strides, padding, dilations, int(a.get("group", 1)))
+    need(op.in_channels == static(shape[1]))
+    return Step(node.output[0], "conv", (x,), op, (nd, 1), params=ctx.params(node.input[1:]), size_specific=note)
+
+
+@ONNX_OPS.register("ConvTranspose")
+def _conv_transpose(node, data, ctx) -> Step:
+    x, weight, bias, a, shape = _weighted_layer(node, data, ctx)
+    nd = weight.dim() - 2
+    mode = _decoded(a.get("auto_pad", "NOTSET"))
+    # output_shape and auto_pad SAME_* choose the crop from the input size: left as they are.
+    need("output_shape" not in a and mode in ("NOTSET", "", "VALID"))
+    pads = list(a.get("pads", [0] * (2 * nd))) if mode != "VALID" else [0] * (2 * nd)
+    need(len(pads) == 2 * nd and all(p >= 0 for p in pads))
+    try:
+        op = A.conv_transpose(weight, bias, list(a.get("strides", [1] * nd)), [(pads[i], pads[i + nd]) for i in range(nd)],
+                              list(a.get("output_padding", [0] * nd)), list(a.get("dilations", [1] * nd)),
+                              int(a.get("group", 1)))
+    except NotContractibleError:
+        raise NotAffine from None  # a crop the algebra does not write: the node stays as it is
+    need(op.in_channels == static(shape[1]))
+    return Step(node.output[0], "conv_transpose", (x,), op, (nd, 1), params=ctx.params(node.input[1:]))
+
+
+def _weighted_layer(node, data, ctx):
+    """A Conv or ConvTranspose node's input, constant weight and bias, attributes and input shape."""
     x = _one_data(node, data)
     weight = ctx.tensor(node.input[1])
     need(weight is not None and weight.dim() >= 3)
     bias = ctx.tensor(node.input[2]) if len(node.input) > 2 and node.input[2] else None
     need(len(node.input) <= 2 or not node.input[2] or bias is not None)
     a = _attrs(node)
-    nd = weight.dim() - 2
     shape = ctx.shape(x)
-    need(shape is not None and len(shape) == nd + 2)
-    strides = list(a.get("strides", [1] * nd))
-    dilations = list(a.get("dilations", [1] * nd))
-    kernel = list(a.get("kernel_shape", weight.shape[2:]))
-    need(kernel == list(weight.shape[2:]))
-    padding, note = _pads(a, shape[2:], kernel, strides, dilations, label(node))
-    op = A.conv(weight, bias, strides, padding, dilations, int(a.get("group", 1)))
-    need(op.in_channels == static(shape[1]))
-    return Step(node.output[0], "conv", (x,), op, (nd, 1), params=ctx.params(node.input[1:]), size_specific=note)
+    need(shape is not None and len(shape) == weight.dim())
+    need(list(a.get("kernel_shape", weight.shape[2:])) == list(weight.shape[2:]))
+    return x, weight, bias, a, shape
 
 
 def _pads(a: dict, spatial, kernel, strides, dilations, where: str) -> tuple[list[tuple[int, int]], str | None]:

@@ -121,6 +121,9 @@ def _flops(node: onnx.NodeProto, shapes: dict, consts: OnnxConstants) -> int:
     if node.op_type == "Conv":
         weight = shapes.get(node.input[1])
         return 2 * math.prod(out) * math.prod(weight[1:]) if weight else 0
+    if node.op_type == "ConvTranspose":  # per input sample: weight [in, out/groups, *kernel]
+        weight, x = shapes.get(node.input[1]), shapes.get(node.input[0])
+        return 2 * math.prod(x) * math.prod(weight[1:]) if weight and x else 0
     if node.op_type in ("Gemm", "MatMul"):
         a = shapes.get(node.input[0])
         if not a:

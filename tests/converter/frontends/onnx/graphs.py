@@ -69,6 +69,17 @@ class Builder:
             attrs["pads"] = _pads(pads)
         return self.op("Conv", inputs, **attrs)
 
+    def conv_transpose(self, x: str, cin: int, cout: int, k=2, *, stride=2, pads=None, output_padding=None,
+                       bias: bool = True) -> str:
+        w = self.const(self.weight(cin, cout, k, k), "w")
+        inputs = [x, w] + ([self.const(self.weight(cout, fan_in=1) * 0.5, "b")] if bias else [])
+        attrs = {"kernel_shape": [k, k], "strides": _pair(stride)}
+        if pads is not None:
+            attrs["pads"] = _pads(pads)
+        if output_padding is not None:
+            attrs["output_padding"] = _pair(output_padding)
+        return self.op("ConvTranspose", inputs, **attrs)
+
     def batchnorm(self, x: str, c: int) -> str:
         scale = (self.rng.random(c) + 0.5).astype(np.float32)
         shift = (self.rng.standard_normal(c) * 0.5).astype(np.float32)
@@ -265,6 +276,18 @@ def conv_bn_chain(*, opset=NEWEST, batch="N", seed=0) -> onnx.ModelProto:
     y = b.batchnorm(b.conv(y, 8, 5, 1, bias=True), 5)
     b.nodes[-1].output[0] = "y"
     return b.model([("x", [batch, 3, 9, 9])], ["y"])
+
+
+def conv_transpose_bn(*, k=3, stride=2, pads=None, output_padding=None, bias=False, then_1x1=False, opset=NEWEST,
+                      batch="N", seed=0) -> onnx.ModelProto:
+    """ConvTranspose -> BatchNormalization (-> Conv 1x1): an upsampling layer as exported."""
+    b = Builder(seed, opset)
+    y = b.batchnorm(b.conv_transpose("x", 3, 6, k, stride=stride, pads=pads, output_padding=output_padding,
+                                     bias=bias), 6)
+    if then_1x1:
+        y = b.conv(y, 6, 4, 1)
+    b.nodes[-1].output[0] = "y"
+    return b.model([("x", [batch, 3, 5, 6])], ["y"])
 
 
 def mul_add_bn(*, opset=NEWEST, batch="N", seed=0, sub: bool = False) -> onnx.ModelProto:

@@ -169,6 +169,26 @@ def test_batchnorm_folds(opset):
     assert G.ops_of(r.compact) == ["Conv"]
 
 
+@pytest.mark.parametrize("kwargs", [
+    {},
+    {"pads": (1, 0, 0, 1), "output_padding": 1, "bias": True},  # asymmetric crop, as ONNX allows
+    {"k": 2, "pads": 0, "then_1x1": True},
+    {"k": 4, "stride": (2, 3), "pads": 1, "opset": 11},
+], ids=["plain", "asymmetric-pads", "then-1x1", "strides-opset11"])
+def test_batchnorm_folds_into_a_conv_transpose(kwargs):
+    r = check(G.conv_transpose_bn(**kwargs))
+    assert G.ops_of(r.compact) == ["ConvTranspose"] and kinds(r) == ["dense"]
+
+
+def test_bias_before_a_conv_transpose_stays():
+    """A BatchNorm's shift before a stride-2 ConvTranspose would land on the zeros it inserts."""
+    b = G.Builder(0)
+    b.conv_transpose(b.batchnorm("x", 3), 3, 6, 2)
+    b.nodes[-1].output[0] = "y"
+    r = check(b.model([("x", ["N", 3, 5, 6])], ["y"]))
+    assert G.ops_of(r.compact) == ["BatchNormalization", "ConvTranspose"]
+
+
 @pytest.mark.parametrize("sub", [False, True])
 def test_batchnorm_written_as_mul_add(sub):
     r = check(G.mul_add_bn(sub=sub))
