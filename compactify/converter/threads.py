@@ -5,13 +5,20 @@ torch's default is one thread per core of the machine. On a shared machine that 
 torch's threads wait for each other at every operator while the other work holds the cores, and a
 float64 convolution then took 10x its time (a conversion measured 2 min 12 s at load 5 to 7 on 2
 cores, against 17 s quiet). So a conversion counts the cores of its affinity mask, takes away those
-the 1-minute load average says are busy with something else, and keeps at least one.
+busy with something else right now, and keeps at least one.
+
+"Right now" is the count of runnable threads the kernel reports (/proc/loadavg), less this one,
+sampled a few times over a tenth of a second: the 1-minute load average still counts work that has
+ended (a conversion right after another one got one thread of two on a quiet machine). Where that
+count is not available, the 1-minute average stands in.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import statistics
+import time
 from typing import Iterator
 
 import torch
@@ -30,13 +37,37 @@ def conversion_threads(current: int | None = None) -> int:
     """Threads for torch: the usable cores less the busy ones, at least 1, never more than ``current``
     (torch's setting, which the user may have lowered with OMP_NUM_THREADS or torch.set_num_threads)."""
     cores = usable_cores()
-    try:
-        # This process is mostly idle while it loads, so the load average is the others' work.
-        busy = int(os.getloadavg()[0])
-    except OSError:
-        busy = 0
+    busy = busy_cores()
     free = max(1, cores - busy)
     return max(1, min(free, current if current else cores))
+
+
+def busy_cores(samples: int = 5, every_s: float = 0.02) -> int:
+    """Cores other work keeps busy now: the median of ``samples`` counts of runnable threads but this
+    one, or the 1-minute load average where the kernel does not give that count."""
+    counts = []
+    for i in range(samples):
+        running = runnable_threads()
+        if running is None:
+            break
+        counts.append(max(0, running - 1))
+        if i < samples - 1:
+            time.sleep(every_s)
+    if counts:
+        return int(statistics.median(counts))
+    try:
+        return int(os.getloadavg()[0])
+    except OSError:
+        return 0
+
+
+def runnable_threads() -> int | None:
+    """Threads runnable on the whole machine at this moment (this one among them), or None."""
+    try:
+        with open("/proc/loadavg", encoding="ascii") as fh:
+            return int(fh.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 @contextlib.contextmanager

@@ -72,17 +72,33 @@ def test_progress_off_never_prints():
     assert out.getvalue() == "" and stages.rounded() == {"export": 10.0}
 
 
-@pytest.mark.parametrize("cores, load, current, expected", [
-    (2, 0.3, 2, 2),   # quiet: every core of the affinity mask
-    (2, 1.6, 2, 1),   # one core busy with other work
-    (2, 6.5, 2, 1),   # load 6.5 on 2 cores: never below one
-    (8, 2.0, 4, 4),   # never more than torch was set to
-    (4, 0.0, None, 4),
+@pytest.mark.parametrize("cores, running, current, expected", [
+    (2, [1, 1, 1, 1, 1], 2, 2),   # quiet: this thread alone runs, every core of the affinity mask
+    (2, [2, 2, 1, 2, 3], 2, 1),   # one core busy with other work (the median of the samples)
+    (2, [8, 7, 8, 9, 8], 2, 1),   # 7 others on 2 cores: never below one
+    (8, [3, 3, 3, 3, 3], 4, 4),   # never more than torch was set to
+    (4, [1, 2, 1, 1, 9], None, 4),  # a passing spike is not the load
 ])
-def test_conversion_threads(monkeypatch, cores, load, current, expected):
+def test_conversion_threads(monkeypatch, cores, running, current, expected):
+    samples = iter(running)
     monkeypatch.setattr(threads, "usable_cores", lambda: cores)
-    monkeypatch.setattr(threads.os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(threads, "runnable_threads", lambda: next(samples))
+    monkeypatch.setattr(threads.time, "sleep", lambda s: None)
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: pytest.fail("the 1-minute average is the fallback"))
     assert threads.conversion_threads(current) == expected
+
+
+@pytest.mark.parametrize("load, expected", [(0.3, 2), (1.6, 1)])
+def test_without_a_runnable_count_the_load_average_stands_in(monkeypatch, load, expected):
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    monkeypatch.setattr(threads, "runnable_threads", lambda: None)
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (load, load, load))
+    assert threads.conversion_threads(2) == expected
+
+
+def test_the_runnable_count_is_read_off_this_machine():
+    count = threads.runnable_threads()
+    assert count is None or count >= 1  # this test's own thread is running
 
 
 def test_thread_limit_is_restored(monkeypatch):
