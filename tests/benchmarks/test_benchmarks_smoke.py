@@ -47,6 +47,9 @@ def test_conversion_cost_times_a_conversion_against_one_export(bench_modules, tm
     assert shares["capture"] > 0 and shares["check"] > 0 and shares["export"] > 0
     assert row["onnx_extra_mb"] > 0 and row["onnx_memory_x"] == pytest.approx(row["onnx_extra_mb"] / row["checkpoint_mb"])
     assert len(row["runs"]["convert"]) == 1 and row["runs"]["export"][0]["rss_before_mb"] > 0
+    assert row["onnx_peak_x"] == pytest.approx(row["runs"]["convert"][0]["peak_mb"] / row["export_peak_mb"])
+    assert [m._name(*c[:2], c[3]) for c in m.CURVE] == ["smallnet7-cl", "mobilenetv2-cl", "resnet18-cl-r2",
+                                                        "resnet18-cl", "resnet18-cl-r7"]
 
 
 def test_fidelity_measures_both_errors(bench_modules):
