@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from compactify.converter.engine import algebra as A
 from compactify.converter.engine.exactness import (
     EXACT_REL,
     EXACT_RULE,
@@ -66,6 +67,9 @@ def check_regions(gm: fx.GraphModule, decisions, profile, truncated: bool = Fals
         if shape is None or not shape:
             row.skipped = "the region's input shape is unknown"
             continue
+        if d.folded_into:
+            row.skipped = f"folded into {', '.join(d.folded_into)}: checked there"
+            continue
         try:
             _, outside = part_nodes(region.entry, region.exit, profile.scalars)
         except NotIsolated as exc:
@@ -74,11 +78,12 @@ def check_regions(gm: fx.GraphModule, decisions, profile, truncated: bool = Fals
         # Batch 1 is enough for a linear map; a part that takes a size from outside (a reshape to
         # the graph's batch), or holds the captured batch as a constant (a program exported with a
         # static batch), runs at the profiled shape instead.
+        shape = _lead_input(d, shape)
         shapes = [tuple(shape)] if outside or shape[0] == 1 else [(1, *shape[1:]), tuple(shape)]
         for j, trial in enumerate(shapes):
             x = example_input(trial, seed=REGION_SEED + i)  # float32 values, exact in float64 too
             try:
-                ref = run_part(gm, region.entry, region.exit, x, torch.float64, profile.scalars)
+                ref = run_part(gm, region.entry, region.exit, _led(d, x), torch.float64, profile.scalars)
                 break
             except RuntimeError:
                 if j == len(shapes) - 1:
@@ -101,10 +106,25 @@ def check_regions(gm: fx.GraphModule, decisions, profile, truncated: bool = Fals
             continue
         row.max_abs, row.max_rel_error = relative_error(got, ref)
         if not within(row.max_rel_error, 0.0):
-            own = run_part(gm, region.entry, region.exit, x, torch.float32, profile.scalars)
+            own = run_part(gm, region.entry, region.exit, _led(d, x).float(), torch.float32, profile.scalars)
             row.layers_float32_rel = relative_error(own, ref)[1]
         del ref, got
     return out
+
+
+def _lead_input(d, shape) -> tuple[int, ...]:
+    """The shape the merged layer reads: the entry's, with the channels of the lead's input where a
+    fold moved a channel-mixing layer here (a Linear folded into q, k and v)."""
+    if d.lead is None or d.lead.in_channels == d.lead.out_channels:
+        return tuple(shape)
+    axis = d.composition.family[1] if d.lead.ndim else len(shape) - 1
+    return tuple(d.lead.in_channels if i == axis else n for i, n in enumerate(shape))
+
+
+def _led(d, x: torch.Tensor) -> torch.Tensor:
+    """What the region's own layers read when its merged layer reads ``x``: ``x`` itself, or, where
+    a fold moved an affine here from before the region (engine.fold), that affine of ``x``."""
+    return x if d.lead is None else A.apply(d.lead, x.double())
 
 
 # --------------------------------------------------------------------------- network
