@@ -11,8 +11,13 @@ import pytest
 import torch
 from torch import nn
 
+from compactify.converter.engine.exactness import RegionCheck, withdraw_failed
 from compactify.converter.engine.op_semantics import permuted_axes, reshaped_axes
-from compactify.converter.pipeline.contraction import contract, contract_onnx
+from compactify.converter.pipeline.contraction import (
+    contract,
+    contract_onnx,
+    plan_contraction,
+)
 from compactify.measure.onnx_float64 import Float64Reference
 
 from .frontends.onnx.test_onnx_constructs import ort_run
@@ -259,3 +264,12 @@ def test_a_reshape_keeps_an_axis_only_where_it_stays_whole(before, after, channe
 
 def test_a_permute_moves_each_axis_whole():
     assert permuted_axes([0, 2, 3, 1]) == (0, 3, 1, 2)  # NCHW -> NHWC: channels go last
+
+
+def test_a_fold_is_withdrawn_whole_when_one_reader_fails_its_check():
+    planned = plan_contraction(ReducedAttention(), (2, 3, 4, 4))
+    failed = RegionCheck("k", "dense", [1, 4, 8], max_rel_error=1.0)
+    plan, told = withdraw_failed(planned.decisions, [failed])
+    kinds = {d.region.name: d.kind for d in plan}
+    assert all(kinds[n] == "keep" for n in ("norm1", "norm", "q", "k", "v")), kinds
+    assert not any(d.lead is not None or d.folded_into for d in plan) and len(told) == 5

@@ -300,7 +300,8 @@ def _unit_plan(decision, unit, entry, region, allow_approximate, dynamic_hw) -> 
 def withdraw(decision: Decision, why: str) -> Decision:
     """A new decision that keeps the region's own layers in place of a merge its check refused."""
     return dataclasses.replace(
-        decision, kind="keep", module=None, operator=None, factors=None, stopped_by="withdrawn",
+        decision, kind="keep", module=None, operator=None, factors=None, stopped_by="withdrawn", lead=None,
+        folded_into=(),
         params_after=decision.params_before, flops_after=decision.flops_before,
         reason=f"merge withdrawn: {why}; the region keeps its own layers (a bug in compactify: please report it "
                "with the model)",
