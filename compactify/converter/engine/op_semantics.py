@@ -141,11 +141,11 @@ def reshaped_axes(in_shape: Sequence[Dim], out_shape: Sequence[Dim]) -> tuple[in
     for i, size in enumerate(in_shape):
         prefix = _product(in_shape[:i])
         match = [j for j, p in enumerate(out_prefix) if p == prefix and str(out_shape[j]) == str(size)]
-        axes.append(match[0] if static(size) is not None and prefix is not None and match else None)
+        axes.append(match[0] if static(size) is not None and match else None)
     return tuple(axes)
 
 
-def _product(dims: Sequence[Dim]) -> tuple[int, tuple[str, ...]] | None:
+def _product(dims: Sequence[Dim]) -> tuple[int, tuple[str, ...]]:
     """A product of dims as (the static part, the sorted symbols); size-1 dims drop out."""
     number, symbols = 1, []
     for d in dims:
