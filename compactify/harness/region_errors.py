@@ -88,7 +88,8 @@ def region_errors(
         notes.append(f"{', '.join(folded)}: merged with a layer before them folded in, checked with the whole network")
     merged = [d for d in plan if d.kind == "dense" and d.lead is None]
     if not merged:
-        return [], ["no region of this model is merged: there is nothing to check region by region"]
+        nothing = "no other region" if folded else "no region of this model"
+        return [], notes + [f"{nothing} is merged: there is nothing to check region by region"]
 
     shipped = _shipped_state(compact_pt2, notes)
     wanted = {n.name for d in merged for n in (d.region.entry, d.region.exit)}
