@@ -81,9 +81,15 @@ def region_errors(
     notes: list[str] = []
     planned = plan_contraction(model, tuple(int(d) for d in input_shape), allow_approximate)
     gm, plan = planned.captured.gm, planned.decisions
-    merged = [d for d in plan if d.kind == "dense"]
+    # A merge with a layer before it folded in (engine.fold) reads a tensor the source graph never
+    # computes (its entry without that layer), so it has no recorded input here.
+    folded = [d.region.name for d in plan if d.kind == "dense" and d.lead is not None]
+    if folded:
+        notes.append(f"{', '.join(folded)}: merged with a layer before them folded in, checked with the whole network")
+    merged = [d for d in plan if d.kind == "dense" and d.lead is None]
     if not merged:
-        return [], ["no region of this model is merged: there is nothing to check region by region"]
+        nothing = "no other region" if folded else "no region of this model"
+        return [], notes + [f"{nothing} is merged: there is nothing to check region by region"]
 
     shipped = _shipped_state(compact_pt2, notes)
     wanted = {n.name for d in merged for n in (d.region.entry, d.region.exit)}

@@ -25,11 +25,12 @@ def catalog(name: str) -> nn.Module:
     return FAMILIES[name].build()
 
 
-def timm_model(name: str, size: int = TIMM_INPUT[-1], seed: int = 0) -> nn.Module:
-    """A timm model with random weights and BatchNorm statistics far from the identity."""
+def timm_model(name: str, size: int = TIMM_INPUT[-1], seed: int = 0, **model_kwargs) -> nn.Module:
+    """A timm model with random weights and BatchNorm statistics far from the identity;
+    ``model_kwargs`` go to timm's constructor (Next-ViT's ``depths``, to keep a test small)."""
     import torch
 
-    kwargs = {"num_classes": 10}
+    kwargs = {"num_classes": 10, **model_kwargs}
     if name.startswith("levit"):
         kwargs["img_size"] = size
     with torch.random.fork_rng(devices=[]):

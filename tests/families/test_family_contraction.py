@@ -55,6 +55,26 @@ def test_timm_family_contracts_to_timm_deploy_size(name):
     assert not unwritten_ops(r.compact)  # the fx writer takes every op: no torch.onnx.export fallback
 
 
+def _batchnorms(module: torch.nn.Module) -> int:
+    """BatchNorm layers, as modules and as ops of a captured graph."""
+    layers = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules())
+    graph = getattr(module, "graph", None)
+    ops = 0 if graph is None else sum(n.op == "call_function" and "batch_norm" in str(n.target) for n in graph.nodes)
+    return layers + ops
+
+
+def test_next_vit_pre_batchnorms_fold_as_its_merge_pre_bn_does():
+    # Next-ViT's reparameterize folds norm1 (through reshape and transpose) into q, k and v, the
+    # attention's BatchNorm1d (after its AvgPool1d) into k and v, and norm2 and the conv block's norm
+    # into the MLP (issue 23). One block of each kind per stage: sr_ratio 4, 2 and 1 all appear.
+    model = timm_model("nextvit_small", depths=(1, 1, 5, 1))
+    deploy = timm_deploy(model)
+    r = _check(model, param_count(deploy), TIMM_INPUT)
+    # All that is left is the BatchNorm before the head's global pool, which Next-ViT keeps too.
+    assert _batchnorms(r.compact) == 1 < _batchnorms(deploy)
+    assert sorted(d.region.name.rsplit(".", 1)[-1] for d in r.decisions if d.folded_into) == ["norm"] * 2 + ["norm1"] * 3
+
+
 def test_torchvision_shufflenet_channel_shuffle_keeps_its_layout():
     # transpose -> contiguous -> view: removing the contiguous broke the view (issue 11).
     model = torchvision_shufflenet()

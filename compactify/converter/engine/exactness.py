@@ -75,18 +75,32 @@ def withdraw_failed(decisions: list[Decision], regions: list[RegionCheck]) -> tu
     region's own layers instead, and what the user is told of each. A merge the user chose knowing it
     is approximate (--allow-approximate) stays."""
     failed = {r.name: r for r in regions if r.exact_claimed and not r.passed}
+    folds = _fold_partners(decisions, set(failed))
     plan, told = [], []
     for d in decisions:
         r = failed.get(d.region.name)
-        if r is None or d.kind not in ("dense", "removed"):
+        if (r is None and d.region.name not in folds) or d.kind not in ("dense", "removed"):
             plan.append(d)
             continue
         why = (f"its float64 check found it {r.max_rel_error:.2e} (of its output scale) off its own layers, more than "
                f"{SOURCE_ERROR_FACTOR:g}x their float32 error ({r.layers_float32_rel or 0.0:.2e}) and above "
-               f"{EXACT_REL:g}")
+               f"{EXACT_REL:g}") if r is not None else f"it was folded together with {folds[d.region.name]}, which failed"
         plan.append(withdraw(d, why))
-        told.append(f"region {r.name}: {plan[-1].reason}")
+        told.append(f"region {d.region.name}: {plan[-1].reason}")
     return plan, told
+
+
+def _fold_partners(decisions: list[Decision], failed: set[str]) -> dict[str, str]:
+    """A fold (engine.fold) stands or falls whole: the regions folded away (each names all the readers
+    it went into) and those readers are withdrawn with any one of them that failed. Maps each
+    partner to the failed one."""
+    partners: dict[str, str] = {}
+    for d in decisions:
+        group = {d.region.name, *d.folded_into} if d.folded_into else set()
+        hit = sorted(group & failed)
+        if hit:
+            partners.update({name: hit[0] for name in group - failed})
+    return partners
 
 
 def check_warnings(network: NetworkCheck) -> list[str]:

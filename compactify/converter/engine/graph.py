@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Hashable, Union
 
-from compactify.converter.engine.steps import Step
+from compactify.converter.engine.steps import Layout, Step
 
 # A dimension: an int, or the name of a symbolic one (the batch, a dynamic H).
 Dim = Union[int, str]
@@ -27,6 +27,8 @@ class AffineGraph:
     labels: dict[Hashable, str] = field(default_factory=dict)  # the layer a node came from, as the user named it
     op_names: dict[Hashable, str] = field(default_factory=dict)  # "relu", "input", "output", ...
     param_sizes: dict[str, int] = field(default_factory=dict)  # every parameter a step may name
+    layouts: dict[Hashable, Layout] = field(default_factory=dict)  # the nodes that only move data
+    shape_reads: set[Hashable] = field(default_factory=set)  # nodes that read only their input's shape
 
     def describe(self, node: Hashable) -> str:
         return self.labels.get(node, str(node))

@@ -110,3 +110,47 @@ def _clamp(index: int, n: int) -> int:
     if index < 0:
         index += n
     return max(0, min(index, n))
+
+
+# ---------------------------------------------------------------------------------------
+# Where a layout op puts each input axis
+
+
+def permuted_axes(perm: Sequence[int]) -> tuple[int, ...]:
+    """``axes`` of a permute (or a transpose written as one): input axis ``i`` goes whole to the
+    output axis that names it."""
+    rank = len(perm)
+    perm = [p % rank for p in perm]
+    need(sorted(perm) == list(range(rank)))
+    return tuple(perm.index(i) for i in range(rank))
+
+
+def transposed_perm(rank: int, a: int, b: int) -> list[int]:
+    perm = list(range(rank))
+    perm[a % rank], perm[b % rank] = perm[b % rank], perm[a % rank]
+    return perm
+
+
+def reshaped_axes(in_shape: Sequence[Dim], out_shape: Sequence[Dim]) -> tuple[int | None, ...]:
+    """``axes`` of a row-major reshape (view, flatten, unflatten, squeeze): an input axis stays
+    whole where some output axis has its size and the axes before both hold as many elements.
+    The element counts are compared as products of the symbolic dims, so the answer holds at
+    every input size, not only at the traced one."""
+    out_prefix = [_product(out_shape[:j]) for j in range(len(out_shape))]
+    axes = []
+    for i, size in enumerate(in_shape):
+        prefix = _product(in_shape[:i])
+        match = [j for j, p in enumerate(out_prefix) if p == prefix and str(out_shape[j]) == str(size)]
+        axes.append(match[0] if static(size) is not None and match else None)
+    return tuple(axes)
+
+
+def _product(dims: Sequence[Dim]) -> tuple[int, tuple[str, ...]]:
+    """A product of dims as (the static part, the sorted symbols); size-1 dims drop out."""
+    number, symbols = 1, []
+    for d in dims:
+        if static(d) is not None:
+            number *= d
+        else:
+            symbols.append(str(d))
+    return number, tuple(sorted(symbols))

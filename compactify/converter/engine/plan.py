@@ -55,6 +55,11 @@ class Decision:
     # What ends the region on either side (the ops that are not affine, or not read as such),
     # taken from the graph before it is rewritten.
     bounds: dict = field(default_factory=dict)
+    # The affine a fold moved here from before the region's entry (a BatchNorm before a transpose,
+    # engine.fold): the merged layer computes the region applied to ``lead(entry)``.
+    lead: A.AffineConv | None = None
+    # A region removed because its operator went into the layers that read it: their names.
+    folded_into: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not self.bounds:
@@ -84,6 +89,8 @@ class Decision:
         }
         if self.kind == "keep":
             entry["stopped_by"] = self.stopped_by
+        if self.folded_into:
+            entry["folded_into"] = list(self.folded_into)
         entry.update(self.bounds)
         if self.kind in ("dense", "factored"):
             entry["exact_at"] = "traced input size only" if self.size_notes else "every input size"
@@ -162,8 +169,12 @@ def _same_shape(graph: AffineGraph, a: Hashable, b: Hashable) -> bool:
 
 
 def plan_graph(graph: AffineGraph, allow_approximate: bool = False, dynamic_hw: bool = False) -> list[Decision]:
-    """The decisions for every linear region of ``graph``, in graph order."""
-    return [d for r in find_regions(graph) for d in plan_region(r, allow_approximate, dynamic_hw)]
+    """The decisions for every linear region of ``graph``, in graph order, with each region whose
+    operator can go into all the layers that read it folded there where that pays (engine.fold)."""
+    from compactify.converter.engine.fold import fold_forward  # fold builds on this module's decide
+
+    decisions = [d for r in find_regions(graph) for d in plan_region(r, allow_approximate, dynamic_hw)]
+    return fold_forward(graph, decisions, allow_approximate, dynamic_hw)
 
 
 def plan_region(
@@ -289,7 +300,8 @@ def _unit_plan(decision, unit, entry, region, allow_approximate, dynamic_hw) -> 
 def withdraw(decision: Decision, why: str) -> Decision:
     """A new decision that keeps the region's own layers in place of a merge its check refused."""
     return dataclasses.replace(
-        decision, kind="keep", module=None, operator=None, factors=None, stopped_by="withdrawn",
+        decision, kind="keep", module=None, operator=None, factors=None, stopped_by="withdrawn", lead=None,
+        folded_into=(),
         params_after=decision.params_before, flops_after=decision.flops_before,
         reason=f"merge withdrawn: {why}; the region keeps its own layers (a bug in compactify: please report it "
                "with the model)",

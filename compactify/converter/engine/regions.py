@@ -95,7 +95,7 @@ def _entries(graph, steps, materialized) -> dict[Node, Node] | None:
     return entry
 
 
-def _users(graph: AffineGraph, node: Node, steps) -> list[Node]:
+def step_users(graph: AffineGraph, node: Node, steps) -> list[Node]:
     """Users as the steps see them: a node that only feeds steps reading ``node`` (decomposed
     BatchNorm's ``getitem``, the ``stack`` of a stacked sum) is looked through, and the nodes a
     step absorbs (the border writes of a BN-and-pad) are part of it."""
@@ -115,7 +115,7 @@ def _users(graph: AffineGraph, node: Node, steps) -> list[Node]:
 def _materialize(graph, steps, entry, materialized) -> bool:
     grew = False
     for node in steps:
-        if node not in materialized and any(u not in steps for u in _users(graph, node, steps)):
+        if node not in materialized and any(u not in steps for u in step_users(graph, node, steps)):
             materialized.add(node)
             grew = True
     exits: dict[Node, set[Node]] = {}
@@ -126,7 +126,7 @@ def _materialize(graph, steps, entry, materialized) -> bool:
             exits[node] = {node}
             continue
         reach = set()
-        for u in _users(graph, node, steps):
+        for u in step_users(graph, node, steps):
             reach |= exits.get(u, set())
         if len(reach) > 1:
             materialized.add(node)

@@ -52,3 +52,16 @@ class Step:
     def merges(self) -> bool:
         """Whether the step combines several tensors (a sum or a channel concatenation)."""
         return self.kind in ("sum", "concat")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A node that only moves data (transpose, permute, a reshape, a contiguous copy): not a
+    step, but a per-channel affine before it is the same affine after it on the axis the
+    channels went to, and so can be folded past it (Next-ViT's ``merge_pre_bn``).
+
+    ``axes[i]`` is the output axis that holds input axis ``i`` whole and in order, or None where
+    the op splits it or merges it with a neighbour."""
+
+    data: Hashable
+    axes: tuple[int | None, ...]

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from compactify.converter.engine import algebra as A
 from compactify.converter.engine.exactness import (
     EXACT_REL,
     EXACT_RULE,
@@ -69,6 +70,9 @@ def check_regions(gm: fx.GraphModule, decisions, profile, truncated: bool = Fals
         if shape is None or not shape:
             row.skipped = "the region's input shape is unknown"
             continue
+        if d.folded_into:
+            row.skipped = f"folded into {', '.join(d.folded_into)}: checked there"
+            continue
         try:
             _, outside = part_nodes(region.entry, region.exit, profile.scalars)
         except NotIsolated as exc:
@@ -77,6 +81,7 @@ def check_regions(gm: fx.GraphModule, decisions, profile, truncated: bool = Fals
         # Batch 1 is enough for a linear map; a part that takes a size from outside (a reshape to
         # the graph's batch), or holds the captured batch as a constant (a program exported with a
         # static batch), runs at the profiled shape instead.
+        shape = _lead_input(d, shape)
         shapes = [tuple(shape)] if outside or shape[0] == 1 else [(1, *shape[1:]), tuple(shape)]
         if not outside:
             smaller = region_check_shape(d, shapes[0])
@@ -84,7 +89,7 @@ def check_regions(gm: fx.GraphModule, decisions, profile, truncated: bool = Fals
         for j, trial in enumerate(shapes):
             x = example_input(trial, seed=REGION_SEED + i)  # float32 values, exact in float64 too
             try:
-                ref = run_part(gm, region.entry, region.exit, x, torch.float64, profile.scalars)
+                ref = run_part(gm, region.entry, region.exit, _led(d, x), torch.float64, profile.scalars)
                 break
             except RuntimeError:
                 if j == len(shapes) - 1:
@@ -107,7 +112,7 @@ def check_regions(gm: fx.GraphModule, decisions, profile, truncated: bool = Fals
             continue
         row.max_abs, row.max_rel_error = relative_error(got, ref)
         if not within(row.max_rel_error, 0.0):
-            own = run_part(gm, region.entry, region.exit, x, torch.float32, profile.scalars)
+            own = run_part(gm, region.entry, region.exit, _led(d, x).float(), torch.float32, profile.scalars)
             row.layers_float32_rel = relative_error(own, ref)[1]
         del ref, got
     return out
@@ -122,7 +127,7 @@ def region_check_shape(decision, shape: tuple[int, ...]) -> tuple[int, ...]:
     costs as much as the network's. A merge exact only at the traced size is checked there."""
     op = decision.operator
     if (decision.kind != "dense" or op is None or decision.size_notes or op.ndim == 0
-            or len(shape) != op.ndim + 2):
+            or len(shape) != op.ndim + 2 or decision.lead is not None):  # a fold's lead: checked as traced
         return tuple(shape)
     spatial = []
     for n, (before, after), span, stride in zip(shape[2:], op.padding, op.span, op.stride):
@@ -130,6 +135,21 @@ def region_check_shape(decision, shape: tuple[int, ...]) -> tuple[int, ...]:
         least = max(1, (border + REGION_INTERIOR - 1) * stride + span - before - after)
         spatial.append(n if least >= n else least + (n - least) % stride)
     return (*shape[:2], *spatial)
+
+
+def _lead_input(d, shape) -> tuple[int, ...]:
+    """The shape the merged layer reads: the entry's, with the channels of the lead's input where a
+    fold moved a channel-mixing layer here (a Linear folded into q, k and v)."""
+    if d.lead is None or d.lead.in_channels == d.lead.out_channels:
+        return tuple(shape)
+    axis = d.composition.family[1] if d.lead.ndim else len(shape) - 1
+    return tuple(d.lead.in_channels if i == axis else n for i, n in enumerate(shape))
+
+
+def _led(d, x: torch.Tensor) -> torch.Tensor:
+    """What the region's own layers read when its merged layer reads ``x``: ``x`` itself, or, where
+    a fold moved an affine here from before the region (engine.fold), that affine of ``x``."""
+    return x if d.lead is None else A.apply(d.lead, x.double())
 
 
 # --------------------------------------------------------------------------- network

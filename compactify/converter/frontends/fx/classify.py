@@ -26,10 +26,13 @@ from compactify.converter.engine.op_semantics import (
     NotAffine,
     keeps_rows,
     need,
+    permuted_axes,
+    reshaped_axes,
     scale_shift,
     slice_op,
+    transposed_perm,
 )
-from compactify.converter.engine.steps import Scalar, Step
+from compactify.converter.engine.steps import Layout, Scalar, Step
 from compactify.converter.frontends.fx.border_writes import border_fill
 from compactify.converter.frontends.fx.constants import Constants
 from compactify.converter.frontends.fx.nodes import (
@@ -310,6 +313,43 @@ def _reshape(node, data, consts) -> Step:
     in_shape, out_shape = shape_of(x), shape_of(node)
     family = keeps_rows(None if in_shape is None else engine_dims(in_shape), None if out_shape is None else engine_dims(out_shape))
     return Step(node, "reshape", (x,), Scalar(), family)
+
+
+# ---------------------------------------------------------------------------------------
+# Nodes that only move data: where each input axis goes (engine.fold carries a per-channel
+# affine past them). Views and copies alike: the values, not the memory layout, are what count.
+
+_RESHAPES = (aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.flatten.using_ints,
+             aten.unflatten.int, aten.reshape_as.default, aten.view_as.default, aten.squeeze.default,
+             aten.squeeze.dim, aten.squeeze.dims, aten.unsqueeze.default)
+_COPIES = (aten.clone.default, aten.contiguous.default, aten.alias.default, aten.detach.default)
+
+
+def layout_of(node: fx.Node, consts: Constants) -> Layout | None:
+    """Where this node puts each axis of its one tensor input, if it only moves data."""
+    if node.op != "call_function" or node in consts or not node.args or not isinstance(node.args[0], fx.Node):
+        return None
+    x = node.args[0]
+    in_shape, out_shape = shape_of(x), shape_of(node)
+    if x in consts or in_shape is None or out_shape is None:
+        return None
+    target, rank = node.target, len(in_shape)
+    try:
+        if target in _COPIES:
+            axes = tuple(range(rank))
+        elif target is aten.transpose.int:
+            axes = permuted_axes(transposed_perm(rank, arg(node, 1, "dim0", 0), arg(node, 2, "dim1", 1)))
+        elif target is aten.permute.default:
+            axes = permuted_axes(list(arg(node, 1, "dims", ())))
+        elif target is aten.t.default and rank == 2:
+            axes = (1, 0)
+        elif target in _RESHAPES:
+            axes = reshaped_axes(engine_dims(in_shape), engine_dims(out_shape))
+        else:
+            return None
+    except NotAffine:
+        return None
+    return Layout(x, axes)
 
 
 @FX_OPS.register(aten.slice.Tensor)

@@ -7,7 +7,7 @@ from torch import fx
 
 from compactify.converter.engine.graph import AffineGraph
 from compactify.converter.engine.steps import Step
-from compactify.converter.frontends.fx.classify import classify
+from compactify.converter.frontends.fx.classify import classify, layout_of
 from compactify.converter.frontends.fx.constants import Constants
 from compactify.converter.frontends.fx.functionalize import mutated_aliases
 from compactify.converter.frontends.fx.nodes import describe, engine_dims, shape_of
@@ -38,18 +38,24 @@ def affine_graph(gm: fx.GraphModule, example: torch.Tensor) -> tuple[AffineGraph
         shape = shape_of(node)
         if shape is not None:
             shapes[node] = engine_dims(shape)
+    consts = Constants(gm)
     graph = AffineGraph(
         nodes=nodes,
         users={n: list(n.users) for n in nodes},
-        steps=classify_steps(gm, Constants(gm)),
+        steps=classify_steps(gm, consts),
         shapes=shapes,
         example_shapes=dict(profile.shapes),
         flops=dict(profile.flops),
         labels={n: describe(n) for n in nodes},
         op_names={n: _op_name(n) for n in nodes},
         param_sizes={name: p.numel() for name, p in gm.named_parameters()},
+        layouts={n: layout for n in nodes if (layout := layout_of(n, consts)) is not None},
+        shape_reads={n for n in nodes if n.target in _SHAPE_READS},
     )
     return graph, profile
+
+
+_SHAPE_READS = (torch.ops.aten.sym_size.int, torch.ops.aten.sym_numel.default, torch.ops.aten.sym_stride.int)
 
 
 def _op_name(node: fx.Node) -> str:

@@ -22,8 +22,17 @@ from onnx import helper
 
 from compactify.converter.engine import algebra as A
 from compactify.converter.engine.graph import Dim, static
-from compactify.converter.engine.op_semantics import INT_MAX, NotAffine, keeps_rows, need, scale_shift, slice_op
-from compactify.converter.engine.steps import Scalar, Step
+from compactify.converter.engine.op_semantics import (
+    INT_MAX,
+    NotAffine,
+    keeps_rows,
+    need,
+    permuted_axes,
+    reshaped_axes,
+    scale_shift,
+    slice_op,
+)
+from compactify.converter.engine.steps import Layout, Scalar, Step
 from compactify.converter.frontends.onnx.constants import OnnxConstants
 from compactify.errors import NotContractibleError
 from compactify.registry import Registry
@@ -278,6 +287,31 @@ def _reshape(node, data, ctx) -> Step:
     x = _one_data(node, data)
     family = keeps_rows(ctx.shape(x), ctx.shape(node.output[0]))
     return Step(node.output[0], "reshape", (x,), Scalar(), family)
+
+
+def layout_of(node: onnx.NodeProto, ctx: Context) -> Layout | None:
+    """Where a node that only moves data (Transpose, Reshape, Flatten, Squeeze, Unsqueeze,
+    Identity) puts each axis of its one tensor input (engine.fold carries a per-channel affine
+    past it)."""
+    if node.domain not in ("", "ai.onnx") or not node.input or not node.output:
+        return None
+    x = node.input[0]
+    in_shape, out_shape = ctx.shape(x), ctx.shape(node.output[0])
+    if x in ctx.consts or in_shape is None or out_shape is None:
+        return None
+    try:
+        if node.op_type == "Identity":
+            axes = tuple(range(len(in_shape)))
+        elif node.op_type == "Transpose":
+            perm = _attrs(node).get("perm") or list(range(len(in_shape)))[::-1]
+            axes = permuted_axes(list(perm))
+        elif node.op_type in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
+            axes = reshaped_axes(in_shape, out_shape)
+        else:
+            return None
+    except NotAffine:
+        return None
+    return Layout(x, axes)
 
 
 @ONNX_OPS.register("Slice")

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from compactify.converter.engine.graph import AffineGraph
-from compactify.converter.frontends.onnx.classify import Context, classify, label
+from compactify.converter.frontends.onnx.classify import Context, classify, label, layout_of
 from compactify.converter.frontends.onnx.constants import OnnxConstants
 from compactify.converter.frontends.onnx.read import default_opset
 
@@ -48,7 +48,8 @@ def affine_graph(model: onnx.ModelProto, symbolic: dict, concrete: dict) -> tupl
     nodes: list = list(inputs)
     users: dict = {name: [] for name in inputs}
     producers: dict[str, onnx.NodeProto] = {}
-    steps, flops, labels, op_names = {}, {}, {}, {}
+    steps, flops, labels, op_names, layouts = {}, {}, {}, {}, {}
+    shape_reads: set[str] = set()
     owner: dict[str, str] = {}  # every output of a node -> the node's handle
     for name in inputs:
         labels[name], op_names[name] = name, "input"
@@ -72,6 +73,11 @@ def affine_graph(model: onnx.ModelProto, symbolic: dict, concrete: dict) -> tupl
         step = classify(node, ctx)
         if step is not None:
             steps[handle] = step
+        if node.op_type in ("Shape", "Size"):
+            shape_reads.add(handle)
+        layout = layout_of(node, ctx)
+        if layout is not None and len(node.output) == 1:
+            layouts[handle] = layout
     nodes.append(GRAPH_OUTPUT)
     labels[GRAPH_OUTPUT], op_names[GRAPH_OUTPUT] = "output", "output"
     for out in graph.output:
@@ -90,7 +96,8 @@ def affine_graph(model: onnx.ModelProto, symbolic: dict, concrete: dict) -> tupl
         nodes=nodes, users=users, steps=steps,
         shapes={k: v for k, v in symbolic.items()},
         example_shapes={k: v for k, v in concrete.items()},
-        flops=flops, labels=labels, op_names=op_names, param_sizes=params,
+        flops=flops, labels=labels, op_names=op_names, param_sizes=params, layouts=layouts,
+        shape_reads=shape_reads,
     )
     return engine_graph, OnnxGraph(model, consts, producers)
 

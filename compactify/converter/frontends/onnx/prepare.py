@@ -52,7 +52,9 @@ def prepare(model: onnx.ModelProto, input_shape: Sequence[int] | None, outputs) 
     shapes = example_shapes(specs, tuple(input_shape) if input_shape else None, batch=CHECK_BATCH)
     symbolic = symbolic_shapes(planned)
     concrete = concrete_shapes(planned, shapes)
-    if has_unknown(symbolic):  # e.g. flatten written as Reshape(x, Concat(Shape(x)[0], -1))
+    # e.g. flatten written as Reshape(x, Concat(Shape(x)[0], -1)): a dim left unknown, or, past a
+    # reshape to a computed shape, no shape at all
+    if has_unknown(symbolic) or any(name not in symbolic for name in concrete):
         other = {s.name: (shapes[s.name][0] + 1, *shapes[s.name][1:]) if not isinstance(s.dims[0], int)
                  else shapes[s.name] for s in specs}
         if other != shapes:

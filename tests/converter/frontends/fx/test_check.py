@@ -144,7 +144,7 @@ def test_a_region_exact_at_every_size_is_checked_where_all_its_border_cases_and_
     op = A.conv(torch.zeros(2, 2, k), None, s, ((before, after),), d)
     if op.output_size((n,))[0] < 1:
         return
-    decision = SimpleNamespace(kind="dense", operator=op, size_notes=[])
+    decision = SimpleNamespace(kind="dense", operator=op, size_notes=[], lead=None)
     m = C.region_check_shape(decision, (1, 2, n))[2]
     assert 1 <= m <= n
     if m == n:
@@ -160,4 +160,4 @@ def test_a_region_exact_at_every_size_is_checked_where_all_its_border_cases_and_
     right = -(-after // s)
     assert outputs >= left + right + C.REGION_INTERIOR
     assert sum(not reads_padding(i) for i in range(outputs)) >= C.REGION_INTERIOR
-    assert C.region_check_shape(SimpleNamespace(kind="dense", operator=op, size_notes=["size"]), (1, 2, n)) == (1, 2, n)
+    assert C.region_check_shape(SimpleNamespace(kind="dense", operator=op, size_notes=["size"], lead=None), (1, 2, n)) == (1, 2, n)
