@@ -83,7 +83,8 @@ class TorchSource:
             raise BadInputError("the input shape is unknown for this model: pass --input-shape N,C,H,W")
         model = select_outputs(built.model, settings.outputs, example_input(built.input_shape))
         meta = built.meta
-        origin = {"checkpoint": str(Path(ckpt.path).resolve()), "sha256": ckpt.sha256, "format": ckpt.format,
+        # The digest is read when the report is made: it is hashed meanwhile, on the other core.
+        origin = {"checkpoint": str(Path(ckpt.path).resolve()), "sha256": ckpt.digest, "format": ckpt.format,
                   "arch": meta.get("arch"), "arch_kwargs": meta.get("arch_kwargs") or {}, "meta": meta,
                   "trust_pickle": settings.trust_pickle, "outputs": settings.outputs}
         return cls(model, tuple(built.input_shape), dynamic_hw, settings.max_memory, origin)
@@ -105,7 +106,7 @@ class TorchSource:
         """The report's description of this source and of the compact model's inputs and outputs."""
         shape = self.input_shape
         return {
-            "source": self.origin,
+            "source": {**self.origin, "sha256": _digest(self.origin.get("sha256"))},
             "input_shape": list(shape),
             "input_names": ["x"],
             "output_names": [f"output{i}" for i in range(output_count(result.compact, self.example))],
@@ -209,6 +210,11 @@ class TorchCompactModel:
 
     def reference(self, feeds) -> list[np.ndarray]:
         return float64_outputs(self._source.model, feeds, self.input_names[0])
+
+
+def _digest(value):
+    """A checkpoint's sha256, once its hashing (``load.checkpoint.FileDigest``) has finished."""
+    return value if value is None or isinstance(value, str) else value.result()
 
 
 def output_count(compact: fx.GraphModule, example: torch.Tensor) -> int:
