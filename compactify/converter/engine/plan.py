@@ -169,12 +169,9 @@ def _same_shape(graph: AffineGraph, a: Hashable, b: Hashable) -> bool:
 
 
 def plan_graph(graph: AffineGraph, allow_approximate: bool = False, dynamic_hw: bool = False) -> list[Decision]:
-    """The decisions for every linear region of ``graph``, in graph order, with each region whose
-    operator can go into all the layers that read it folded there where that pays (engine.fold)."""
-    from compactify.converter.engine.fold import fold_forward  # fold builds on this module's decide
-
-    decisions = [d for r in find_regions(graph) for d in plan_region(r, allow_approximate, dynamic_hw)]
-    return fold_forward(graph, decisions, allow_approximate, dynamic_hw)
+    """The decisions for every linear region of ``graph``, in graph order (``engine.fold`` then moves
+    a region into the layers that read it where that pays)."""
+    return [d for r in find_regions(graph) for d in plan_region(r, allow_approximate, dynamic_hw)]
 
 
 def plan_region(

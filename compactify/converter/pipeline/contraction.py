@@ -21,6 +21,7 @@ from compactify.converter.engine.exactness import (
     within,
 )
 from compactify.converter.engine.graph import AffineGraph
+from compactify.converter.engine.fold import fold_forward
 from compactify.converter.engine.plan import Decision, PlanSummary, plan_graph
 from compactify.converter.frontends.fx.source import TorchSource
 from compactify.converter.frontends.onnx.source import OnnxSource
@@ -94,6 +95,7 @@ def plan_source(source: Source, allow_approximate: bool = False, stages: Stages 
     captured = run_pass(stages, "capture", "capture", source.capture)
     graph = run_pass(stages, "regions", "regions", source.regions, captured)
     decisions = run_pass(stages, "plan", "plan", plan_graph, graph, allow_approximate, source.every_size)
+    decisions = run_pass(stages, "plan", "fold", fold_forward, graph, decisions, allow_approximate, source.every_size)
     run_pass(stages, "plan", "attach layers", source.prepare_plan, decisions)
     return Planned(captured, graph, decisions)
 
