@@ -8,7 +8,7 @@ cores, against 17 s quiet). So a conversion counts the cores of its affinity mas
 busy with something else right now, and keeps at least one.
 
 "Right now" is the count of runnable threads the kernel reports (/proc/loadavg), less this one,
-sampled a few times over a tenth of a second: the 1-minute load average still counts work that has
+sampled three times over 20 ms: the 1-minute load average still counts work that has
 ended (a conversion right after another one got one thread of two on a quiet machine). Where that
 count is not available, the 1-minute average stands in.
 """
@@ -42,7 +42,7 @@ def conversion_threads(current: int | None = None) -> int:
     return max(1, min(free, current if current else cores))
 
 
-def busy_cores(samples: int = 5, every_s: float = 0.02) -> int:
+def busy_cores(samples: int = 3, every_s: float = 0.01) -> int:
     """Cores other work keeps busy now: the median of ``samples`` counts of runnable threads but this
     one, or the 1-minute load average where the kernel does not give that count."""
     counts = []

@@ -73,11 +73,11 @@ def test_progress_off_never_prints():
 
 
 @pytest.mark.parametrize("cores, running, current, expected", [
-    (2, [1, 1, 1, 1, 1], 2, 2),   # quiet: this thread alone runs, every core of the affinity mask
-    (2, [2, 2, 1, 2, 3], 2, 1),   # one core busy with other work (the median of the samples)
-    (2, [8, 7, 8, 9, 8], 2, 1),   # 7 others on 2 cores: never below one
-    (8, [3, 3, 3, 3, 3], 4, 4),   # never more than torch was set to
-    (4, [1, 2, 1, 1, 9], None, 4),  # a passing spike is not the load
+    (2, [1, 1, 1], 2, 2),   # quiet: this thread alone runs, every core of the affinity mask
+    (2, [2, 1, 2], 2, 1),   # one core busy with other work (the median of the samples)
+    (2, [8, 7, 9], 2, 1),   # 7 others on 2 cores: never below one
+    (8, [3, 3, 3], 4, 4),   # never more than torch was set to
+    (4, [1, 9, 1], None, 4),  # a passing spike is not the load
 ])
 def test_conversion_threads(monkeypatch, cores, running, current, expected):
     samples = iter(running)
