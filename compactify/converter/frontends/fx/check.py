@@ -127,8 +127,8 @@ def region_check_shape(decision, shape: tuple[int, ...]) -> tuple[int, ...]:
     costs as much as the network's. A merge exact only at the traced size is checked there."""
     op = decision.operator
     if (decision.kind != "dense" or op is None or decision.size_notes or op.ndim == 0
-            or len(shape) != op.ndim + 2 or decision.lead is not None):  # a fold's lead: checked as traced
-        return tuple(shape)
+            or len(shape) != op.ndim + 2 or decision.lead is not None or op.in_dilation):
+        return tuple(shape)  # a fold's lead or a transposed conv's spread input: checked as traced
     spatial = []
     for n, (before, after), span, stride in zip(shape[2:], op.padding, op.span, op.stride):
         border = -(-before // stride) + -(-after // stride)  # outputs whose window reads padding

@@ -161,3 +161,6 @@ def test_a_region_exact_at_every_size_is_checked_where_all_its_border_cases_and_
     assert outputs >= left + right + C.REGION_INTERIOR
     assert sum(not reads_padding(i) for i in range(outputs)) >= C.REGION_INTERIOR
     assert C.region_check_shape(SimpleNamespace(kind="dense", operator=op, size_notes=["size"], lead=None), (1, 2, n)) == (1, 2, n)
+    spread = A.conv_transpose(torch.zeros(2, 2, k), None, s, 0, 0, d)
+    assert C.region_check_shape(SimpleNamespace(kind="dense", operator=spread, size_notes=[], lead=None),
+                                (1, 2, n)) == (1, 2, n) or s == 1
