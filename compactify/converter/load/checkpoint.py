@@ -46,7 +46,7 @@ class Checkpoint:
 
     @property
     def sha256(self) -> str:
-        return self.digest if isinstance(self.digest, str) else self.digest.result()
+        return digest_value(self.digest)
 
 
 class FileDigest:
@@ -70,6 +70,11 @@ class FileDigest:
         if self._error is not None:
             raise BadInputError(f"checkpoint {self._error.filename} cannot be read ({self._error.strerror})")
         return self._value
+
+
+def digest_value(digest: "str | FileDigest | None") -> str | None:
+    """A sha256 as text, once its hashing (a ``FileDigest``) has finished."""
+    return digest.result() if isinstance(digest, FileDigest) else digest
 
 
 def sha256_of(path: str | Path) -> str:

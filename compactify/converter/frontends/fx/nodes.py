@@ -23,6 +23,17 @@ def known_size(dim) -> int | None:
         return None
 
 
+def example_size(dim) -> int:
+    """The dimension at the example input the graph was captured with (a symbolic one's hint, the
+    batch of 2); TypeError where the capture kept none."""
+    if isinstance(dim, int):
+        return dim
+    hint = getattr(getattr(dim, "node", None), "hint", None)
+    if hint is None:
+        raise TypeError(f"no example value for {dim}")
+    return int(hint)
+
+
 def engine_dims(shape) -> tuple:
     """A shape as the engine states it: ints, and names for symbolic dims."""
     return tuple(known_size(d) if known_size(d) is not None else str(d) for d in shape)

@@ -16,6 +16,8 @@ from torch import fx, nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from compactify.converter.frontends.fx.nodes import example_size
+
 
 @dataclass
 class GraphProfile:
@@ -59,23 +61,13 @@ def _estimated_flops(gm: fx.GraphModule) -> float:
         if not isinstance(out, torch.Tensor) or not isinstance(weight, torch.Tensor) or weight.dim() < 2:
             return float("inf")
         try:
-            dims = [_traced(d) for d in out.shape]
-            inner = math.prod(_traced(d) for d in weight.shape[1:]) if "conv" in str(node.target) \
-                else _traced(weight.shape[-2])
+            dims = [example_size(d) for d in out.shape]
+            inner = math.prod(example_size(d) for d in weight.shape[1:]) if "conv" in str(node.target) \
+                else example_size(weight.shape[-2])
         except TypeError:  # a size the capture left without an example value
             return float("inf")
         total += 2.0 * math.prod(dims) * inner
     return total
-
-
-def _traced(d) -> int:
-    """A dim as an int: the value at the example input of a symbolic one (the dynamic batch)."""
-    if isinstance(d, int):
-        return d
-    hint = getattr(getattr(d, "node", None), "hint", None)
-    if hint is None:
-        raise TypeError(f"no example value for {d}")
-    return int(hint)
 
 
 def _run(gm: fx.GraphModule, example: torch.Tensor) -> GraphProfile:

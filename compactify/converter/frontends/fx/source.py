@@ -37,7 +37,7 @@ from compactify.converter.frontends.fx.profile import (
     compact_flops,
     count_flops,
 )
-from compactify.converter.load.checkpoint import load_checkpoint
+from compactify.converter.load.checkpoint import digest_value, load_checkpoint
 from compactify.converter.load.ingest import build_source
 from compactify.converter.load.resources import MemoryBudgetError, check_graph_memory
 from compactify.converter.lowrank.rank_request import RankRequest, rank_request
@@ -106,7 +106,7 @@ class TorchSource:
         """The report's description of this source and of the compact model's inputs and outputs."""
         shape = self.input_shape
         return {
-            "source": {**self.origin, "sha256": _digest(self.origin.get("sha256"))},
+            "source": {**self.origin, "sha256": digest_value(self.origin.get("sha256"))},
             "input_shape": list(shape),
             "input_names": ["x"],
             "output_names": [f"output{i}" for i in range(output_count(result.compact, self.example))],
@@ -210,11 +210,6 @@ class TorchCompactModel:
 
     def reference(self, feeds) -> list[np.ndarray]:
         return float64_outputs(self._source.model, feeds, self.input_names[0])
-
-
-def _digest(value):
-    """A checkpoint's sha256, once its hashing (``load.checkpoint.FileDigest``) has finished."""
-    return value if value is None or isinstance(value, str) else value.result()
 
 
 def output_count(compact: fx.GraphModule, example: torch.Tensor) -> int:
