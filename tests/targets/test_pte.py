@@ -149,7 +149,8 @@ def test_timm_repvgg_a0_lowers_and_runs_within_its_own_float32_error(tmp_path):
 
 
 def test_bench_times_the_pte_beside_the_others_on_the_threads_asked(contracted):
-    portable = pytest.importorskip("executorch.extension.pybindings.portable_lib")
+    portable = pytest.importorskip("executorch.extension.pybindings.portable_lib",
+                                   reason="needs executorch's portable kernels (pip install compactify[edge])")
     out = contracted[0]
     for threads in (2, 1):  # the pool is process-wide: the second bench must set it back
         result = bench([out / "compact.pt2", out / "compact.pte"], iters=3, warmup=1, threads=threads, progress=False)
