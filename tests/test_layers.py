@@ -21,7 +21,7 @@ DEFERRED_OK_UNDER = ("cli",)
 PLATFORM_MODULES = {"fcntl", "resource", "ctypes", "msvcrt"}
 # Required but heavy, and needed by one path only: imported where that path starts, so that every
 # other command does not pay for them (scikit-learn adds 0.8 s to a conversion's start-up, onnxsim 0.5 s).
-HEAVY_FOR_ONE_PATH = {"sklearn": "the built-in digits data", "matplotlib": "the sweep's plot",
+HEAVY_FOR_ONE_PATH = {"sklearn": "the built-in digits data", "matplotlib": "the sweep's and the latency plots",
                       "onnxsim": "the simplify step (0.5 s with sympy)"}
 
 

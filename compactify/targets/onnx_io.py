@@ -42,6 +42,8 @@ def run_ort_feeds(proto: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) ->
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = 1  # check inputs are tiny; extra threads only spin on a busy machine
+    # The arena keeps its largest activations after the run, beside the next copy of the model.
+    options.enable_cpu_mem_arena = False
     session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     return [session.run(None, f) for f in feeds]
 

@@ -402,6 +402,67 @@ def compose(first: AffineConv, second: AffineConv, in_size: Sequence[int] | None
                 reason = "zero padding after a spatial or padded layer differs at the borders"
             elif not all_sizes:
                 reason = "padding after a spatial or strided layer is exact only at this input size"
+    return Composed(_normalise_dilation(composed_operator(first, second)), exact, reason, all_sizes)
+
+
+def composed_operator(first: AffineConv, second: AffineConv) -> AffineConv:
+    """``second(first(x))`` as one operator, its exactness at the borders aside (``compose`` decides
+    that). A per-channel scale on either side, or a depthwise layer after a pointwise one, scales
+    the other side's kernel directly: the general product would first write the per-channel side
+    as a dense C x C kernel and then spend C multiply-adds on every weight of the other, most of
+    them against zeros (a BatchNorm after a CL chain's 2048-wide 3x3 would be a 2048 x 2048 matrix).
+    Same values either way: the general product only adds exact zeros to these."""
+    if _channel_scale(second):
+        return _rows_scaled(first, second)
+    if _channel_scale(first):
+        return _columns_scaled(first, second)
+    if _plain_pointwise(first) and _depthwise(second):
+        return _depthwise_after_pointwise(first, second)
+    return _product(first, second)
+
+
+def _plain_pointwise(op: AffineConv) -> bool:
+    return op.is_pointwise and all(s == 1 for s in op.stride)
+
+
+def _depthwise(op: AffineConv) -> bool:
+    return op.groups == op.out_channels == op.in_channels and op.weight.shape[1] == 1 and not op.dilates_input
+
+
+def _channel_scale(op: AffineConv) -> bool:
+    """``y = scale * x + shift`` per channel: a BatchNorm or affine, as ``channel_affine`` writes it."""
+    return _plain_pointwise(op) and _depthwise(op)
+
+
+def _pad_value_after(first: AffineConv, padding: Pads) -> torch.Tensor | None:
+    return first.pad_value if any(b or a for b, a in padding) else None
+
+
+def _rows_scaled(first: AffineConv, second: AffineConv) -> AffineConv:
+    scale = second.weight.reshape(-1)
+    weight = first.weight * scale.reshape(-1, *([1] * (first.weight.dim() - 1)))
+    return replace(first, weight=weight, bias=first.bias * scale + second.bias,
+                   pad_value=_pad_value_after(first, first.padding))
+
+
+def _columns_scaled(first: AffineConv, second: AffineConv) -> AffineConv:
+    groups, out, in_per = second.groups, second.out_channels, second.weight.shape[1]
+    w = second.weight.reshape(groups, out // groups, in_per, -1)
+    weight = (w * first.weight.reshape(groups, 1, in_per, 1)).reshape(second.weight.shape)
+    bias = second.bias + (w.sum(-1) @ first.bias.reshape(groups, in_per, 1)).reshape(out)
+    return replace(second, weight=weight, bias=bias, pad_value=_pad_value_after(first, second.padding),
+                   in_dilation=first.in_dilation)
+
+
+def _depthwise_after_pointwise(first: AffineConv, second: AffineConv) -> AffineConv:
+    """Each output channel's taps times the pointwise row that made that channel."""
+    bias = second.bias + second.weight.reshape(second.out_channels, -1).sum(-1) * first.bias
+    return AffineConv(first.weight * second.weight, bias, second.stride, second.padding, second.dilation,
+                      first.groups, _pad_value_after(first, second.padding), first.in_dilation)
+
+
+def _product(first: AffineConv, second: AffineConv) -> AffineConv:
+    """The general composition: every tap of ``second``'s kernel against the whole of ``first``'s."""
     groups = math.gcd(first.groups, second.groups)
     a, b = regroup(first, groups), regroup(second, groups)
     s1 = a.stride
@@ -443,9 +504,7 @@ def compose(first: AffineConv, second: AffineConv, in_size: Sequence[int] | None
     padding = tuple(
         (pa[0] + s * pb[0], pa[1] + s * pb[1]) for pa, pb, s in zip(a.padding, b.padding, s1)
     )
-    pad_value = first.pad_value if any(b or a for b, a in padding) else None
-    op = AffineConv(weight, bias, stride, padding, dil, groups, pad_value, first.in_dilation)
-    return Composed(_normalise_dilation(op), exact, reason, all_sizes)
+    return AffineConv(weight, bias, stride, padding, dil, groups, _pad_value_after(first, padding), first.in_dilation)
 
 
 def _spread_through(op: AffineConv, in_dilation: tuple[int, ...]) -> AffineConv:

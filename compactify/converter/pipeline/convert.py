@@ -95,6 +95,7 @@ def _convert_into(tmp: Path, checkpoint: str | Path, source_format: str, setting
     for w in result.warnings:
         warnings.warn(w, stacklevel=3)
     report = build_report(source.describe(result), result, settings.allow_approximate)
+    result.drop_operators()
     with stages("export"):
         export = functools.partial(torch_to_onnx, dynamic_batch=settings.dynamic_batch)
         compact = source.compact_model(result.compact, report, file_metadata(report, result), export)

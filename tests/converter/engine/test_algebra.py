@@ -301,3 +301,50 @@ def test_dilation_is_kept_when_both_layers_share_it():
     x = torch.randn(1, 2, 15, 15)
     torch.testing.assert_close(A.apply(c.op, x), b(a(x)), rtol=1e-10, atol=1e-10)
     assert math.prod(c.op.kernel) == 25
+
+
+def _random_op(kind: str, channels: int, k: int, stride: int, dil: int, groups: int, pad: int, seed: int) -> A.AffineConv:
+    g = torch.Generator().manual_seed(seed)
+    if kind == "scale":  # a BatchNorm or affine
+        return A.channel_affine(torch.randn(channels, generator=g), torch.randn(channels, generator=g), 2)
+    if kind == "pad":  # DBB's BN-and-pad: padding with one value per channel
+        return A.pad(channels, ((pad, pad + 1), (pad + 1, pad)), torch.randn(channels, generator=g))
+    groups = channels if kind == "depthwise" else groups
+    if kind == "pointwise":
+        k, dil, pad = 1, 1, 0
+    weight = torch.randn(channels, channels // groups, k, k, generator=g)
+    return A.conv(weight, torch.randn(channels, generator=g), stride, pad, dil, groups)
+
+
+@SETTINGS
+@given(kinds=st.tuples(*[st.sampled_from(["scale", "pad", "pointwise", "depthwise", "dense"])] * 2),
+       k=st.integers(1, 4), stride=st.integers(1, 2), dil=st.integers(1, 2), groups=st.sampled_from([1, 2, 6]),
+       pad=st.integers(0, 2), seed=st.integers(0, 10_000))
+def test_shortcuts_give_the_general_product(kinds, k, stride, dil, groups, pad, seed):
+    """A per-channel scale on either side, or a depthwise layer after a pointwise one, is composed
+    without the dense C x C product: the same operator, field by field."""
+    first, second = (_random_op(kind, 6, k, stride, dil, groups, pad, seed + i) for i, kind in enumerate(kinds))
+    got = A._normalise_dilation(A.composed_operator(first, second))
+    want = A._normalise_dilation(A._product(first, second))
+    for field in ("stride", "padding", "dilation", "groups", "in_dilation"):
+        assert getattr(got, field) == getattr(want, field), field
+    torch.testing.assert_close(got.weight, want.weight, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(got.bias, want.bias, rtol=1e-13, atol=1e-13)
+    assert (got.pad_value is None) == (want.pad_value is None)
+    if got.pad_value is not None:
+        torch.testing.assert_close(got.pad_value, want.pad_value)
+
+
+def test_a_batchnorm_after_a_wide_layer_is_never_a_dense_matrix():
+    wide = A.conv(torch.randn(4096, 8, 3, 3), None, 1, 1)
+    bn = A.channel_affine(torch.rand(4096) + 0.5, torch.randn(4096), 2)
+    before = A.regroup
+    calls = []
+    A.regroup = lambda op, groups: calls.append(groups) or before(op, groups)
+    try:
+        c = A.compose(wide, bn)
+    finally:
+        A.regroup = before
+    assert calls == [] and c.op.groups == 1 and c.op.weight.shape == (4096, 8, 3, 3)
+    x = torch.randn(1, 8, 9, 9)
+    torch.testing.assert_close(A.apply(c.op, x), A.apply(bn, A.apply(wide, x)), rtol=1e-12, atol=1e-12)
