@@ -318,7 +318,7 @@ def latency_plot(
     colors = [f"C{i % 10}" for i in range(len(models))]
 
     # Here, not at the top: every report and table comes through this module, and matplotlib adds
-    # 0.25 s and 25 MB to a conversion that plots nothing.
+    # 0.25 s and 30 MB to a conversion that plots nothing.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
