@@ -18,10 +18,8 @@ from compactify.converter.pipeline.contraction import (
     contract_onnx,
     plan_contraction,
 )
-from compactify.measure.onnx_float64 import Float64Reference
 
-from .frontends.onnx.test_onnx_constructs import ort_run
-from .frontends.onnx.test_onnx_exports import export
+from .frontends.onnx.test_onnx_exports import export, fresh_runs
 from .test_constructs import _bn, _error, _exact
 
 
@@ -213,12 +211,7 @@ def _onnx_exact(model: nn.Module, shape):
     src = export(model.eval(), shape, dynamo=False)
     r = contract_onnx(src)
     assert r.max_rel_error <= 1e-6
-    ref = Float64Reference(src)
-    rng = np.random.default_rng(7)
-    for batch in (1, 3):
-        x = rng.standard_normal((batch, *shape[1:])).astype(np.float32)
-        (truth,) = ref.run({"x": x})
-        (got,) = ort_run(r.compact, {"x": x})
+    for _, truth, got in fresh_runs(src, r.compact, shape):
         assert np.abs(got - truth).max() / np.abs(truth).max() <= 1e-6
     return r, src
 

@@ -73,6 +73,18 @@ def export(model: nn.Module, shape, *, dynamo: bool) -> onnx.ModelProto:
     return onnx.load_from_string(f.getvalue())
 
 
+def fresh_runs(src: onnx.ModelProto, compact: onnx.ModelProto, shape):
+    """Independently of the converter's own check: fresh inputs at batches other than planned, each
+    with the source's float64 outputs (onnx.reference) and the compact model's on ONNX Runtime."""
+    ref = Float64Reference(src)
+    rng = np.random.default_rng(7)
+    for batch in (1, 3):
+        x = rng.standard_normal((batch, *shape[1:])).astype(np.float32)
+        (truth,) = ref.run({"x": x})
+        (got,) = ort_run(compact, {"x": x})
+        yield x, truth, got
+
+
 _TORCH_PARAMS: dict[str, int] = {}
 
 
@@ -91,13 +103,7 @@ def _run(name: str, dynamo: bool):
     assert r.params_after < r.params_before
     assert len(r.compact.graph.node) < len(src.graph.node)
     assert r.max_rel_error <= 1e-6, r.max_rel_error
-    # Independently of the converter's own check: fresh inputs at batches other than planned.
-    ref = Float64Reference(src)
-    rng = np.random.default_rng(7)
-    for batch in (1, 3):
-        x = rng.standard_normal((batch, *shape[1:])).astype(np.float32)
-        (truth,) = ref.run({"x": x})
-        (got,) = ort_run(r.compact, {"x": x})
+    for x, truth, got in fresh_runs(src, r.compact, shape):
         assert got.shape == truth.shape
         assert np.abs(got - truth).max() <= 1e-6 * np.abs(truth).max()
         with torch.no_grad():  # and the file is the model: torch in float64 within float32 folding
